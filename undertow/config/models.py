@@ -1,0 +1,156 @@
+"""The project as validated models. ``loader.py`` turns YAML files into these.
+
+Connector configs (``sources`` and ``destinations``) are validated by each connector's own
+``Config`` model, selected by its ``type``; here they stay as the loaded dicts until then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Mode(StrEnum):
+    """What a sync does with the change set (see ``pipeline/plan.py``)."""
+
+    UPSERT = "upsert"
+    INSERT = "insert"
+    UPDATE = "update"
+    MIRROR = "mirror"
+    ADD = "add"
+    REMOVE = "remove"
+
+
+CASTS = ("string", "int", "float", "bool", "decimal", "date", "timestamp", "json")
+Cast = Literal["string", "int", "float", "bool", "decimal", "date", "timestamp", "json"]
+
+
+class FieldSpec(Strict):
+    """One mapped field. Exactly one of column / const / template / object / list / json.
+
+    YAML shorthand: ``field: column_name`` is ``{column: column_name}``.
+    """
+
+    column: str | None = None
+    const: Any = None
+    template: str | None = None
+    object_: dict[str, FieldSpec] | None = Field(default=None, alias="object")
+    list_: list[FieldSpec] | None = Field(default=None, alias="list")
+    json_: str | None = Field(default=None, alias="json", description="a JSON text column")
+    cast: Cast | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"column": value}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> FieldSpec:
+        chosen = [
+            k
+            for k in ("column", "template", "object_", "list_", "json_")
+            if getattr(self, k) is not None
+        ]
+        chosen = [c.rstrip("_") for c in chosen]
+        if "const" in self.model_fields_set:
+            chosen.append("const")
+        if len(chosen) != 1:
+            raise ValueError(
+                "a field takes exactly one of column, const, template, object, list, json "
+                f"(got {', '.join(chosen) or 'none'}); e.g. `plan: plan_column` or "
+                "`greeting: {template: 'Hi {{ first_name }}'}`"
+            )
+        return self
+
+
+class DiffConfig(Strict):
+    engine: Literal["local"] = "local"
+    schema_: str = Field(default="undertow", alias="schema")
+
+
+class ModelConfig(Strict):
+    """A SQL model: rows of a source with a primary key."""
+
+    source: str
+    sql: str | None = None
+    file: str | None = None
+    primary_key: list[str]
+    description: str | None = None
+
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _pk_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("primary_key")
+    @classmethod
+    def _pk_nonempty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("primary_key needs at least one column, e.g. `primary_key: id`")
+        return value
+
+    @model_validator(mode="after")
+    def _sql_or_file(self) -> ModelConfig:
+        if (self.sql is None) == (self.file is None):
+            raise ValueError(
+                "a model takes exactly one of `sql:` (inline SQL) or `file:` (a .sql file path)"
+            )
+        return self
+
+
+class SyncConfig(Strict):
+    """A sync: a model, a destination, a mode and a mapping."""
+
+    model: str
+    destination: str
+    object: str | None = None
+    mode: Mode = Mode.UPSERT
+    match: dict[str, str] = Field(default_factory=dict)
+    """Destination identifier field <- model column."""
+    mappings: dict[str, FieldSpec] = Field(default_factory=dict)
+    nulls: Literal["null", "omit"] = "null"
+    """Send NULL values as JSON null (default) or leave the field out."""
+    batch_size: int | None = Field(default=None, gt=0)
+    diff: DiffConfig = Field(default_factory=DiffConfig)
+    schedule: dict[str, Any] | None = None
+    description: str | None = None
+
+    def fingerprint(self) -> int:
+        """A stable 63-bit number for what a row's payload depends on.
+
+        Stored with every snapshot row, so that changing the mapping resends the rows it
+        changes instead of silently keeping the old payloads.
+        """
+        shape = {
+            "object": self.object,
+            "match": self.match,
+            "mappings": {
+                k: v.model_dump(exclude_defaults=True, by_alias=True)
+                for k, v in self.mappings.items()
+            },
+            "nulls": self.nulls,
+        }
+        digest = hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).digest()
+        return int.from_bytes(digest[:8], "big") >> 1
+
+
+class ProjectConfig(Strict):
+    """The whole project, merged from ``undertow.yml`` and ``models/`` / ``syncs/`` files."""
+
+    name: str
+    state: str = "sqlite:///.undertow/state.db"
+    state_dir: str = ".undertow"
+    sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    destinations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    syncs: dict[str, SyncConfig] = Field(default_factory=dict)

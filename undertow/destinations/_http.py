@@ -1,0 +1,176 @@
+"""The shared HTTP client of HTTP destinations: aiohttp, status classes, safe messages.
+
+Status classes follow singer-sdk: 429, 5xx, timeouts and connection errors are retryable
+(``RetryableError``, with ``Retry-After`` honoured by the deliver stage); 401/403 are fatal
+(credentials will not fix themselves mid-run); other 4xx are returned to the connector,
+which turns them into per-record rejections (``RejectedBatchError`` by default).
+
+Messages carry the method, the path, the status, the vendor's request id and a trimmed,
+redacted body; never a token, a query string or a record's values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from undertow.errors import FatalDeliveryError, RejectedBatchError, RetryableError
+from undertow.redact import redact_url, trim
+
+REQUEST_ID_HEADERS = ("x-request-id", "x-hubspot-correlation-id", "request-id", "x-amzn-requestid")
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    method: str
+    url: str
+
+    def json(self) -> Any:
+        return orjson.loads(self.body) if self.body else None
+
+    @property
+    def request_id(self) -> str | None:
+        for name in REQUEST_ID_HEADERS:
+            if name in self.headers:
+                return self.headers[name]
+        return None
+
+    def describe(self) -> str:
+        """`POST /crm/v3/... -> 400 (request id abc): trimmed body` — safe for messages."""
+        path = urlsplit(self.url).path or "/"
+        rid = f" (request id {self.request_id})" if self.request_id else ""
+        body = trim(self.body.decode("utf-8", "replace")) if self.body else "(empty body)"
+        return f"{self.method} {path} -> {self.status}{rid}: {body}"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class HttpClient:
+    """One aiohttp session per destination instance; opened lazily, closed by ``close``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        max_connections: int = 16,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = headers or {}
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self.headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                json_serialize=lambda o: orjson.dumps(o).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """Send a request; raise for transport errors, 429, 5xx, 401 and 403.
+
+        Other statuses (2xx and the remaining 4xx) are returned for the connector to read.
+        """
+        url = self.url(path)
+        data = orjson.dumps(json) if json is not None else body
+        send_headers = {"Content-Type": "application/json"}
+        if headers:
+            send_headers.update(headers)
+        where = f"{method} {redact_url(url)}"
+        session = await self.session()
+        try:
+            async with session.request(method, url, data=data, headers=send_headers) as resp:
+                payload = await resp.read()
+                response = Response(
+                    status=resp.status,
+                    headers={k.lower(): v for k, v in resp.headers.items()},
+                    body=payload,
+                    method=method,
+                    url=url,
+                )
+        except TimeoutError as exc:
+            raise RetryableError(
+                f"{where} timed out after {self.timeout:g}s",
+                hint="the destination is slow; the batch is retried with backoff",
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise RetryableError(
+                f"{where}: cannot connect ({exc.os_error.strerror or exc.os_error})",
+                hint="check the URL and that the destination is reachable from this machine",
+            ) from exc
+        except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise RetryableError(f"{where}: connection failed ({type(exc).__name__}: {exc})") from exc
+        raise_for_status_class(response)
+        return response
+
+
+def raise_for_status_class(response: Response) -> None:
+    """Raise the error class a status belongs to; return for 2xx/3xx and plain 4xx."""
+    status = response.status
+    if status == 429:
+        raise RetryableError(
+            f"rate limited: {response.describe()}",
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+    if status >= 500 or status == 408:
+        raise RetryableError(
+            f"server error: {response.describe()}",
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
+    if status in (401, 403):
+        raise FatalDeliveryError(
+            f"not authorised: {response.describe()}",
+            hint="check the destination's credentials (token, key) and their scopes",
+        )
+
+
+def reject_batch(response: Response) -> RejectedBatchError:
+    """The error for a 4xx that refuses every record of the batch."""
+    return RejectedBatchError(f"destination refused the batch: {response.describe()}")

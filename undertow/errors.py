@@ -1,0 +1,156 @@
+"""The errors Undertow raises, grouped by what the caller should do next.
+
+    UndertowError                      root: the CLI prints one red line, exit 1
+    ├── ConfigError                    a project file is wrong: file, line, key path
+    ├── ModelError                     a model's SQL failed: model, source, position
+    ├── SourceError                    a warehouse cannot be reached or read
+    ├── StateError                     the state store is unreachable or inconsistent
+    │   └── SyncLockedError            another run of the same sync holds the lock
+    ├── PlanError                      a sync asks for something its destination cannot do
+    ├── PrimaryKeyError                a model has no usable primary key column
+    ├── MappingError                   a mapping cannot be compiled (per-row failures are
+    │                                  *rejections*, not exceptions)
+    └── DeliveryError                  a destination failed
+        ├── RetryableError             429, 5xx, timeouts: try again with backoff
+        ├── FatalDeliveryError         bad credentials, unreachable host after retries:
+        │                              stop the run, rows stay undelivered
+        └── RejectedBatchError         the destination refused the batch's rows (4xx):
+                                       reject every row of the batch, keep going
+
+Every message says, in order: what failed, which object, why, and the next step.
+Messages pass through :func:`undertow.redact.redact` so a secret never leaks.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+from undertow.redact import redact
+
+
+class UndertowError(Exception):
+    """Root of every error Undertow raises on purpose."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.raw_message = message
+        self.hint = hint
+        text = message if hint is None else f"{message}\n  hint: {hint}"
+        super().__init__(redact(text))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(UndertowError):
+    """A project file is wrong. Carries the file, the line and the key path."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.key = key
+        where = ""
+        if file:
+            where = file + (f":{line}" if line else "")
+        if key:
+            where = f"{where} {key}" if where else key
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration problems found in one pass; each is listed."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        lines = [f"{len(errors)} problem(s) in the project:"] + [f"  - {e}" for e in errors]
+        UndertowError.__init__(self, "\n".join(lines))
+        self.file = errors[0].file if errors else None
+        self.line = errors[0].line if errors else None
+        self.key = errors[0].key if errors else None
+
+
+class ModelError(UndertowError):
+    """A model's SQL failed to compile or run on its source."""
+
+    def __init__(
+        self, message: str, *, model: str, source: str, position: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.model = model
+        self.source = source
+        self.position = position
+        at = f" at character {position}" if position is not None else ""
+        super().__init__(
+            f"model {model!r} on source {source!r} failed{at}: {message}", hint=hint
+        )
+
+
+class SourceError(UndertowError):
+    """A warehouse cannot be reached, authenticated against or read."""
+
+
+class StateError(UndertowError):
+    """The state store is unreachable or holds something unexpected."""
+
+
+class SyncLockedError(StateError):
+    """Another run of the same sync holds the lock."""
+
+
+class PlanError(UndertowError):
+    """A sync asks its destination for something it cannot do; nothing was sent."""
+
+
+class PrimaryKeyError(UndertowError):
+    """A model's primary key columns are missing."""
+
+
+class MappingError(UndertowError):
+    """A mapping cannot be compiled (unknown column, bad template syntax, bad cast)."""
+
+
+class DeliveryError(UndertowError):
+    """A destination failed."""
+
+
+class RetryableError(DeliveryError):
+    """A transient failure (429, 5xx, timeout, connection reset): retry with backoff."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None,
+                 hint: str | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, hint=hint)
+
+
+class FatalDeliveryError(DeliveryError):
+    """A failure no retry will fix (bad credentials, missing object): stop the run."""
+
+
+class RejectedBatchError(DeliveryError):
+    """The destination refused the whole batch (4xx): each row is rejected with this."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
+    """Return a 'did you mean `x`?' phrase for the closest choice, or None."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {match[0]!r}?" if match else None
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> str:
+    """A message for a failed lookup that offers the closest names."""
+    options = sorted(choices)
+    suggestion = did_you_mean(name, options)
+    known = ", ".join(repr(o) for o in options) if options else "none are defined"
+    text = f"unknown {kind} {name!r}"
+    if suggestion:
+        text += f"; {suggestion}"
+    return f"{text} (known: {known})"
