@@ -113,10 +113,14 @@ class HttpClient:
         body: bytes | None = None,
         json: Any = None,
         headers: dict[str, str] | None = None,
+        raise_for_status: bool = True,
     ) -> Response:
         """Send a request; raise for transport errors, 429, 5xx, 401 and 403.
 
         Other statuses (2xx and the remaining 4xx) are returned for the connector to read.
+        With ``raise_for_status=False`` every status is returned (transport errors still
+        raise): for a vendor whose 429 or 401 needs reading before classing, the connector
+        reads it first and then calls :func:`raise_for_status_class` itself.
         """
         url = self.url(path)
         data = orjson.dumps(json) if json is not None else body
@@ -147,7 +151,8 @@ class HttpClient:
             ) from exc
         except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
             raise RetryableError(f"{where}: connection failed ({type(exc).__name__}: {exc})") from exc
-        raise_for_status_class(response)
+        if raise_for_status:
+            raise_for_status_class(response)
         return response
 
 

@@ -1,0 +1,47 @@
+"""Shared fixtures. Service fixtures use the real servers on this machine and fail with the
+command that starts the server when it is down; they never skip."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PG_HOST = os.environ.get("UNDERTOW_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("UNDERTOW_TEST_PG_PORT", "5432"))
+PG_ADMIN_DB = os.environ.get("UNDERTOW_TEST_PG_DB", "test")
+PG_USER = os.environ.get("UNDERTOW_TEST_PG_USER", "postgres")
+PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+
+def _pg_admin_conninfo() -> str:
+    return f"host={PG_HOST} port={PG_PORT} dbname={PG_ADMIN_DB} user={PG_USER}"
+
+
+def pg_url_for(dbname: str) -> str:
+    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{dbname}"
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database with a unique name; yields its URL, drops it after."""
+    import psycopg
+
+    name = f"ut_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(_pg_admin_conninfo(), autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} ({exc}).\n"
+            f"Start it with: {PG_START}",
+            pytrace=False,
+        )
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_url_for(name)
+    finally:
+        with psycopg.connect(_pg_admin_conninfo(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,540 @@
+"""diff: compare the model with the snapshot of what the destination last accepted.
+
+The snapshot keeps, per primary key, the last accepted *values* of the columns the sync
+maps (not a hash), plus a fingerprint of the mapping that produced the payload. Both sides
+are compared at diff time by value, so no library upgrade can change the outcome, and
+``plan`` can show old -> new per field.
+
+Engines implement :class:`DiffEngine`. The ``local`` engine keeps one DuckDB file per sync
+under the state folder (it holds customer data: the folder is private to its user). A
+``warehouse`` engine would run the same contract inside the source.
+
+A run's change set (the *plan table*) is kept until the run ends, so a resumed run finishes
+the same plan. The snapshot is folded from the state store's checkpoints, idempotently: the
+checkpoints are the truth, the fold can be replayed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from undertow.destinations.base import Operation
+from undertow.errors import PrimaryKeyError, StateError
+from undertow.pipeline.plan import Plan
+
+META = "_ut_"
+
+
+def q(name: str) -> str:
+    """Quote an identifier for DuckDB."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class DiffSpec:
+    """What to compare: the primary key and the columns the sync maps."""
+
+    sync: str
+    keys: list[str]
+    columns: list[str]
+    fingerprint: int
+
+    @property
+    def values(self) -> list[str]:
+        return [c for c in self.columns if c not in self.keys]
+
+
+@dataclass
+class ChangeStats:
+    extracted: int = 0
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    invalid: int = 0
+    planned: int = 0
+    total_batches: int = 0
+
+    def as_counts(self) -> dict[str, int]:
+        return {
+            "extracted": self.extracted,
+            "added": self.added,
+            "changed": self.changed,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "invalid": self.invalid,
+            "planned": self.planned,
+        }
+
+
+@dataclass
+class PlannedChunk:
+    """Planned rows of consecutive batches: ``frame`` has ``_ut_seq``, ``_ut_batch``,
+    ``_ut_key``, ``_ut_op`` and the model columns (old values for removed rows)."""
+
+    frame: pl.DataFrame
+    batches: list[tuple[int, Operation]] = field(default_factory=list)
+
+
+class DiffEngine(ABC):
+    """The contract every diff engine keeps (see the module docstring)."""
+
+    name: str
+
+    @abstractmethod
+    def build(
+        self, run_id: str, reader: pa.RecordBatchReader, spec: DiffSpec, plan: Plan,
+        batch_size: int,
+    ) -> ChangeStats:
+        """Load the model, diff it against the snapshot and materialise the run's plan."""
+
+    @abstractmethod
+    def has_plan(self, run_id: str) -> bool: ...
+
+    @abstractmethod
+    def invalid_rows(self, run_id: str, limit: int | None = None) -> list[tuple[str, str]]:
+        """(key, reason) of rows rejected for a NULL or duplicate primary key."""
+
+    @abstractmethod
+    def chunks(
+        self, run_id: str, *, skip: set[int], batches_per_chunk: int = 64
+    ) -> Iterator[PlannedChunk]: ...
+
+    @abstractmethod
+    def changed_rows(self, run_id: str, limit: int) -> pl.DataFrame:
+        """Changed rows with their new columns and ``_ut_old_<col>`` old ones (for plan)."""
+
+    @abstractmethod
+    def fold(self, run_id: str, spec: DiffSpec, done: set[int], not_accepted: Sequence[int]) -> int:
+        """Fold the accepted rows of the done batches into the snapshot; return how many."""
+
+    @abstractmethod
+    def discard(self, run_id: str) -> None: ...
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget the snapshot: the next run is a first run."""
+
+    @abstractmethod
+    def snapshot_rows(self) -> int: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class LocalDiffEngine(DiffEngine):
+    """One DuckDB file per sync: ``<state_dir>/syncs/<sync>.duckdb``.
+
+    ``dry_run=True`` works in memory against a read-only attach of the file, so ``plan``
+    changes no state.
+    """
+
+    name = "local"
+
+    def __init__(self, state_dir: Path, sync: str, *, dry_run: bool = False,
+                 memory_limit: str = "1GB") -> None:
+        folder = Path(state_dir) / "syncs"
+        self.path = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", sync) + ".duckdb")
+        self.dry_run = dry_run
+        try:
+            if dry_run:
+                self.con = duckdb.connect()
+                if self.path.exists():
+                    self.con.execute(f"ATTACH {lit(str(self.path))} AS snap (READ_ONLY)")
+                    self.snapshot = "snap.main.snapshot"
+                else:
+                    self.snapshot = "main.snapshot"
+            else:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(folder, 0o700)
+                self.con = duckdb.connect(str(self.path))
+                os.chmod(self.path, 0o600)
+                self.snapshot = "main.snapshot"
+        except duckdb.IOException as exc:
+            raise StateError(
+                f"cannot open the diff file of sync {sync!r} at {self.path}: {exc}",
+                hint="another process may be running this sync; wait for it, or check "
+                "the state folder's permissions",
+            ) from exc
+        tmp = folder / "tmp"
+        self.con.execute(f"SET memory_limit={lit(memory_limit)}")
+        self.con.execute(f"SET temp_directory={lit(str(tmp))}")
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _plan_table(self, run_id: str) -> str:
+        return q(f"plan_{run_id}")
+
+    def _exists(self, table: str, catalog: str | None = None) -> bool:
+        sql = "select count(*) from duckdb_tables() where table_name = ?"
+        params: list[Any] = [table]
+        if catalog:
+            sql += " and database_name = ?"
+            params.append(catalog)
+        row = self.con.execute(sql, params).fetchone()
+        return bool(row and row[0])
+
+    def _snapshot_exists(self) -> bool:
+        catalog = "snap" if self.snapshot.startswith("snap.") else None
+        if self.dry_run and catalog is None:
+            return False
+        return self._exists("snapshot", catalog)
+
+    @staticmethod
+    def _key_text(keys: list[str], alias: str) -> str:
+        if len(keys) == 1:
+            return f"coalesce(CAST({alias}.{q(keys[0])} AS VARCHAR), 'NULL')"
+        parts = [
+            f"{lit(k + '=')} || coalesce(CAST({alias}.{q(k)} AS VARCHAR), 'NULL')" for k in keys
+        ]
+        return " || ', ' || ".join(parts)
+
+    # -- build ------------------------------------------------------------------------------
+
+    def build(
+        self, run_id: str, reader: pa.RecordBatchReader, spec: DiffSpec, plan: Plan,
+        batch_size: int,
+    ) -> ChangeStats:
+        con = self.con
+        keys, values = spec.keys, spec.values
+        missing = [k for k in keys if k not in reader.schema.names]
+        if missing:
+            raise PrimaryKeyError(
+                f"sync {spec.sync!r}: primary key column(s) {', '.join(map(repr, missing))} "
+                f"not in the model's columns ({', '.join(reader.schema.names)})",
+                hint="fix `primary_key:` of the model or add the column to its SQL",
+            )
+        self.discard(run_id)
+        con.register("_ut_src", reader)
+        try:
+            con.execute("CREATE OR REPLACE TEMP TABLE model AS SELECT * FROM _ut_src")
+        finally:
+            con.unregister("_ut_src")
+        stats = ChangeStats()
+        row = con.execute("select count(*) from model").fetchone()
+        stats.extracted = int(row[0]) if row else 0
+
+        if not self._snapshot_exists():
+            cols = ", ".join(q(c) for c in keys + values)
+            target = "main.snapshot"
+            con.execute(
+                f"CREATE TABLE {target} AS SELECT {cols}, 0::BIGINT AS _ut_fp FROM model LIMIT 0"
+            )
+            self.snapshot = target
+        else:
+            self._align_snapshot(values)
+        snap = self.snapshot
+
+        key_not_null = " AND ".join(f"{q(k)} IS NOT NULL" for k in keys)
+        key_null = " OR ".join(f"m.{q(k)} IS NULL" for k in keys)
+        key_cols = ", ".join(q(k) for k in keys)
+        on = lambda a, b: " AND ".join(f"{a}.{q(k)} = {b}.{q(k)}" for k in keys)  # noqa: E731
+
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE invalid AS
+            SELECT {self._key_text(keys, 'm')} AS _ut_key,
+                   'NULL primary key (' || {lit(', '.join(keys))} || ')' AS reason
+            FROM model m WHERE {key_null}
+            UNION ALL
+            SELECT {self._key_text(keys, 'd')} AS _ut_key,
+                   'duplicate primary key: ' || d._ut_n || ' rows share it' AS reason
+            FROM (SELECT {key_cols}, count(*) AS _ut_n FROM model WHERE {key_not_null}
+                  GROUP BY ALL HAVING count(*) > 1) d
+            """
+        )
+        # rows (not keys) rejected: NULL-key rows plus every copy of a duplicated key
+        dup_rows = con.execute(
+            f"SELECT coalesce(sum(n), 0) FROM (SELECT {key_cols}, count(*) AS n "
+            f"FROM model WHERE {key_not_null} GROUP BY {key_cols} HAVING count(*) > 1)"
+        ).fetchone()
+        null_rows = con.execute(f"select count(*) from model m where {key_null}").fetchone()
+        stats.invalid = int(dup_rows[0] if dup_rows else 0) + int(null_rows[0] if null_rows else 0)
+
+        new_cols = ", ".join(f"v.{q(c)}" for c in values)
+        old_cols = ", ".join(f"s.{q(c)} AS {q(META + 'old_' + c)}" for c in values)
+        null_new = ", ".join(f"NULL AS {q(c)}" for c in values)
+        null_old = ", ".join(f"NULL AS {q(META + 'old_' + c)}" for c in values)
+        if values:
+            differs = " OR ".join(f"v.{q(c)} IS DISTINCT FROM s.{q(c)}" for c in values)
+            differs = f"({differs}) OR s._ut_fp <> {spec.fingerprint}"
+        else:
+            differs = f"s._ut_fp <> {spec.fingerprint}"
+        sep = ", " if values else ""
+        kinds_wanted = set(plan.ops)
+        parts = [
+            f"""SELECT 'added' AS _ut_kind, {', '.join(f'v.{q(k)}' for k in keys)}{sep}{new_cols}
+                       {sep}{null_old}
+                FROM valid v ANTI JOIN {snap} s ON {on('v', 's')}"""
+        ]
+        matched_kind = f"CASE WHEN {differs} THEN 'changed' ELSE 'unchanged' END"
+        parts.append(
+            f"""SELECT {matched_kind} AS _ut_kind, {', '.join(f'v.{q(k)}' for k in keys)}
+                       {sep}{new_cols}{sep}{old_cols}
+                FROM valid v JOIN {snap} s ON {on('v', 's')}
+                {'' if 'unchanged' in kinds_wanted else 'WHERE ' + differs}"""
+        )
+        parts.append(
+            f"""SELECT 'removed' AS _ut_kind, {', '.join(f's.{q(k)}' for k in keys)}
+                       {sep}{null_new}{sep}{old_cols}
+                FROM {snap} s ANTI JOIN (SELECT DISTINCT {key_cols} FROM model
+                                         WHERE {key_not_null}) k ON {on('s', 'k')}"""
+        )
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE valid AS
+            SELECT m.* FROM model m
+            ANTI JOIN (SELECT {key_cols} FROM model WHERE {key_not_null}
+                       GROUP BY {key_cols} HAVING count(*) > 1) d ON {on('m', 'd')}
+            WHERE {' AND '.join(f'm.{q(k)} IS NOT NULL' for k in keys)}
+            """
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE changes AS " + " UNION ALL ".join(parts)
+        )
+        counts = dict(
+            con.execute("select _ut_kind, count(*) from changes group by 1").fetchall()
+        )
+        row = con.execute("select count(*) from valid").fetchone()
+        valid = int(row[0]) if row else 0
+        stats.added = int(counts.get("added", 0))
+        stats.changed = int(counts.get("changed", 0))
+        stats.removed = int(counts.get("removed", 0))
+        stats.unchanged = valid - stats.added - stats.changed
+
+        # plan: operation per kind, batches per (operation, kind-of-values) group
+        groups: list[tuple[str, Operation, int]] = []
+        for kind in ("removed", "added", "changed", "unchanged"):
+            op = plan.ops.get(kind)
+            n = int(counts.get(kind, 0))
+            if op is not None and n:
+                groups.append((kind, op, n))
+        # rows of one operation share batches unless some carry old values (removed)
+        order: list[tuple[str, Operation]] = []
+        sizes: dict[tuple[str, Operation], int] = {}
+        for kind, op, n in groups:
+            gid = ("old" if kind == "removed" else "new", op)
+            if gid not in sizes:
+                order.append(gid)
+                sizes[gid] = 0
+            sizes[gid] += n
+        base: dict[tuple[str, Operation], int] = {}
+        next_batch = 0
+        for gid in order:
+            base[gid] = next_batch
+            next_batch += -(-sizes[gid] // batch_size)
+        stats.total_batches = next_batch
+        stats.planned = sum(sizes.values())
+
+        kinds_of: dict[tuple[str, Operation], list[str]] = {gid: [] for gid in order}
+        for kind, op, _ in groups:
+            kinds_of[("old" if kind == "removed" else "new", op)].append(kind)
+        plan_table = self._plan_table(run_id)
+        con.execute(
+            f"""CREATE TABLE {plan_table} AS
+                SELECT 0::BIGINT AS _ut_seq, 0::BIGINT AS _ut_batch, ''::VARCHAR AS _ut_key,
+                       0::BIGINT AS _ut_fp, ''::VARCHAR AS _ut_op, * FROM changes LIMIT 0"""
+        )
+        for gid in order:
+            first = base[gid]
+            kinds = ", ".join(lit(k) for k in kinds_of[gid])
+            # one INSERT per group: row_number() without a partition or a sort is cheap,
+            # and the table ends up in (batch, seq) order for the chunked reads
+            con.execute(
+                f"""INSERT INTO {plan_table}
+                    SELECT {first * batch_size} + rn AS _ut_seq,
+                           {first} + rn // {batch_size} AS _ut_batch,
+                           {self._key_text(keys, 'n')} AS _ut_key,
+                           {spec.fingerprint}::BIGINT AS _ut_fp,
+                           {lit(str(gid[1]))} AS _ut_op,
+                           * EXCLUDE (rn)
+                    FROM (SELECT *, row_number() OVER () - 1 AS rn FROM changes
+                          WHERE _ut_kind IN ({kinds})) n"""
+            )
+        con.execute("DROP TABLE IF EXISTS model; DROP TABLE IF EXISTS valid")
+        con.execute("DROP TABLE IF EXISTS changes")
+        con.execute(f"CREATE OR REPLACE TABLE {q('invalid_' + run_id)} AS SELECT * FROM invalid")
+        con.execute("DROP TABLE IF EXISTS invalid")
+        con.execute("CHECKPOINT") if not self.dry_run else None
+        return stats
+
+    def _align_snapshot(self, values: list[str]) -> None:
+        """Add mapped columns the snapshot lacks (the mapping grew): NULL until accepted."""
+        existing = {
+            r[0]
+            for r in self.con.execute(f"DESCRIBE {self.snapshot}").fetchall()
+        }
+        model_types = dict(
+            (r[0], r[1]) for r in self.con.execute("DESCRIBE model").fetchall()
+        )
+        for col in values:
+            if col not in existing and not self.dry_run:
+                self.con.execute(
+                    f"ALTER TABLE {self.snapshot} ADD COLUMN {q(col)} {model_types[col]}"
+                )
+        if self.dry_run:
+            missing = [c for c in values if c not in existing]
+            if missing:
+                # compare against NULLs in memory, leaving the file untouched
+                cols = ", ".join(
+                    ["s.*"] + [f"NULL::{model_types[c]} AS {q(c)}" for c in missing]
+                )
+                self.con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE snapshot_view AS SELECT {cols} "
+                    f"FROM {self.snapshot} s"
+                )
+                self.snapshot = "temp.main.snapshot_view"
+
+    # -- reading the plan --------------------------------------------------------------------
+
+    def has_plan(self, run_id: str) -> bool:
+        return self._exists(f"plan_{run_id}")
+
+    def _columns(self, run_id: str) -> list[str]:
+        rows = self.con.execute(f"DESCRIBE {self._plan_table(run_id)}").fetchall()
+        return [r[0] for r in rows]
+
+    def invalid_rows(self, run_id: str, limit: int | None = None) -> list[tuple[str, str]]:
+        table = q("invalid_" + run_id)
+        if not self._exists("invalid_" + run_id):
+            return []
+        sql = f"SELECT _ut_key, reason FROM {table} ORDER BY _ut_key"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [(str(k), str(r)) for k, r in self.con.execute(sql).fetchall()]
+
+    def _select_values(self, run_id: str) -> str:
+        cols = self._columns(run_id)
+        meta = {"_ut_seq", "_ut_batch", "_ut_key", "_ut_op", "_ut_kind", "_ut_fp"}
+        model_cols = [c for c in cols if c not in meta and not c.startswith(META + "old_")]
+        select = []
+        for c in model_cols:
+            old = META + "old_" + c
+            if old in cols:
+                select.append(f"CASE WHEN _ut_kind = 'removed' THEN {q(old)} ELSE {q(c)} END "
+                              f"AS {q(c)}")
+            else:
+                select.append(q(c))
+        return ", ".join(["_ut_seq", "_ut_batch", "_ut_key", "_ut_op", "_ut_kind", *select])
+
+    def chunks(
+        self, run_id: str, *, skip: set[int], batches_per_chunk: int = 64
+    ) -> Iterator[PlannedChunk]:
+        table = self._plan_table(run_id)
+        row = self.con.execute(f"SELECT max(_ut_batch) FROM {table}").fetchone()
+        if not row or row[0] is None:
+            return
+        last = int(row[0])
+        select = self._select_values(run_id)
+        start = 0
+        while start <= last:
+            todo = [b for b in range(start, min(start + batches_per_chunk, last + 1))
+                    if b not in skip]
+            start += batches_per_chunk
+            if not todo:
+                continue
+            arrow = self.con.sql(
+                f"SELECT {select} FROM {table} "
+                f"WHERE _ut_batch BETWEEN {int(todo[0])} AND {int(todo[-1])} ORDER BY _ut_seq"
+            ).to_arrow_table()
+            frame = pl.from_arrow(arrow)
+            assert isinstance(frame, pl.DataFrame)
+            if skip:
+                frame = frame.filter(pl.col("_ut_batch").is_in(todo))
+            ops = (
+                frame.select("_ut_batch", "_ut_op").unique(subset="_ut_batch", maintain_order=True)
+            )
+            yield PlannedChunk(
+                frame=frame,
+                batches=[(int(b), Operation(o)) for b, o in ops.iter_rows()],
+            )
+
+    def changed_rows(self, run_id: str, limit: int) -> pl.DataFrame:
+        arrow = self.con.sql(
+            f"SELECT * FROM {self._plan_table(run_id)} WHERE _ut_kind = 'changed' "
+            f"ORDER BY _ut_seq LIMIT {int(limit)}"
+        ).to_arrow_table()
+        frame = pl.from_arrow(arrow)
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
+    # -- record -----------------------------------------------------------------------------
+
+    def fold(self, run_id: str, spec: DiffSpec, done: set[int], not_accepted: Sequence[int]) -> int:
+        if not done or not self.has_plan(run_id):
+            return 0
+        con = self.con
+        keys = spec.keys
+        snap_cols = [r[0] for r in con.execute(f"DESCRIBE {self.snapshot}").fetchall()]
+        value_cols = [c for c in snap_cols if c not in keys and c != "_ut_fp"]
+        plan_cols = set(self._columns(run_id))
+        con.register("_ut_done", pa.table({"b": pa.array(sorted(done), pa.int64())}))
+        con.register("_ut_bad", pa.table({"s": pa.array(sorted(set(not_accepted)), pa.int64())}))
+        on = " AND ".join(f"snap.{q(k)} = acc.{q(k)}" for k in keys)
+        select = ", ".join(
+            [q(k) for k in keys]
+            + [q(c) if c in plan_cols else f"NULL AS {q(c)}" for c in value_cols]
+            + ["_ut_fp"]
+        )
+        try:
+            con.execute("BEGIN")
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE acc AS
+                    SELECT p.* FROM {self._plan_table(run_id)} p
+                    SEMI JOIN _ut_done d ON p._ut_batch = d.b
+                    ANTI JOIN _ut_bad x ON p._ut_seq = x.s"""
+            )
+            con.execute(f"DELETE FROM {self.snapshot} AS snap USING acc WHERE {on}")
+            con.execute(
+                f"INSERT INTO {self.snapshot} ({', '.join(q(c) for c in snap_cols)}) "
+                f"SELECT {select} FROM acc WHERE _ut_kind <> 'removed'"
+            )
+            row = con.execute("SELECT count(*) FROM acc").fetchone()
+            con.execute("DROP TABLE acc")
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.unregister("_ut_done")
+            con.unregister("_ut_bad")
+        return int(row[0]) if row else 0
+
+    def discard(self, run_id: str) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS {self._plan_table(run_id)}")
+        self.con.execute(f"DROP TABLE IF EXISTS {q('invalid_' + run_id)}")
+
+    def discard_all_plans(self, keep: str | None = None) -> None:
+        for (name,) in self.con.execute(
+            "select table_name from duckdb_tables() where database_name = current_database() "
+            "and (table_name like 'plan_%' or table_name like 'invalid_%')"
+        ).fetchall():
+            if keep is None or not name.endswith(keep):
+                self.con.execute(f"DROP TABLE IF EXISTS {q(name)}")
+
+    def reset(self) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS {self.snapshot}")
+        self.discard_all_plans()
+
+    def snapshot_rows(self) -> int:
+        if not self._snapshot_exists():
+            return 0
+        row = self.con.execute(f"SELECT count(*) FROM {self.snapshot}").fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self.con.close()

@@ -1,0 +1,72 @@
+"""plan: turn the change set's kinds of rows into operations for the sync's mode.
+
+    kind \\ mode   upsert   insert   update   mirror           add    remove
+    added         upsert   insert   update   upsert | add     add    remove
+    changed       upsert   -        update   upsert | add     add    remove
+    unchanged*    upsert   insert   update   upsert | add     add    remove
+    removed       -        -        -        delete | remove  -      -
+
+    * only with ``--full``, which resends every row of the model.
+
+``mirror`` on a list destination (one that can ``add``/``remove`` members but not
+``upsert``) adds and removes members. A plan the destination cannot carry out fails here,
+before anything is sent, naming the sync, the mode and the destination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from undertow.config.models import Mode
+from undertow.destinations.base import Capabilities, Operation
+from undertow.errors import PlanError
+
+KINDS = ("added", "changed", "unchanged", "removed")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which operation each kind of row becomes (kinds absent are not sent)."""
+
+    mode: Mode
+    ops: dict[str, Operation]
+    full: bool
+
+    @property
+    def operations(self) -> set[Operation]:
+        return set(self.ops.values())
+
+
+def is_list_destination(caps: Capabilities) -> bool:
+    return Operation.ADD in caps.operations and Operation.UPSERT not in caps.operations
+
+
+def make_plan(
+    *, sync: str, mode: Mode, destination: str, caps: Capabilities, full: bool = False
+) -> Plan:
+    listy = is_list_destination(caps)
+    write = Operation.ADD if listy else Operation.UPSERT
+    table: dict[Mode, dict[str, Operation]] = {
+        Mode.UPSERT: {"added": Operation.UPSERT, "changed": Operation.UPSERT},
+        Mode.INSERT: {"added": Operation.INSERT},
+        Mode.UPDATE: {"added": Operation.UPDATE, "changed": Operation.UPDATE},
+        Mode.MIRROR: {
+            "added": write,
+            "changed": write,
+            "removed": Operation.REMOVE if listy else Operation.DELETE,
+        },
+        Mode.ADD: {"added": Operation.ADD, "changed": Operation.ADD},
+        Mode.REMOVE: {"added": Operation.REMOVE, "changed": Operation.REMOVE},
+    }
+    ops = dict(table[mode])
+    if full:
+        ops["unchanged"] = ops.get("changed", ops["added"])
+    missing = sorted(str(op) for op in set(ops.values()) - caps.operations)
+    if missing:
+        supported = ", ".join(sorted(str(o) for o in caps.operations))
+        raise PlanError(
+            f"sync {sync!r}: mode {str(mode)!r} needs {', '.join(missing)} on destination "
+            f"{destination!r}, which supports only: {supported}; nothing was sent",
+            hint="choose a mode the destination supports (see its page under docs/destinations/)",
+        )
+    return Plan(mode=mode, ops=ops, full=full)

@@ -1,0 +1,68 @@
+"""record: after every batch, checkpoint it; at the end, fold what was accepted.
+
+A checkpoint is one state-store transaction: the batch's row, its rejected and failed rows
+with their reasons, and the run's counters. The checkpoints are the truth about what the
+destination accepted; the snapshot is folded from them (``DiffEngine.fold``), which can be
+replayed safely. So the snapshot only ever holds accepted rows, and a run that dies keeps
+every checkpoint it wrote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from undertow.destinations.base import BatchResult, Operation
+from undertow.state.store import RowError, RunRecord, StateStore
+
+
+@dataclass
+class Work:
+    """One planned batch after mapping: what to send, and which rows mapping refused."""
+
+    number: int
+    operation: Operation
+    size: int
+    seqs: list[int]
+    """Sequence numbers of the rows sent, aligned with the batch's payloads."""
+    keys: list[str]
+    map_rejected: list[tuple[int, str, str]] = field(default_factory=list)
+    """(seq, key, reason) of rows that could not be mapped: rejected, not sent."""
+
+
+class Recorder:
+    def __init__(self, store: StateStore, run: RunRecord) -> None:
+        self.store = store
+        self.run = run
+
+    def checkpoint(self, work: Work, result: BatchResult | None, attempts: int) -> None:
+        errors = [
+            RowError(
+                run_id=self.run.id, sync=self.run.sync, row_key=key, kind="rejected",
+                reason=reason, created_at=self.run.updated_at, batch_no=work.number, seq=seq,
+                operation=str(work.operation),
+            )
+            for seq, key, reason in work.map_rejected
+        ]
+        sent = len(work.seqs)
+        accepted = 0
+        if result is not None:
+            accepted = result.accepted(sent)
+            for kind, items in (("rejected", result.rejected), ("failed", result.failed)):
+                for index, reason in items.items():
+                    errors.append(
+                        RowError(
+                            run_id=self.run.id, sync=self.run.sync, row_key=work.keys[index],
+                            kind=kind, reason=reason, created_at=self.run.updated_at,
+                            batch_no=work.number, seq=work.seqs[index],
+                            operation=str(work.operation),
+                        )
+                    )
+        counts = self.run.counts
+        counts["sent"] += sent
+        counts["succeeded"] += accepted
+        counts["rejected"] += len(work.map_rejected) + (len(result.rejected) if result else 0)
+        counts["failed"] += len(result.failed) if result else 0
+        self.store.checkpoint(
+            self.run, batch_no=work.number, operation=str(work.operation), size=work.size,
+            sent=sent, accepted=accepted, errors=errors, attempts=attempts,
+        )

@@ -1,0 +1,374 @@
+"""The one facade: the CLI, the web app, the scheduler and workers call ``Project`` only.
+
+    project = Project.load("path/to/project")
+    project.validate()                  # every problem, with file, line, key and a fix
+    project.plan("users_to_crm")        # a dry run: counts and payloads, nothing sent
+    project.run(["users_to_crm"])       # run syncs, resuming any that died
+    project.status(); project.runs("users_to_crm"); project.errors(run_id)
+    project.reset("users_to_crm")       # forget the snapshot: next run is a first run
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import polars as pl
+
+from undertow.config.loader import LoadedProject, load_project
+from undertow.config.models import SyncConfig
+from undertow.destinations.base import Destination
+from undertow.errors import ConfigError, UndertowError, unknown_name
+from undertow.pipeline.diff import ChangeStats, LocalDiffEngine
+from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for, projected_sql
+from undertow.registry import destination_class, source_class
+from undertow.sources.base import Source
+from undertow.state.store import RowError, RunRecord, StateStore
+
+
+@dataclass
+class Problem:
+    """One thing wrong with a project, as ``validate`` reports it."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    key: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "key": self.key, "message": self.message}
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.file and self.line else (self.file or "")
+        key = f" {self.key}" if self.key else ""
+        return f"{where}{key}: {self.message}" if (where or key) else self.message
+
+
+@dataclass
+class PlanPreview:
+    """What ``run`` would do now, computed without sending or changing anything."""
+
+    sync: str
+    mode: str
+    destination: str
+    counts: ChangeStats
+    operations: dict[str, str]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sync": self.sync,
+            "mode": self.mode,
+            "destination": self.destination,
+            "counts": {
+                "extracted": self.counts.extracted,
+                "added": self.counts.added,
+                "changed": self.counts.changed,
+                "removed": self.counts.removed,
+                "unchanged": self.counts.unchanged,
+                "rejected": self.counts.invalid + len(
+                    [r for r in self.rejected if r.get("kind") == "mapping"]
+                ),
+                "to_send": self.counts.planned,
+            },
+            "operations": self.operations,
+            "samples": self.samples,
+            "changes": self.changes,
+            "rejected": self.rejected,
+        }
+
+
+class Project:
+    def __init__(self, loaded: LoadedProject) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.root = loaded.root
+        self._store: StateStore | None = None
+
+    @classmethod
+    def load(cls, path: str = ".") -> Project:
+        return cls(load_project(path))
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    @property
+    def store(self) -> StateStore:
+        if self._store is None:
+            self._store = StateStore(self.loaded.state_url)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    @property
+    def sync_names(self) -> list[str]:
+        return list(self.config.syncs)
+
+    def sync(self, name: str) -> SyncConfig:
+        try:
+            return self.config.syncs[name]
+        except KeyError:
+            raise ConfigError(
+                unknown_name("sync", name, self.config.syncs),
+                hint="`undertow status` lists the project's syncs",
+            ) from None
+
+    def source(self, name: str) -> Source:
+        cfg = self.loaded.sources[name]
+        return source_class(cfg.type)(cfg, name=name, base_dir=str(self.root))
+
+    def destination(self, name: str) -> Destination:
+        cfg = self.loaded.destinations[name]
+        return destination_class(cfg.type)(cfg, name=name)
+
+    def context(self, name: str) -> SyncContext:
+        sync = self.sync(name)
+        model = self.config.models[sync.model]
+        return SyncContext(
+            name=name,
+            sync=sync,
+            model_name=sync.model,
+            model=model,
+            sql=self.loaded.model_sql[sync.model],
+            source=self.source(model.source),
+            destination=self.destination(sync.destination),
+            destination_name=sync.destination,
+            state_dir=self.loaded.state_dir,
+        )
+
+    # -- validate ---------------------------------------------------------------------------
+
+    def validate(self, *, connect: bool = True) -> list[Problem]:
+        """Compile every model and mapping; with ``connect``, check every connection too."""
+        problems: list[Problem] = []
+
+        def add(exc: UndertowError, *path: str) -> None:
+            where = self.loaded.where(*path) if path else None
+            file, line = where or (None, None)
+            if isinstance(exc, ConfigError) and exc.file:
+                file, line = exc.file, exc.line
+            problems.append(
+                Problem(message=str(exc), file=file, line=line,
+                        key=".".join(path) if path else None)
+            )
+
+        if connect:
+            for name in self.loaded.sources:
+                try:
+                    src = self.source(name)
+                    try:
+                        src.check()
+                    finally:
+                        src.close()
+                except UndertowError as exc:
+                    add(exc, "sources", name)
+            for name in self.loaded.destinations:
+                try:
+                    asyncio.run(self._check_destination(name))
+                except UndertowError as exc:
+                    add(exc, "destinations", name)
+        for mname, model in self.config.models.items():
+            try:
+                src = self.source(model.source)
+                try:
+                    src.describe(self.loaded.model_sql[mname], model=mname)
+                finally:
+                    src.close()
+            except UndertowError as exc:
+                add(exc, "models", mname)
+        for sname in self.config.syncs:
+            try:
+                ctx = self.context(sname)
+                try:
+                    ctx.plan(full=False)
+                    ctx.batch_size()
+                    if ctx.sync.object is not None or ctx.destination.objects is not None:
+                        self._check_object(ctx)
+                    compile_for(ctx)
+                finally:
+                    ctx.source.close()
+            except UndertowError as exc:
+                add(exc, "syncs", sname)
+        return problems
+
+    def _check_object(self, ctx: SyncContext) -> None:
+        objects = ctx.destination.objects
+        obj = ctx.sync.object
+        if objects is None and obj is not None:
+            raise ConfigError(
+                f"sync {ctx.name!r}: destination {ctx.destination_name!r} takes no `object:`",
+                hint="remove `object:` from the sync",
+            )
+        if objects is not None and (obj is None or obj not in objects):
+            what = "needs" if obj is None else f"has no object {obj!r};"
+            raise ConfigError(
+                f"sync {ctx.name!r}: destination {ctx.destination_name!r} {what} `object:` "
+                f"one of {', '.join(objects)}",
+                hint=f"e.g. `object: {objects[0]}`",
+            )
+
+    async def _check_destination(self, name: str) -> None:
+        dest = self.destination(name)
+        await dest.open()
+        try:
+            await dest.check()
+        finally:
+            await dest.close()
+
+    # -- plan -------------------------------------------------------------------------------
+
+    def plan(self, name: str, *, limit: int = 5, full: bool = False) -> PlanPreview:
+        """A dry run: extract and diff in memory against the snapshot; send nothing."""
+        ctx = self.context(name)
+        plan = ctx.plan(full=full)
+        if ctx.destination.objects is not None:
+            self._check_object(ctx)
+        batch_size = ctx.batch_size()
+        engine = LocalDiffEngine(self.loaded.state_dir, name, dry_run=True)
+        try:
+            mapping, spec = compile_for(ctx)
+            reader = ctx.source.extract(projected_sql(ctx.sql, spec.columns), model=ctx.model_name)
+            stats = engine.build("preview", reader, spec, plan, batch_size)
+            preview = PlanPreview(
+                sync=name, mode=str(ctx.sync.mode), destination=ctx.sync.destination,
+                counts=stats, operations={k: str(v) for k, v in plan.ops.items()},
+            )
+            preview.rejected = [
+                {"key": k, "reason": r, "kind": "invalid_key"}
+                for k, r in engine.invalid_rows("preview", limit=limit)
+            ]
+            for chunk in engine.chunks("preview", skip=set(), batches_per_chunk=1):
+                frame = chunk.frame.head(max(limit * 4, limit))
+                mapped = mapping.map(_model_part(frame))
+                keys = frame.get_column("_ut_key").to_list()
+                ops = frame.get_column("_ut_op").to_list()
+                for i, pos in enumerate(mapped.index[:limit]):
+                    preview.samples.append(
+                        {"operation": ops[pos], "key": keys[pos],
+                         "payload": orjson.loads(mapped.payloads[i])}
+                    )
+                for pos, reason in mapped.rejected[:limit]:
+                    preview.rejected.append({"key": keys[pos], "reason": reason,
+                                             "kind": "mapping"})
+                break
+            preview.changes = self._field_changes(engine, mapping, limit)
+            return preview
+        finally:
+            engine.close()
+            ctx.source.close()
+
+    @staticmethod
+    def _field_changes(engine: LocalDiffEngine, mapping: Any, limit: int) -> list[dict[str, Any]]:
+        frame = engine.changed_rows("preview", limit)
+        if frame.is_empty():
+            return []
+        new = _model_part(frame)
+        old_cols = {c: c[len("_ut_old_"):] for c in frame.columns if c.startswith("_ut_old_")}
+        old = new.with_columns(
+            [frame.get_column(src).alias(dst) for src, dst in old_cols.items()]
+        )
+        new_m, old_m = mapping.map(new), mapping.map(old)
+        old_by_pos = {pos: old_m.payloads[i] for i, pos in enumerate(old_m.index)}
+        keys = frame.get_column("_ut_key").to_list()
+        changes = []
+        for i, pos in enumerate(new_m.index):
+            after = orjson.loads(new_m.payloads[i])
+            before = orjson.loads(old_by_pos[pos]) if pos in old_by_pos else {}
+            fields = {
+                f: {"old": before.get(f), "new": after.get(f)}
+                for f in sorted(set(after) | set(before))
+                if before.get(f) != after.get(f)
+            }
+            changes.append({"key": keys[pos], "fields": fields})
+        return changes
+
+    # -- run --------------------------------------------------------------------------------
+
+    def run(
+        self, names: list[str], *, full: bool = False, reporter: Reporter | None = None,
+        trigger: str = "manual",
+    ) -> list[RunRecord]:
+        for name in names:
+            self.sync(name)  # unknown names fail before anything runs
+        records = []
+        for name in names:
+            ctx = self.context(name)
+            try:
+                records.append(
+                    SyncRun(ctx, self.store, reporter, trigger=trigger).execute(full=full)
+                )
+            finally:
+                ctx.source.close()
+        return records
+
+    # -- history ----------------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        last = self.store.last_runs()
+        locks = self.store.held_locks()
+        rows = []
+        for name, sync in self.config.syncs.items():
+            run = last.get(name)
+            rows.append(
+                {
+                    "sync": name,
+                    "model": sync.model,
+                    "destination": sync.destination,
+                    "mode": str(sync.mode),
+                    "running": name in locks,
+                    "last_run": run.as_dict() if run else None,
+                }
+            )
+        return rows
+
+    def runs(self, name: str, *, limit: int = 20) -> list[RunRecord]:
+        self.sync(name)
+        return self.store.list_runs(name, limit=limit)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        run = self.store.get_run(run_id)
+        if run is None:
+            matches = self.store.find_runs(run_id)
+            if len(matches) == 1:
+                return matches[0]
+            raise UndertowError(
+                f"no run {run_id!r} in the state store {self.store.display_url}",
+                hint="`undertow runs SYNC` lists run ids",
+            )
+        return run
+
+    def errors(self, run_id: str, *, limit: int | None = None) -> list[RowError]:
+        run = self.get_run(run_id)
+        return self.store.row_errors(run.id, limit=limit)
+
+    def reset(self, name: str) -> int:
+        """Forget what the destination accepted; the next run of ``name`` is a first run."""
+        self.sync(name)
+        lock = self.store.acquire_lock(name)
+        try:
+            engine = LocalDiffEngine(self.loaded.state_dir, name)
+            try:
+                rows = engine.snapshot_rows()
+                engine.reset()
+            finally:
+                engine.close()
+            unfinished = self.store.unfinished_run(name)
+            if unfinished is not None:
+                from undertow.state.store import RunStatus
+
+                self.store.update_run(
+                    unfinished, status=RunStatus.CANCELLED, error="cancelled by reset"
+                )
+            return rows
+        finally:
+            lock.release()
+
+
+def _model_part(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select([c for c in frame.columns if not c.startswith("_ut_")])
