@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -125,6 +126,11 @@ class Project:
 
     def destination(self, name: str) -> Destination:
         cfg = self.loaded.destinations[name]
+        path = getattr(cfg, "path", None)
+        if isinstance(path, str) and "://" not in path:
+            # a file path in a project file is relative to the project, not to the shell's cwd
+            resolved = (self.root / Path(path).expanduser()).resolve()
+            cfg = cfg.model_copy(update={"path": str(resolved)})
         return destination_class(cfg.type)(cfg, name=name)
 
     def context(self, name: str) -> SyncContext:
@@ -243,20 +249,27 @@ class Project:
                 {"key": k, "reason": r, "kind": "invalid_key"}
                 for k, r in engine.invalid_rows("preview", limit=limit)
             ]
-            for chunk in engine.chunks("preview", skip=set(), batches_per_chunk=1):
+            # nothing planned: skip chunks(), which leaves a DuckDB result open when empty
+            chunks = engine.chunks("preview", skip=set(), batches_per_chunk=1)
+            # samples from batch after batch until there are enough: removals come first in
+            # a mirror plan, and the first batch alone would show only the deletes
+            map_rejected = 0
+            for chunk in chunks if stats.planned else ():
                 frame = chunk.frame.head(max(limit * 4, limit))
                 mapped = mapping.map(_model_part(frame))
                 keys = frame.get_column("_ut_key").to_list()
                 ops = frame.get_column("_ut_op").to_list()
-                for i, pos in enumerate(mapped.index[:limit]):
+                for i, pos in enumerate(mapped.index[: limit - len(preview.samples)]):
                     preview.samples.append(
                         {"operation": ops[pos], "key": keys[pos],
                          "payload": orjson.loads(mapped.payloads[i])}
                     )
-                for pos, reason in mapped.rejected[:limit]:
+                for pos, reason in mapped.rejected[: limit - map_rejected]:
                     preview.rejected.append({"key": keys[pos], "reason": reason,
                                              "kind": "mapping"})
-                break
+                    map_rejected += 1
+                if len(preview.samples) >= limit or map_rejected >= limit:
+                    break
             preview.changes = self._field_changes(engine, mapping, limit)
             return preview
         finally:
@@ -337,6 +350,12 @@ class Project:
             matches = self.store.find_runs(run_id)
             if len(matches) == 1:
                 return matches[0]
+            if len(matches) > 1:
+                raise UndertowError(
+                    f"run id prefix {run_id!r} matches more than one run: "
+                    + ", ".join(m.id for m in matches),
+                    hint="give more characters of the run id",
+                )
             raise UndertowError(
                 f"no run {run_id!r} in the state store {self.store.display_url}",
                 hint="`undertow runs SYNC` lists run ids",

@@ -31,7 +31,7 @@ def make_batch(
     )
 
 
-def make_dest(path: Path, fmt: str | None = None) -> FileDestination:
+def make_dest(path: Path, fmt: Any = None) -> FileDestination:
     config = FileConfig(path=str(path), format=fmt) if fmt else FileConfig(path=str(path))
     return FileDestination(config, name="out")
 

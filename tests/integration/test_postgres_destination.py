@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import orjson
 import psycopg
 import pytest
+from pydantic import SecretStr
 
 from undertow.destinations.base import Batch, BatchResult, Operation
 from undertow.destinations.postgres import PostgresConfig, PostgresDestination, infer_type
@@ -310,7 +311,11 @@ def test_unknown_user_is_fatal_and_the_password_never_shows(pg_database: str) ->
 def test_server_down_is_retryable() -> None:
     dest = PostgresDestination(
         PostgresConfig(
-            host="127.0.0.1", port=free_port(), database="x", password="pw-9f8e7d", table="t"
+            host="127.0.0.1",
+            port=free_port(),
+            database="x",
+            password=SecretStr("pw-9f8e7d"),
+            table="t",
         ),
         name="pg",
     )
@@ -340,3 +345,15 @@ def test_config_takes_a_url_or_parts_not_both() -> None:
 )
 def test_infer_type(values: list[Any], expected: str) -> None:
     assert infer_type(values) == expected
+
+
+def test_check_after_open_reuses_the_connection(db: str) -> None:
+    dest = make_dest(db)
+
+    async def open_then_check() -> bool:
+        await dest.open()
+        before = dest._conn
+        await dest.check(operation=Operation.UPSERT, match=["id"])
+        return before is dest._conn and before is not None and not before.closed
+
+    assert run(dest, open_then_check)

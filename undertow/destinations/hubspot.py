@@ -67,7 +67,6 @@ ENDPOINTS = {
     Operation.DELETE: "archive",
 }
 POLICY_WAIT_SECONDS = {"TEN_SECONDLY_ROLLING": 10.0, "SECONDLY": 1.0}
-WRITE_SCOPE = "crm.objects.{object}.write"
 
 
 class HubSpotConfig(DestinationConfig):
@@ -177,8 +176,7 @@ class HubSpotDestination(Destination):
     def _object(self, batch: Batch) -> str:
         if batch.object not in (self.objects or ()):
             raise FatalDeliveryError(
-                f"sync {batch.sync!r}: destination {self.instance_name!r} (hubspot) has no "
-                f"object {batch.object!r}: "
+                f"sync {batch.sync!r}: destination {self.instance_name!r} (hubspot): "
                 + unknown_name("object", str(batch.object), self.objects or ()),
                 hint="set `object:` in the sync to contacts or companies",
             )

@@ -67,18 +67,18 @@ class PostgresConfig(DestinationConfig):
     model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
 
     type: Literal["postgres"] = "postgres"
-    url: SecretStr | None = None
+    url: SecretStr | str | None = None
     """``postgresql://user:password@host:port/database`` (or use the separate keys below)."""
     host: str | None = None
     port: int = 5432
     user: str | None = None
     password: SecretStr | None = None
     database: str | None = None
-    schema_: str = Field("public", alias="schema")
+    schema_: str = Field(default="public", alias="schema")
     table: str
     create_table: bool = False
-    batch_size: int = Field(1000, ge=1, le=50_000)
-    connect_timeout: int = Field(10, ge=1)
+    batch_size: int = Field(default=1000, ge=1, le=50_000)
+    connect_timeout: int = Field(default=10, ge=1)
 
     @model_validator(mode="after")
     def _one_way_to_connect(self) -> PostgresConfig:
@@ -87,6 +87,8 @@ class PostgresConfig(DestinationConfig):
             raise ValueError("give either `url` or host/user/password/database, not both")
         if self.url is None and (self.host is None or self.database is None):
             raise ValueError("give `url` (postgresql://...) or at least `host` and `database`")
+        if isinstance(self.url, str):
+            self.url = SecretStr(self.url)
         if self.url is not None and not self.url.get_secret_value().startswith(
             ("postgresql://", "postgres://")
         ):
@@ -134,7 +136,7 @@ class PostgresDestination(Destination):
         if config.password is not None:
             register_secret(config.password.get_secret_value())
         if config.url is not None:
-            url_password = urlsplit(config.url.get_secret_value()).password
+            url_password = urlsplit(_plain(config.url)).password
             register_secret(url_password)
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._table: _Table | None = None
@@ -170,7 +172,7 @@ class PostgresDestination(Destination):
         cfg = self.cfg
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": cfg.connect_timeout}
         if cfg.url is not None:
-            conninfo = cfg.url.get_secret_value()
+            conninfo = _plain(cfg.url)
         else:
             conninfo = ""
             kwargs.update(host=cfg.host, port=cfg.port, dbname=cfg.database)
@@ -258,7 +260,8 @@ class PostgresDestination(Destination):
         checked. With ``match`` (the sync's match columns) the columns and, for upserts,
         the unique index on them are checked too.
         """
-        conn = await self._connect()
+        reuse = self._conn is not None and not self._conn.closed
+        conn = self._conn if reuse and self._conn is not None else await self._connect()
         try:
             table = await self._load_table(conn)
             if table is None:
@@ -293,7 +296,8 @@ class PostgresDestination(Destination):
             if match and upsert and frozenset(match) not in table.unique_sets:
                 raise self._unique_index_error(match, conn)
         finally:
-            await conn.close()
+            if not reuse:
+                await conn.close()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -317,6 +321,13 @@ class PostgresDestination(Destination):
                     f"{self._where()}: the connection failed during batch {batch.number}: "
                     f"{redact(' '.join(str(exc).split()))}",
                     hint="the batch was rolled back and is retried",
+                ) from None
+            except pg.Error as exc:
+                self._table = None  # the table may have changed under us: look again
+                raise FatalDeliveryError(
+                    f"{self._where()}: batch {batch.number} ({batch.operation.value}) failed: "
+                    f"{redact(' '.join(str(exc).split()))}",
+                    hint="the batch was rolled back; fix the table or the sync and run again",
                 ) from None
 
     async def _write(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> BatchResult:
@@ -564,6 +575,10 @@ def _param(value: Any) -> str | None:
     if isinstance(value, int | float):
         return str(value)
     return orjson.dumps(value).decode()
+
+
+def _plain(value: SecretStr | str) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 def _pg() -> Any:

@@ -67,10 +67,10 @@ class WebhookConfig(DestinationConfig):
     url: str
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, str | SecretStr] = Field(default_factory=dict)
-    batch_size: int = Field(1000, ge=1, le=100_000)
-    max_concurrency: int = Field(4, ge=1, le=64)
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    max_concurrency: int = Field(default=4, ge=1, le=64)
     rate_limit: RateLimitConfig | None = None
-    timeout: float = Field(30.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0)
     body_template: str | None = None
     idempotency_header: str = "Idempotency-Key"
 

@@ -128,12 +128,18 @@ async def deliver(
     stop: asyncio.Event,
     policy: RetryPolicy | None = None,
 ) -> DeliveryReport:
-    """Send every batch from ``batches``; call ``on_outcome`` once per batch, in the loop."""
+    """Send every batch from ``batches``; call ``on_outcome`` once per batch, in the loop.
+
+    An exception from ``on_outcome`` (a checkpoint that cannot be written) or from the
+    destination beyond the ``DeliveryError`` family stops the delivery like a fatal error,
+    and is raised once the batches in flight have finished.
+    """
     policy = policy or RetryPolicy()
     bucket = TokenBucket(rate_limit)
     slots = asyncio.Semaphore(max(1, concurrency))
     report = DeliveryReport()
     tasks: set[asyncio.Task[None]] = set()
+    crashed: list[BaseException] = []
 
     async def run_one(batch: Batch) -> None:
         try:
@@ -144,6 +150,11 @@ async def deliver(
             maybe = on_outcome(outcome)
             if maybe is not None:
                 await maybe
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # e.g. a checkpoint that failed: send nothing more
+            crashed.append(exc)
+            stop.set()
         finally:
             slots.release()
 
@@ -162,6 +173,8 @@ async def deliver(
             for item in results:
                 if isinstance(item, BaseException) and not isinstance(item, asyncio.CancelledError):
                     raise item
+    if crashed:
+        raise crashed[0]
     if stop.is_set() and report.stopped is None:
         report.cancelled = True
     return report

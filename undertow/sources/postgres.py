@@ -12,13 +12,13 @@ Why COPY and CSV: converting psycopg's Python tuples into Arrow measured 160k ro
 parser cannot read (arrays, bytea, time, ...) arrive as text and are converted with
 psycopg's own text loaders, a batch at a time.
 
-Memory stays bounded: one CSV block (``_block_size``) plus one batch of at most
-``batch_rows`` rows; the server streams COPY output and never materialises the result.
+Memory stays bounded: COPY sends one message per row; at most ``batch_rows`` rows (and at
+most ``_max_chunk_bytes``) are held as text, then parsed into one Arrow batch; the server
+streams COPY output and never materialises the result.
 """
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -329,9 +329,7 @@ class PostgresSource(Source):
         names = [f"c{i}" for i in range(len(columns))]
         loaders = [None if c.direct else _loader(conn, c) for c in columns]
         schema = _schema(columns)
-        read_options = csv.ReadOptions(
-            column_names=names, block_size=_block_size(batch_rows), use_threads=False
-        )
+        read_options = csv.ReadOptions(column_names=names, use_threads=False)
         convert = csv.ConvertOptions(
             column_types={
                 n: (c.arrow if c.direct else pa.string())
@@ -344,32 +342,44 @@ class PostgresSource(Source):
             quoted_strings_can_be_null=False,
         )
         parse = csv.ParseOptions(newlines_in_values=True)
+        max_bytes = _max_chunk_bytes(batch_rows)
+
+        def parsed(rows: list[Any]) -> pa.RecordBatch:
+            table = csv.read_csv(
+                pa.BufferReader(b"".join(rows)),
+                read_options=read_options,
+                parse_options=parse,
+                convert_options=convert,
+            ).combine_chunks()
+            raw = table.to_batches()[0] if table.num_rows else None
+            if raw is None:  # pragma: no cover - rows is never empty
+                return schema.empty_table().to_batches()[0]
+            return _typed(raw, loaders, schema)
+
         text = _TRAILING.sub("", sql)
         copy_sql = _COPY_HEAD + text + _COPY_TAIL
-        source = _CopyFile(iter(()))
         error: BaseException | None = None
+        finished = False
         try:
             with conn.cursor() as cur, cur.copy(copy_sql) as copy:
-                source = _CopyFile(iter(copy))
                 try:
-                    reader = csv.open_csv(
-                        source,
-                        read_options=read_options,
-                        parse_options=parse,
-                        convert_options=convert,
-                    )
-                    while True:
-                        try:
-                            raw = reader.read_next_batch()
-                        except StopIteration:
-                            break
-                        batch = _typed(raw, columns, loaders, schema)
-                        for start in range(0, batch.num_rows, batch_rows):
-                            yield batch.slice(start, batch_rows)
+                    # COPY sends one message per row: cut the stream into chunks of at most
+                    # batch_rows rows (and max_bytes bytes), each parsed by Arrow in one call.
+                    rows: list[Any] = []
+                    size = 0
+                    for row in copy:
+                        rows.append(row)
+                        size += len(row)
+                        if len(rows) >= batch_rows or size >= max_bytes:
+                            chunk, rows, size = rows, [], 0
+                            yield parsed(chunk)
+                    finished = True
+                    if rows:
+                        yield parsed(rows)
                 except Exception as exc:
-                    error = self._read_error(source.error or exc, model=model)
+                    error = self._read_error(exc, model=model)
                 finally:
-                    if not source.done:
+                    if not finished:
                         # Leaving COPY early (an error, or the reader was closed): drop the
                         # connection rather than read the remaining rows.
                         conn.pgconn.finish()
@@ -411,42 +421,6 @@ class PostgresSource(Source):
             position=position,
             hint=redact(detail) if detail else None,
         )
-
-
-class _CopyFile(io.RawIOBase):
-    """A read-only file over COPY's rows, for Arrow's CSV reader."""
-
-    def __init__(self, rows: Iterator[Any]) -> None:
-        super().__init__()
-        self._rows = rows
-        self._pending = memoryview(b"")
-        self.error: BaseException | None = None
-        self.done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        size = len(buffer)
-        if len(self._pending) < size and not self.done:
-            parts = [self._pending]
-            have = len(self._pending)
-            try:
-                for row in self._rows:
-                    parts.append(row)
-                    have += len(row)
-                    if have >= size:
-                        break
-                else:
-                    self.done = True
-            except Exception as exc:
-                self.error = exc
-                raise
-            self._pending = memoryview(b"".join(parts))
-        count = min(size, len(self._pending))
-        buffer[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
-        return count
 
 
 def _column(name: str, oid: int, fmod: int) -> _Column:
@@ -505,7 +479,6 @@ def _loader(conn: Any, column: _Column) -> Callable[[list[Any]], pa.Array]:
 
 def _typed(
     raw: pa.RecordBatch,
-    columns: list[_Column],
     loaders: list[Callable[[list[Any]], pa.Array] | None],
     schema: pa.Schema,
 ) -> pa.RecordBatch:
@@ -516,9 +489,9 @@ def _typed(
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _block_size(batch_rows: int) -> int:
-    """CSV bytes read at once: about ``batch_rows`` rows of 128 bytes, within 1-32 MiB."""
-    return max(1 << 20, min(32 << 20, batch_rows * 128))
+def _max_chunk_bytes(batch_rows: int) -> int:
+    """COPY bytes parsed at once: about ``batch_rows`` rows of 256 bytes, within 1-64 MiB."""
+    return max(1 << 20, min(64 << 20, batch_rows * 256))
 
 
 def _closing_reader(

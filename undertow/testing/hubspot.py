@@ -83,6 +83,29 @@ class ObjectStore(dict[str, Properties]):
         self.created_at: dict[str, str] = {}
         self.updated_at: dict[str, str] = {}
         self.archived: dict[str, Properties] = {}
+        self._index: dict[str, dict[str, str]] = {}
+        """prop -> value (emails lower-cased) -> id, built on the first lookup of a prop."""
+
+    @staticmethod
+    def _norm(prop: str, value: Any) -> str | None:
+        text = _text(value)
+        return text.lower() if prop == "email" and text else text
+
+    def index_put(self, object_id: str) -> None:
+        """Index a stored record (call after every write to it)."""
+        props = self[object_id]
+        for prop, index in self._index.items():
+            value = self._norm(prop, props.get(prop))
+            if value:
+                index.setdefault(value, object_id)
+
+    def index_drop(self, object_id: str) -> None:
+        """Forget a record's indexed values (call before changing or archiving it)."""
+        props = self.get(object_id, {})
+        for prop, index in self._index.items():
+            value = self._norm(prop, props.get(prop))
+            if value and index.get(value) == object_id:
+                del index[value]
 
     def find(self, prop: str, value: Any) -> str | None:
         """The id of the record whose ``prop`` equals ``value`` (emails compare caseless)."""
@@ -90,13 +113,15 @@ class ObjectStore(dict[str, Properties]):
             return None
         if prop == "hs_object_id":
             return str(value) if str(value) in self else None
-        wanted = _text(value)
-        caseless = prop == "email"
-        for object_id, props in self.items():
-            have = props.get(prop)
-            if have == wanted or (caseless and have and wanted and have.lower() == wanted.lower()):
-                return object_id
-        return None
+        index = self._index.get(prop)
+        if index is None:
+            index = self._index[prop] = {}
+            for object_id, props in self.items():
+                have = self._norm(prop, props.get(prop))
+                if have:
+                    index.setdefault(have, object_id)
+        wanted = self._norm(prop, value)
+        return index.get(wanted) if wanted else None
 
     def by_email(self, email: str) -> Properties | None:
         """The properties of the contact with this email, or None."""
@@ -615,6 +640,7 @@ class HubSpotFake:
         stored["createdate"] = stamp
         stored["lastmodifieddate"] = stamp
         store[object_id] = stored
+        store.index_put(object_id)
         store.created_at[object_id] = stamp
         store.updated_at[object_id] = stamp
         return self._public(store, object_id)
@@ -623,17 +649,20 @@ class HubSpotFake:
         store = self.objects[name]
         stamp = _now()
         stored = store[object_id]
+        store.index_drop(object_id)
         for key, value in props.items():
             text = _text(value)
             if name == "contacts" and key == "email" and text:
                 text = text.lower()
             stored[key] = text
         stored["lastmodifieddate"] = stamp
+        store.index_put(object_id)
         store.updated_at[object_id] = stamp
         return self._public(store, object_id)
 
     def _archive(self, name: str, object_id: str) -> None:
         store = self.objects[name]
         if object_id in store:
+            store.index_drop(object_id)
             store.archived[object_id] = store.pop(object_id)
             self.applied.append((name, "archive", {"id": object_id}))

@@ -1,0 +1,324 @@
+"""deliver: concurrency, pacing, retries and stopping, against a tiny in-memory destination."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ClassVar
+
+import pytest
+
+from undertow.destinations.base import (
+    Batch,
+    BatchResult,
+    Capabilities,
+    Destination,
+    DestinationConfig,
+    Operation,
+    RateLimit,
+)
+from undertow.errors import (
+    DeliveryError,
+    FatalDeliveryError,
+    RejectedBatchError,
+    RetryableError,
+    StateError,
+)
+from undertow.pipeline import deliver as deliver_module
+from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deliver
+
+pytestmark = pytest.mark.unit
+
+FAST = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002)
+Behaviour = Callable[["FakeDestination", Batch], Awaitable[BatchResult]]
+
+
+async def accept(dest: FakeDestination, batch: Batch) -> BatchResult:
+    return BatchResult()
+
+
+class FakeDestination(Destination):
+    """Runs ``behaviour`` for each batch and records what it was asked to write."""
+
+    name: ClassVar[str] = "fake"
+    Config: ClassVar[type[DestinationConfig]] = DestinationConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        operations=frozenset(Operation), max_batch_size=100
+    )
+
+    def __init__(self, behaviour: Behaviour = accept) -> None:
+        super().__init__(DestinationConfig(type="fake"), name="fake")
+        self.behaviour = behaviour
+        self.calls: list[int] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def check(self) -> None:
+        pass
+
+    async def write_batch(self, batch: Batch) -> BatchResult:
+        self.calls.append(batch.number)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self.behaviour(self, batch)
+        finally:
+            self.in_flight -= 1
+
+
+def make_batch(number: int, size: int = 3) -> Batch:
+    return Batch(
+        sync="users_out",
+        operation=Operation.UPSERT,
+        number=number,
+        idempotency_key=f"run-{number}",
+        keys=[f"{number}.{i}" for i in range(size)],
+        payloads=[f'{{"id":{i}}}' for i in range(size)],
+    )
+
+
+async def batches_of(count: int) -> AsyncIterator[Batch]:
+    for number in range(count):
+        yield make_batch(number)
+
+
+def run_delivery(
+    dest: FakeDestination,
+    count: int,
+    *,
+    concurrency: int = 1,
+    rate_limit: RateLimit | None = None,
+    policy: RetryPolicy = FAST,
+    stop: asyncio.Event | None = None,
+    on_outcome: Callable[[Outcome], Any] | None = None,
+) -> tuple[DeliveryReport, dict[int, Outcome]]:
+    outcomes: dict[int, Outcome] = {}
+
+    def record(outcome: Outcome) -> Any:
+        assert outcome.batch.number not in outcomes, "one outcome per batch"
+        outcomes[outcome.batch.number] = outcome
+        return on_outcome(outcome) if on_outcome else None
+
+    async def main() -> DeliveryReport:
+        return await deliver(
+            dest,
+            batches_of(count),
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+            on_outcome=record,
+            stop=stop or asyncio.Event(),
+            policy=policy,
+        )
+
+    return asyncio.run(main()), outcomes
+
+
+class SleepRecorder:
+    """Replaces asyncio.sleep: records each delay, advances a fake clock, yields once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.now = 1000.0
+        self._real = asyncio.sleep
+
+    async def __call__(self, delay: float, result: Any = None) -> Any:
+        self.delays.append(delay)
+        self.now += delay
+        await self._real(0)
+        return result
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fake_sleep(monkeypatch: pytest.MonkeyPatch) -> SleepRecorder:
+    recorder = SleepRecorder()
+    monkeypatch.setattr(asyncio, "sleep", recorder)
+    monkeypatch.setattr(deliver_module, "time", types.SimpleNamespace(monotonic=recorder.monotonic))
+    return recorder
+
+
+# -- concurrency and pacing -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 3, 8])
+def test_concurrency_never_exceeds_the_limit(limit: int) -> None:
+    async def slow(dest: FakeDestination, batch: Batch) -> BatchResult:
+        for _ in range(5):
+            await asyncio.sleep(0.001)
+        return BatchResult()
+
+    dest = FakeDestination(slow)
+    report, outcomes = run_delivery(dest, 20, concurrency=limit)
+    assert dest.max_in_flight == limit  # reached, never passed
+    assert sorted(outcomes) == list(range(20))
+    assert report.stopped is None and not report.cancelled
+    assert all(o.sent and o.attempts == 1 and not o.result.failed for o in outcomes.values())
+
+
+def test_token_bucket_paces_requests(fake_sleep: SleepRecorder) -> None:
+    stamps: list[float] = []
+
+    async def stamp(dest: FakeDestination, batch: Batch) -> BatchResult:
+        stamps.append(fake_sleep.now)
+        return BatchResult()
+
+    limit = RateLimit(requests=3, per_seconds=1.5)  # 2 a second, bursts of 3
+    run_delivery(FakeDestination(stamp), 13, concurrency=4, rate_limit=limit)
+    assert len(stamps) == 13
+    # a token bucket admits at most burst + rate * T requests in any window of T seconds
+    for i in range(len(stamps)):
+        for j in range(i, len(stamps)):
+            assert j - i + 1 <= 3 + 2 * (stamps[j] - stamps[i]) + 1e-9, (i, j, stamps)
+    assert stamps[-1] - stamps[0] >= (13 - 3) / 2 - 1e-9
+    assert stamps[:3] == [stamps[0]] * 3  # the burst goes out at once
+
+
+def test_no_rate_limit_means_no_waiting(fake_sleep: SleepRecorder) -> None:
+    run_delivery(FakeDestination(), 10, concurrency=2)
+    assert fake_sleep.delays == []
+
+
+# -- retries ----------------------------------------------------------------------------------
+
+
+def test_retryable_error_is_retried_honouring_retry_after(fake_sleep: SleepRecorder) -> None:
+    async def flaky(dest: FakeDestination, batch: Batch) -> BatchResult:
+        if dest.calls.count(batch.number) <= 2:
+            raise RetryableError("429 Too Many Requests", retry_after=7.0)
+        return BatchResult()
+
+    report, outcomes = run_delivery(FakeDestination(flaky), 1)
+    assert fake_sleep.delays == [7.0, 7.0]
+    assert outcomes[0].attempts == 3
+    assert outcomes[0].result == BatchResult()
+    assert report.stopped is None and not report.cancelled
+
+
+def test_backoff_without_retry_after_grows_with_jitter(fake_sleep: SleepRecorder) -> None:
+    async def flaky(dest: FakeDestination, batch: Batch) -> BatchResult:
+        if len(dest.calls) <= 3:
+            raise RetryableError("503")
+        return BatchResult()
+
+    policy = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=3.0)
+    run_delivery(FakeDestination(flaky), 1, policy=policy)
+    assert len(fake_sleep.delays) == 3
+    for attempt, delay in enumerate(fake_sleep.delays, start=1):
+        backoff = min(3.0, 2 ** (attempt - 1))
+        assert backoff / 2 <= delay <= backoff
+
+
+def test_exhausted_retries_fail_the_batch_and_stop_delivery(fake_sleep: SleepRecorder) -> None:
+    async def down(dest: FakeDestination, batch: Batch) -> BatchResult:
+        raise RetryableError("502 Bad Gateway")
+
+    dest = FakeDestination(down)
+    report, outcomes = run_delivery(dest, 5, policy=RetryPolicy(max_attempts=3))
+    assert dest.calls == [0, 0, 0]  # three attempts at batch 0, nothing after it
+    assert list(outcomes) == [0]
+    assert outcomes[0].attempts == 3
+    assert outcomes[0].result.failed == dict.fromkeys(range(3), "502 Bad Gateway")
+    assert isinstance(report.stopped, DeliveryError)
+    assert "batch 0 of sync 'users_out' still failing after 3 attempts" in str(report.stopped)
+    assert len(fake_sleep.delays) == 2
+
+
+def test_rejected_batch_rejects_every_row_and_delivery_continues() -> None:
+    async def picky(dest: FakeDestination, batch: Batch) -> BatchResult:
+        if batch.number == 1:
+            raise RejectedBatchError("422: field 'plan' is unknown")
+        return BatchResult(rejected={0: "bad email"} if batch.number == 2 else {})
+
+    dest = FakeDestination(picky)
+    report, outcomes = run_delivery(dest, 4)
+    assert sorted(outcomes) == [0, 1, 2, 3]
+    assert outcomes[1].result.rejected == dict.fromkeys(range(3), "422: field 'plan' is unknown")
+    assert outcomes[1].attempts == 1  # not retried
+    assert outcomes[2].result.rejected == {0: "bad email"}
+    assert outcomes[0].result.accepted(3) == 3
+    assert report.stopped is None and not report.cancelled
+    assert dest.calls == [0, 1, 2, 3]
+
+
+def test_fatal_error_stops_delivery() -> None:
+    async def fatal(dest: FakeDestination, batch: Batch) -> BatchResult:
+        if batch.number == 1:
+            raise FatalDeliveryError("401 Unauthorized: the token was revoked")
+        return BatchResult()
+
+    dest = FakeDestination(fatal)
+    report, outcomes = run_delivery(dest, 6)
+    assert dest.calls == [0, 1]
+    assert sorted(outcomes) == [0, 1]
+    assert outcomes[1].result.failed == dict.fromkeys(range(3), str(report.stopped))
+    assert isinstance(report.stopped, FatalDeliveryError)
+    assert outcomes[1].attempts == 1
+
+
+# -- stopping ---------------------------------------------------------------------------------
+
+
+def test_stop_event_sends_nothing_new_and_records_batches_in_flight() -> None:
+    stop = asyncio.Event()
+
+    async def stopper(dest: FakeDestination, batch: Batch) -> BatchResult:
+        if batch.number == 1:
+            stop.set()  # e.g. SIGTERM while batches 0 and 1 are in flight
+        await asyncio.sleep(0.001)
+        return BatchResult()
+
+    dest = FakeDestination(stopper)
+    report, outcomes = run_delivery(dest, 10, concurrency=2, stop=stop)
+    assert sorted(dest.calls) == [0, 1]
+    assert sorted(outcomes) == [0, 1]  # both in-flight batches recorded
+    assert all(o.result.accepted(3) == 3 for o in outcomes.values())
+    assert report.cancelled and report.stopped is None
+
+
+def test_stop_before_start_sends_nothing() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    dest = FakeDestination()
+    report, outcomes = run_delivery(dest, 3, stop=stop)
+    assert dest.calls == [] and outcomes == {}
+    assert report.cancelled
+
+
+def test_a_long_backoff_is_not_waited_for_after_stop(fake_sleep: SleepRecorder) -> None:
+    stop = asyncio.Event()
+
+    async def throttled(dest: FakeDestination, batch: Batch) -> BatchResult:
+        stop.set()
+        raise RetryableError("429", retry_after=120.0)
+
+    report, outcomes = run_delivery(FakeDestination(throttled), 3, stop=stop)
+    assert fake_sleep.delays == []
+    assert list(outcomes) == [0]
+    assert len(outcomes[0].result.failed) == 3  # stays undelivered for the next run
+    assert report.cancelled
+
+
+def test_a_failing_record_step_stops_delivery_and_is_raised() -> None:
+    """If a checkpoint cannot be written, nothing more may be sent."""
+
+    def broken_store(outcome: Outcome) -> None:
+        raise StateError("the state store is down")
+
+    dest = FakeDestination()
+    with pytest.raises(StateError, match="state store is down"):
+        run_delivery(dest, 10, concurrency=1, on_outcome=broken_store)
+    assert dest.calls == [0]
+
+
+def test_async_on_outcome_is_awaited() -> None:
+    seen: list[int] = []
+
+    async def record(outcome: Outcome) -> None:
+        await asyncio.sleep(0)
+        seen.append(outcome.batch.number)
+
+    run_delivery(FakeDestination(), 4, concurrency=2, on_outcome=record)
+    assert sorted(seen) == [0, 1, 2, 3]
