@@ -78,9 +78,7 @@ STATUS_STYLE = {
 
 @app.command()
 def init(
-    directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")] = Path(
-        "."
-    ),
+    directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")] = Path("."),
     json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -111,7 +109,14 @@ def validate(
     console = TerminalConsole(json_mode=json)
 
     def work() -> list[Any]:
-        proj = _load(project)
+        from undertow.errors import ConfigError, ConfigErrors
+        from undertow.project import Problem
+
+        try:
+            proj = _load(project)
+        except ConfigError as exc:  # the files themselves: report them as problems
+            errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+            return [Problem(message=e.detail, file=e.file, line=e.line, key=e.key) for e in errors]
         try:
             return list(proj.validate(connect=not offline))
         finally:
@@ -121,9 +126,9 @@ def validate(
     if json:
         console.json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
     elif problems:
-        console.error(f"{len(problems)} problem(s) found:")
+        console.err.print(f"[bold red]{len(problems)} problem(s) found:[/]")
         for problem in problems:
-            console.print(f"  [red]✗[/] {problem}")
+            console.err.print(f"  [red]✗[/] {problem}", highlight=False)
     else:
         console.print("[green]✓ project is valid[/]")
     if problems:
@@ -290,15 +295,40 @@ def runs(
     if json:
         console.json([r.as_dict() for r in records])
         return
-    table = Table("run id", "started", "status", "took", "extracted", "added", "changed",
-                  "removed", "sent", "ok", "rejected", "failed")
+    table = Table(
+        "run id",
+        "started",
+        "status",
+        "took",
+        "extracted",
+        "added",
+        "changed",
+        "removed",
+        "sent",
+        "ok",
+        "rejected",
+        "failed",
+    )
     for r in records:
         c = r.counts
         table.add_row(
-            r.id, r.created_at.isoformat()[:19], str(r.status),
+            r.id,
+            r.created_at.isoformat()[:19],
+            str(r.status),
             f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
-            *(f"{c[k]:,}" for k in ("extracted", "added", "changed", "removed", "sent",
-                                    "succeeded", "rejected", "failed")),
+            *(
+                f"{c[k]:,}"
+                for k in (
+                    "extracted",
+                    "added",
+                    "changed",
+                    "removed",
+                    "sent",
+                    "succeeded",
+                    "rejected",
+                    "failed",
+                )
+            ),
         )
     console.print(table)
 
@@ -325,8 +355,15 @@ def errors(
     if json:
         console.json(
             [
-                {"run_id": e.run_id, "sync": e.sync, "key": e.row_key, "kind": e.kind,
-                 "operation": e.operation, "batch": e.batch_no, "reason": e.reason}
+                {
+                    "run_id": e.run_id,
+                    "sync": e.sync,
+                    "key": e.row_key,
+                    "kind": e.kind,
+                    "operation": e.operation,
+                    "batch": e.batch_no,
+                    "reason": e.reason,
+                }
                 for e in rows
             ]
         )
@@ -369,7 +406,9 @@ def reset(
     if json:
         console.json({"sync": sync, "forgotten_rows": forgotten})
     else:
-        console.print(f"reset {sync}: forgot {forgotten:,} accepted row(s); next run is a first run")
+        console.print(
+            f"reset {sync}: forgot {forgotten:,} accepted row(s); next run is a first run"
+        )
 
 
 @app.command()

@@ -26,6 +26,9 @@ class TerminalConsole:
     def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
         self.json_mode = json_mode
         self.out = Console(highlight=False, soft_wrap=True)
+        if not self.out.is_terminal:
+            # piped: never cut tables (run ids must stay copyable)
+            self.out = Console(highlight=False, soft_wrap=True, width=250)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.quiet = quiet or json_mode
         self._progress: Progress | None = None

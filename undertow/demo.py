@@ -74,6 +74,8 @@ def write_project(directory: Path, customers: int) -> None:
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     (directory / "undertow.yml").write_text(PROJECT_YML)
+    # so `undertow status --project DIR` works after the demo (the fake's token, not a secret)
+    (directory / ".env").write_text(f"HUBSPOT_TOKEN={DEMO_TOKEN}\n")
     build_customers(directory / "warehouse.duckdb", customers)
 
 
@@ -137,6 +139,17 @@ def run_demo(directory: Path, *, customers: int, console: TerminalConsole) -> bo
         and second.counts["sent"] < first.counts["sent"]
     )
     took = time.monotonic() - started
+    if console.json_mode:
+        console.json(
+            {
+                "ok": ok,
+                "project": str(directory),
+                "runs": [first.as_dict(), second.as_dict()],
+                "hubspot_requests": [first_requests, second_requests],
+                "hubspot_contacts": len(contacts),
+                "seconds": round(took, 2),
+            }
+        )
     if ok:
         console.print(
             f"[green]✓ the second run sent only the {second.counts['sent']:,} changed rows "
@@ -166,16 +179,41 @@ def _run(project: Any, console: TerminalConsole, label: str) -> RunRecord:
 
 def _summary(console: TerminalConsole, runs: list[tuple[RunRecord, int]]) -> None:
     table = Table(title="Both runs", title_justify="left")
-    for column in ("run", "status", "extracted", "added", "changed", "removed", "unchanged",
-                   "sent", "accepted", "rejected", "HubSpot requests", "seconds"):
+    for column in (
+        "run",
+        "status",
+        "extracted",
+        "added",
+        "changed",
+        "removed",
+        "unchanged",
+        "sent",
+        "accepted",
+        "rejected",
+        "requests",
+        "s",
+    ):
         table.add_column(column, justify="right" if column not in ("run", "status") else "left")
     for i, (run, requests) in enumerate(runs, start=1):
         c = run.counts
         table.add_row(
-            f"#{i}", str(run.status),
-            *(f"{c[k]:,}" for k in ("extracted", "added", "changed", "removed", "unchanged",
-                                    "sent", "succeeded", "rejected")),
-            f"{requests:,}", f"{run.duration_s or 0:.1f}",
+            f"#{i}",
+            str(run.status),
+            *(
+                f"{c[k]:,}"
+                for k in (
+                    "extracted",
+                    "added",
+                    "changed",
+                    "removed",
+                    "unchanged",
+                    "sent",
+                    "succeeded",
+                    "rejected",
+                )
+            ),
+            f"{requests:,}",
+            f"{run.duration_s or 0:.1f}",
         )
     console.print(table)
 

@@ -58,6 +58,8 @@ class ConfigError(UndertowError):
         self.file = file
         self.line = line
         self.key = key
+        self.detail = redact(message if hint is None else f"{message}\n  hint: {hint}")
+        """The message without the location (for lists that show the location apart)."""
         where = ""
         if file:
             where = file + (f":{line}" if line else "")
@@ -76,22 +78,26 @@ class ConfigErrors(ConfigError):
         self.file = errors[0].file if errors else None
         self.line = errors[0].line if errors else None
         self.key = errors[0].key if errors else None
+        self.detail = str(self)
 
 
 class ModelError(UndertowError):
     """A model's SQL failed to compile or run on its source."""
 
     def __init__(
-        self, message: str, *, model: str, source: str, position: int | None = None,
+        self,
+        message: str,
+        *,
+        model: str,
+        source: str,
+        position: int | None = None,
         hint: str | None = None,
     ) -> None:
         self.model = model
         self.source = source
         self.position = position
         at = f" at character {position}" if position is not None else ""
-        super().__init__(
-            f"model {model!r} on source {source!r} failed{at}: {message}", hint=hint
-        )
+        super().__init__(f"model {model!r} on source {source!r} failed{at}: {message}", hint=hint)
 
 
 class SourceError(UndertowError):
@@ -125,8 +131,9 @@ class DeliveryError(UndertowError):
 class RetryableError(DeliveryError):
     """A transient failure (429, 5xx, timeout, connection reset): retry with backoff."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None,
-                 hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, hint: str | None = None
+    ) -> None:
         self.retry_after = retry_after
         super().__init__(message, hint=hint)
 

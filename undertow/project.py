@@ -1,11 +1,11 @@
 """The one facade: the CLI, the web app, the scheduler and workers call ``Project`` only.
 
-    project = Project.load("path/to/project")
-    project.validate()                  # every problem, with file, line, key and a fix
-    project.plan("users_to_crm")        # a dry run: counts and payloads, nothing sent
-    project.run(["users_to_crm"])       # run syncs, resuming any that died
-    project.status(); project.runs("users_to_crm"); project.errors(run_id)
-    project.reset("users_to_crm")       # forget the snapshot: next run is a first run
+project = Project.load("path/to/project")
+project.validate()                  # every problem, with file, line, key and a fix
+project.plan("users_to_crm")        # a dry run: counts and payloads, nothing sent
+project.run(["users_to_crm"])       # run syncs, resuming any that died
+project.status(); project.runs("users_to_crm"); project.errors(run_id)
+project.reset("users_to_crm")       # forget the snapshot: next run is a first run
 """
 
 from __future__ import annotations
@@ -71,9 +71,8 @@ class PlanPreview:
                 "changed": self.counts.changed,
                 "removed": self.counts.removed,
                 "unchanged": self.counts.unchanged,
-                "rejected": self.counts.invalid + len(
-                    [r for r in self.rejected if r.get("kind") == "mapping"]
-                ),
+                "rejected": self.counts.invalid
+                + len([r for r in self.rejected if r.get("kind") == "mapping"]),
                 "to_send": self.counts.planned,
             },
             "operations": self.operations,
@@ -157,12 +156,11 @@ class Project:
         def add(exc: UndertowError, *path: str) -> None:
             where = self.loaded.where(*path) if path else None
             file, line = where or (None, None)
+            key = ".".join(path) if path else None
+            message = str(exc)
             if isinstance(exc, ConfigError) and exc.file:
-                file, line = exc.file, exc.line
-            problems.append(
-                Problem(message=str(exc), file=file, line=line,
-                        key=".".join(path) if path else None)
-            )
+                file, line, key, message = exc.file, exc.line, exc.key or key, exc.detail
+            problems.append(Problem(message=message, file=file, line=line, key=key))
 
         if connect:
             for name in self.loaded.sources:
@@ -242,8 +240,11 @@ class Project:
             reader = ctx.source.extract(projected_sql(ctx.sql, spec.columns), model=ctx.model_name)
             stats = engine.build("preview", reader, spec, plan, batch_size)
             preview = PlanPreview(
-                sync=name, mode=str(ctx.sync.mode), destination=ctx.sync.destination,
-                counts=stats, operations={k: str(v) for k, v in plan.ops.items()},
+                sync=name,
+                mode=str(ctx.sync.mode),
+                destination=ctx.sync.destination,
+                counts=stats,
+                operations={k: str(v) for k, v in plan.ops.items()},
             )
             preview.rejected = [
                 {"key": k, "reason": r, "kind": "invalid_key"}
@@ -261,12 +262,14 @@ class Project:
                 ops = frame.get_column("_ut_op").to_list()
                 for i, pos in enumerate(mapped.index[: limit - len(preview.samples)]):
                     preview.samples.append(
-                        {"operation": ops[pos], "key": keys[pos],
-                         "payload": orjson.loads(mapped.payloads[i])}
+                        {
+                            "operation": ops[pos],
+                            "key": keys[pos],
+                            "payload": orjson.loads(mapped.payloads[i]),
+                        }
                     )
                 for pos, reason in mapped.rejected[: limit - map_rejected]:
-                    preview.rejected.append({"key": keys[pos], "reason": reason,
-                                             "kind": "mapping"})
+                    preview.rejected.append({"key": keys[pos], "reason": reason, "kind": "mapping"})
                     map_rejected += 1
                 if len(preview.samples) >= limit or map_rejected >= limit:
                     break
@@ -282,10 +285,8 @@ class Project:
         if frame.is_empty():
             return []
         new = _model_part(frame)
-        old_cols = {c: c[len("_ut_old_"):] for c in frame.columns if c.startswith("_ut_old_")}
-        old = new.with_columns(
-            [frame.get_column(src).alias(dst) for src, dst in old_cols.items()]
-        )
+        old_cols = {c: c[len("_ut_old_") :] for c in frame.columns if c.startswith("_ut_old_")}
+        old = new.with_columns([frame.get_column(src).alias(dst) for src, dst in old_cols.items()])
         new_m, old_m = mapping.map(new), mapping.map(old)
         old_by_pos = {pos: old_m.payloads[i] for i, pos in enumerate(old_m.index)}
         keys = frame.get_column("_ut_key").to_list()
@@ -304,7 +305,11 @@ class Project:
     # -- run --------------------------------------------------------------------------------
 
     def run(
-        self, names: list[str], *, full: bool = False, reporter: Reporter | None = None,
+        self,
+        names: list[str],
+        *,
+        full: bool = False,
+        reporter: Reporter | None = None,
         trigger: str = "manual",
     ) -> list[RunRecord]:
         for name in names:

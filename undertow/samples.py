@@ -57,8 +57,10 @@ def change_customers(path: Path, *, seed_mod: int = 100) -> dict[str, int]:
             [top, top, new],
         )
         # an unmapped column changing sends nothing
-        con.execute("UPDATE customers SET updated_at = updated_at + INTERVAL 1 HOUR "
-                    f"WHERE customer_id % {seed_mod} = 11")
+        con.execute(
+            "UPDATE customers SET updated_at = updated_at + INTERVAL 1 HOUR "
+            f"WHERE customer_id % {seed_mod} = 11"
+        )
     return {
         "upgraded": int(upgraded[0]) if upgraded else 0,
         "churned": int(churned[0]) if churned else 0,

@@ -298,19 +298,19 @@ def test_capabilities_follow_the_config() -> None:
     assert caps.idempotency_key and caps.per_record_results
 
 
-def test_rate_limit_paces_requests(receiver: WebhookReceiver, server: RunningServer) -> None:
-    dest = make_dest(server.url, rate_limit={"requests": 2, "per_seconds": 0.5})
-
-    async def five() -> float:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        await asyncio.gather(*(dest.write_batch(make_batch(key=f"k{i}")) for i in range(5)))
-        return loop.time() - start
-
-    elapsed = run(dest, five)
-    # 2 at once, then one every 0.25 s: the 5th leaves after ~0.75 s
-    assert elapsed >= 0.7
-    assert len(receiver.requests) == 5
+def test_rate_limit_and_concurrency_are_declared_for_the_deliver_stage() -> None:
+    # pacing is the deliver stage's job (tests/unit/test_deliver.py): the destination
+    # declares its configured limits through capabilities_for
+    dest = make_dest(
+        "http://127.0.0.1:9",
+        rate_limit={"requests": 2, "per_seconds": 0.5},
+        max_concurrency=3,
+        batch_size=50,
+    )
+    caps = dest.capabilities_for(None)
+    assert caps.rate_limit is not None
+    assert (caps.rate_limit.requests, caps.rate_limit.per_seconds) == (2, 0.5)
+    assert caps.max_concurrency == 3 and caps.max_batch_size == 50
 
 
 def test_url_must_be_http() -> None:

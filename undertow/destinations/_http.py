@@ -150,7 +150,9 @@ class HttpClient:
                 hint="check the URL and that the destination is reachable from this machine",
             ) from exc
         except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise RetryableError(f"{where}: connection failed ({type(exc).__name__}: {exc})") from exc
+            raise RetryableError(
+                f"{where}: connection failed ({type(exc).__name__}: {exc})"
+            ) from exc
         if raise_for_status:
             raise_for_status_class(response)
         return response

@@ -138,6 +138,9 @@ class Destination(ABC):
     objects: ClassVar[tuple[str, ...] | None] = None
     """Objects a sync may target (e.g. ``contacts``); None when ``object`` is not used."""
 
+    base_dir: str = "."
+    """The project folder: relative paths in the config resolve against it (set by Project)."""
+
     def __init__(self, config: DestinationConfig, *, name: str) -> None:
         self.config = config
         self.instance_name = name

@@ -11,6 +11,9 @@ Statuses (through :class:`undertow.destinations._http.HttpClient`): 2xx accepted
 408, timeouts and connection errors retryable (``Retry-After`` honoured); 401/403 fatal;
 any other 4xx rejects every record of the batch with the trimmed response.
 
+``url: local://inbox.jsonl`` starts a built-in receiver on 127.0.0.1 for the run and appends
+every request it gets to that file (relative to the project): for trying a project out.
+
 Per-record errors: a 2xx response whose JSON body is ``{"errors": [{"index": 3, "message":
 "..."}]}`` rejects the records at those indexes (0-based, in the order sent); the others are
 accepted. See ``docs/destinations/webhook.md``.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -43,6 +46,7 @@ from undertow.destinations.base import (
 )
 from undertow.errors import ConfigError, FatalDeliveryError
 from undertow.redact import redact, redact_url, register_secret, trim
+from undertow.testing.server import RunningServer
 
 _CREDENTIAL_WORDS = ("authorization", "token", "key", "secret", "password", "auth", "cookie")
 _CONNECT_TIMEOUT = 10.0
@@ -62,6 +66,9 @@ class RateLimitConfig(BaseModel):
     per_seconds: float = Field(gt=0)
 
 
+LOCAL_SCHEME = "local://"
+
+
 class WebhookConfig(DestinationConfig):
     type: Literal["webhook"] = "webhook"
     url: str
@@ -77,10 +84,12 @@ class WebhookConfig(DestinationConfig):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        if value.startswith(LOCAL_SCHEME) and len(value) > len(LOCAL_SCHEME):
+            return value
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
-                f"{redact_url(value)!r} is not an http(s) URL; write it as https://host/path"
+                f"{redact_url(value)!r} is not an http(s) URL; write it as https://host/path (or local://FILE for the built-in receiver)"
             )
         return value
 
@@ -92,28 +101,6 @@ class WebhookConfig(DestinationConfig):
             name: SecretStr(v) if isinstance(v, str) and is_credential_header(name) else v
             for name, v in value.items()
         }
-
-
-class _TokenBucket:
-    """Paces requests to ``rate.requests`` per ``rate.per_seconds`` (bursts up to ``requests``)."""
-
-    def __init__(self, rate: RateLimit) -> None:
-        self.capacity = float(rate.requests)
-        self.rate = rate.rate
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
-        self.lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        async with self.lock:
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
 class WebhookDestination(Destination):
@@ -149,10 +136,9 @@ class WebhookDestination(Destination):
             timeout=config.timeout,
             max_connections=config.max_concurrency,
         )
-        self._slots = asyncio.Semaphore(config.max_concurrency)
         rate = config.rate_limit
         self._rate_limit = RateLimit(rate.requests, rate.per_seconds) if rate else None
-        self._bucket = _TokenBucket(self._rate_limit) if self._rate_limit else None
+        self._local: RunningServer | None = None
         self._template: jinja2.Template | None = None
         self._template_vars: set[str] = set()
         if config.body_template is not None:
@@ -168,11 +154,40 @@ class WebhookDestination(Destination):
             idempotency_key=True,
         )
 
+    @property
+    def _url(self) -> str:
+        return self._local.url if self._local is not None else self.cfg.url
+
+    async def open(self) -> None:
+        """For a ``local://FILE`` URL, start the built-in receiver that appends to FILE."""
+        if self.cfg.url.startswith(LOCAL_SCHEME) and self._local is None:
+            from undertow.testing.server import start_server
+            from undertow.testing.webhook import WebhookReceiver
+
+            inbox = Path(self.cfg.url[len(LOCAL_SCHEME) :])
+            if not inbox.is_absolute():
+                inbox = Path(self.base_dir) / inbox
+            receiver = WebhookReceiver(inbox=inbox)
+            self._local = await asyncio.to_thread(start_server, receiver.app)
+
     async def close(self) -> None:
         await self._client.close()
+        if self._local is not None:
+            await asyncio.to_thread(self._local.stop)
+            self._local = None
 
     async def check(self) -> None:
         """Resolve the host and open a TCP connection to it; nothing is sent."""
+        if self.cfg.url.startswith(LOCAL_SCHEME):
+            target = self.cfg.url[len(LOCAL_SCHEME) :]
+            folder = (Path(self.base_dir) / target).parent
+            if not target or not folder.is_dir():
+                raise FatalDeliveryError(
+                    f"webhook destination {self.instance_name!r}: the local inbox folder "
+                    f"{folder} does not exist",
+                    hint="create the folder, or use `url: local://inbox.jsonl`",
+                )
+            return
         parts = urlsplit(self.cfg.url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -222,12 +237,10 @@ class WebhookDestination(Destination):
                 + b"}"
             )
         headers = {self.cfg.idempotency_header: batch.idempotency_key}
-        async with self._slots:
-            if self._bucket is not None:
-                await self._bucket.acquire()
-            response = await self._client.request(
-                self.cfg.method, self.cfg.url, body=body, headers=headers
-            )
+        # concurrency and the rate limit are the deliver stage's job (capabilities_for)
+        response = await self._client.request(
+            self.cfg.method, self._url, body=body, headers=headers
+        )
         if response.status >= 400:
             reason = f"destination refused the batch: {response.describe()}"
             return BatchResult.all_rejected(len(batch), reason)

@@ -110,8 +110,10 @@ async def send_with_retries(
             if stop.is_set() and delay > 5:
                 # shutting down: do not hold the run for a long backoff
                 return Outcome(
-                    batch, BatchResult.all_failed(len(batch), f"cancelled during retry: {exc}"),
-                    attempt, True,
+                    batch,
+                    BatchResult.all_failed(len(batch), f"cancelled during retry: {exc}"),
+                    attempt,
+                    True,
                 )
             await asyncio.sleep(delay)
         except FatalDeliveryError as exc:

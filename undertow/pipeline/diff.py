@@ -97,7 +97,11 @@ class DiffEngine(ABC):
 
     @abstractmethod
     def build(
-        self, run_id: str, reader: pa.RecordBatchReader, spec: DiffSpec, plan: Plan,
+        self,
+        run_id: str,
+        reader: pa.RecordBatchReader,
+        spec: DiffSpec,
+        plan: Plan,
         batch_size: int,
     ) -> ChangeStats:
         """Load the model, diff it against the snapshot and materialise the run's plan."""
@@ -145,8 +149,9 @@ class LocalDiffEngine(DiffEngine):
 
     name = "local"
 
-    def __init__(self, state_dir: Path, sync: str, *, dry_run: bool = False,
-                 memory_limit: str = "1GB") -> None:
+    def __init__(
+        self, state_dir: Path, sync: str, *, dry_run: bool = False, memory_limit: str = "1GB"
+    ) -> None:
         folder = Path(state_dir) / "syncs"
         self.path = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", sync) + ".duckdb")
         self.dry_run = dry_run
@@ -179,20 +184,24 @@ class LocalDiffEngine(DiffEngine):
     def _plan_table(self, run_id: str) -> str:
         return q(f"plan_{run_id}")
 
+    def _one(self, sql: str, params: list[Any] | None = None) -> Any:
+        """The first value of a one-row query, draining the result so the connection is free."""
+        rows = self.con.execute(sql, params or []).fetchall()
+        return rows[0][0] if rows else None
+
     def _exists(self, table: str, catalog: str | None = None) -> bool:
         sql = "select count(*) from duckdb_tables() where table_name = ?"
         params: list[Any] = [table]
         if catalog:
             sql += " and database_name = ?"
             params.append(catalog)
-        row = self.con.execute(sql, params).fetchone()
-        return bool(row and row[0])
+        return bool(self._one(sql, params))
 
     def _snapshot_exists(self) -> bool:
-        catalog = "snap" if self.snapshot.startswith("snap.") else None
-        if self.dry_run and catalog is None:
-            return False
-        return self._exists("snapshot", catalog)
+        catalog, _, rest = self.snapshot.partition(".")
+        if rest.count(".") == 0:  # "main.snapshot": the connection's own database
+            catalog = str(self._one("select current_database()"))
+        return self._exists(self.snapshot.rsplit(".", 1)[-1], catalog)
 
     @staticmethod
     def _key_text(keys: list[str], alias: str) -> str:
@@ -206,7 +215,11 @@ class LocalDiffEngine(DiffEngine):
     # -- build ------------------------------------------------------------------------------
 
     def build(
-        self, run_id: str, reader: pa.RecordBatchReader, spec: DiffSpec, plan: Plan,
+        self,
+        run_id: str,
+        reader: pa.RecordBatchReader,
+        spec: DiffSpec,
+        plan: Plan,
         batch_size: int,
     ) -> ChangeStats:
         con = self.con
@@ -225,8 +238,7 @@ class LocalDiffEngine(DiffEngine):
         finally:
             con.unregister("_ut_src")
         stats = ChangeStats()
-        row = con.execute("select count(*) from model").fetchone()
-        stats.extracted = int(row[0]) if row else 0
+        stats.extracted = int(self._one("select count(*) from model"))
 
         if not self._snapshot_exists():
             cols = ", ".join(q(c) for c in keys + values)
@@ -242,28 +254,30 @@ class LocalDiffEngine(DiffEngine):
         key_not_null = " AND ".join(f"{q(k)} IS NOT NULL" for k in keys)
         key_null = " OR ".join(f"m.{q(k)} IS NULL" for k in keys)
         key_cols = ", ".join(q(k) for k in keys)
-        on = lambda a, b: " AND ".join(f"{a}.{q(k)} = {b}.{q(k)}" for k in keys)  # noqa: E731
+
+        def on(a: str, b: str) -> str:
+            return " AND ".join(f"{a}.{q(k)} = {b}.{q(k)}" for k in keys)
 
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE invalid AS
-            SELECT {self._key_text(keys, 'm')} AS _ut_key,
-                   'NULL primary key (' || {lit(', '.join(keys))} || ')' AS reason
+            SELECT {self._key_text(keys, "m")} AS _ut_key,
+                   'NULL primary key (' || {lit(", ".join(keys))} || ')' AS reason
             FROM model m WHERE {key_null}
             UNION ALL
-            SELECT {self._key_text(keys, 'd')} AS _ut_key,
+            SELECT {self._key_text(keys, "d")} AS _ut_key,
                    'duplicate primary key: ' || d._ut_n || ' rows share it' AS reason
             FROM (SELECT {key_cols}, count(*) AS _ut_n FROM model WHERE {key_not_null}
                   GROUP BY ALL HAVING count(*) > 1) d
             """
         )
         # rows (not keys) rejected: NULL-key rows plus every copy of a duplicated key
-        dup_rows = con.execute(
+        dup_rows = self._one(
             f"SELECT coalesce(sum(n), 0) FROM (SELECT {key_cols}, count(*) AS n "
             f"FROM model WHERE {key_not_null} GROUP BY {key_cols} HAVING count(*) > 1)"
-        ).fetchone()
-        null_rows = con.execute(f"select count(*) from model m where {key_null}").fetchone()
-        stats.invalid = int(dup_rows[0] if dup_rows else 0) + int(null_rows[0] if null_rows else 0)
+        )
+        null_rows = self._one(f"select count(*) from model m where {key_null}")
+        stats.invalid = int(dup_rows) + int(null_rows)
 
         new_cols = ", ".join(f"v.{q(c)}" for c in values)
         old_cols = ", ".join(f"s.{q(c)} AS {q(META + 'old_' + c)}" for c in values)
@@ -277,40 +291,35 @@ class LocalDiffEngine(DiffEngine):
         sep = ", " if values else ""
         kinds_wanted = set(plan.ops)
         parts = [
-            f"""SELECT 'added' AS _ut_kind, {', '.join(f'v.{q(k)}' for k in keys)}{sep}{new_cols}
+            f"""SELECT 'added' AS _ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
                        {sep}{null_old}
-                FROM valid v ANTI JOIN {snap} s ON {on('v', 's')}"""
+                FROM valid v ANTI JOIN {snap} s ON {on("v", "s")}"""
         ]
         matched_kind = f"CASE WHEN {differs} THEN 'changed' ELSE 'unchanged' END"
         parts.append(
-            f"""SELECT {matched_kind} AS _ut_kind, {', '.join(f'v.{q(k)}' for k in keys)}
+            f"""SELECT {matched_kind} AS _ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}
                        {sep}{new_cols}{sep}{old_cols}
-                FROM valid v JOIN {snap} s ON {on('v', 's')}
-                {'' if 'unchanged' in kinds_wanted else 'WHERE ' + differs}"""
+                FROM valid v JOIN {snap} s ON {on("v", "s")}
+                {"" if "unchanged" in kinds_wanted else "WHERE " + differs}"""
         )
         parts.append(
-            f"""SELECT 'removed' AS _ut_kind, {', '.join(f's.{q(k)}' for k in keys)}
+            f"""SELECT 'removed' AS _ut_kind, {", ".join(f"s.{q(k)}" for k in keys)}
                        {sep}{null_new}{sep}{old_cols}
                 FROM {snap} s ANTI JOIN (SELECT DISTINCT {key_cols} FROM model
-                                         WHERE {key_not_null}) k ON {on('s', 'k')}"""
+                                         WHERE {key_not_null}) k ON {on("s", "k")}"""
         )
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE valid AS
             SELECT m.* FROM model m
             ANTI JOIN (SELECT {key_cols} FROM model WHERE {key_not_null}
-                       GROUP BY {key_cols} HAVING count(*) > 1) d ON {on('m', 'd')}
-            WHERE {' AND '.join(f'm.{q(k)} IS NOT NULL' for k in keys)}
+                       GROUP BY {key_cols} HAVING count(*) > 1) d ON {on("m", "d")}
+            WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}
             """
         )
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE changes AS " + " UNION ALL ".join(parts)
-        )
-        counts = dict(
-            con.execute("select _ut_kind, count(*) from changes group by 1").fetchall()
-        )
-        row = con.execute("select count(*) from valid").fetchone()
-        valid = int(row[0]) if row else 0
+        con.execute("CREATE OR REPLACE TEMP TABLE changes AS " + " UNION ALL ".join(parts))
+        counts = dict(con.execute("select _ut_kind, count(*) from changes group by 1").fetchall())
+        valid = int(self._one("select count(*) from valid"))
         stats.added = int(counts.get("added", 0))
         stats.changed = int(counts.get("changed", 0))
         stats.removed = int(counts.get("removed", 0))
@@ -358,7 +367,7 @@ class LocalDiffEngine(DiffEngine):
                 f"""INSERT INTO {plan_table}
                     SELECT {first * batch_size} + rn AS _ut_seq,
                            {first} + rn // {batch_size} AS _ut_batch,
-                           {self._key_text(keys, 'n')} AS _ut_key,
+                           {self._key_text(keys, "n")} AS _ut_key,
                            {spec.fingerprint}::BIGINT AS _ut_fp,
                            {lit(str(gid[1]))} AS _ut_op,
                            * EXCLUDE (rn)
@@ -374,13 +383,8 @@ class LocalDiffEngine(DiffEngine):
 
     def _align_snapshot(self, values: list[str]) -> None:
         """Add mapped columns the snapshot lacks (the mapping grew): NULL until accepted."""
-        existing = {
-            r[0]
-            for r in self.con.execute(f"DESCRIBE {self.snapshot}").fetchall()
-        }
-        model_types = dict(
-            (r[0], r[1]) for r in self.con.execute("DESCRIBE model").fetchall()
-        )
+        existing = {r[0] for r in self.con.execute(f"DESCRIBE {self.snapshot}").fetchall()}
+        model_types = dict((r[0], r[1]) for r in self.con.execute("DESCRIBE model").fetchall())
         for col in values:
             if col not in existing and not self.dry_run:
                 self.con.execute(
@@ -390,9 +394,7 @@ class LocalDiffEngine(DiffEngine):
             missing = [c for c in values if c not in existing]
             if missing:
                 # compare against NULLs in memory, leaving the file untouched
-                cols = ", ".join(
-                    ["s.*"] + [f"NULL::{model_types[c]} AS {q(c)}" for c in missing]
-                )
+                cols = ", ".join(["s.*"] + [f"NULL::{model_types[c]} AS {q(c)}" for c in missing])
                 self.con.execute(
                     f"CREATE OR REPLACE TEMP TABLE snapshot_view AS SELECT {cols} "
                     f"FROM {self.snapshot} s"
@@ -425,8 +427,9 @@ class LocalDiffEngine(DiffEngine):
         for c in model_cols:
             old = META + "old_" + c
             if old in cols:
-                select.append(f"CASE WHEN _ut_kind = 'removed' THEN {q(old)} ELSE {q(c)} END "
-                              f"AS {q(c)}")
+                select.append(
+                    f"CASE WHEN _ut_kind = 'removed' THEN {q(old)} ELSE {q(c)} END AS {q(c)}"
+                )
             else:
                 select.append(q(c))
         return ", ".join(["_ut_seq", "_ut_batch", "_ut_key", "_ut_op", "_ut_kind", *select])
@@ -435,15 +438,16 @@ class LocalDiffEngine(DiffEngine):
         self, run_id: str, *, skip: set[int], batches_per_chunk: int = 64
     ) -> Iterator[PlannedChunk]:
         table = self._plan_table(run_id)
-        row = self.con.execute(f"SELECT max(_ut_batch) FROM {table}").fetchone()
-        if not row or row[0] is None:
+        top = self._one(f"SELECT max(_ut_batch) FROM {table}")
+        if top is None:
             return
-        last = int(row[0])
+        last = int(top)
         select = self._select_values(run_id)
         start = 0
         while start <= last:
-            todo = [b for b in range(start, min(start + batches_per_chunk, last + 1))
-                    if b not in skip]
+            todo = [
+                b for b in range(start, min(start + batches_per_chunk, last + 1)) if b not in skip
+            ]
             start += batches_per_chunk
             if not todo:
                 continue
@@ -455,8 +459,8 @@ class LocalDiffEngine(DiffEngine):
             assert isinstance(frame, pl.DataFrame)
             if skip:
                 frame = frame.filter(pl.col("_ut_batch").is_in(todo))
-            ops = (
-                frame.select("_ut_batch", "_ut_op").unique(subset="_ut_batch", maintain_order=True)
+            ops = frame.select("_ut_batch", "_ut_op").unique(
+                subset="_ut_batch", maintain_order=True
             )
             yield PlannedChunk(
                 frame=frame,
@@ -503,7 +507,7 @@ class LocalDiffEngine(DiffEngine):
                 f"INSERT INTO {self.snapshot} ({', '.join(q(c) for c in snap_cols)}) "
                 f"SELECT {select} FROM acc WHERE _ut_kind <> 'removed'"
             )
-            row = con.execute("SELECT count(*) FROM acc").fetchone()
+            folded = int(self._one("SELECT count(*) FROM acc"))
             con.execute("DROP TABLE acc")
             con.execute("COMMIT")
         except Exception:
@@ -512,7 +516,7 @@ class LocalDiffEngine(DiffEngine):
         finally:
             con.unregister("_ut_done")
             con.unregister("_ut_bad")
-        return int(row[0]) if row else 0
+        return folded
 
     def discard(self, run_id: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {self._plan_table(run_id)}")
@@ -533,8 +537,7 @@ class LocalDiffEngine(DiffEngine):
     def snapshot_rows(self) -> int:
         if not self._snapshot_exists():
             return 0
-        row = self.con.execute(f"SELECT count(*) FROM {self.snapshot}").fetchone()
-        return int(row[0]) if row else 0
+        return int(self._one(f"SELECT count(*) FROM {self.snapshot}"))
 
     def close(self) -> None:
         self.con.close()

@@ -37,8 +37,14 @@ class Recorder:
     def checkpoint(self, work: Work, result: BatchResult | None, attempts: int) -> None:
         errors = [
             RowError(
-                run_id=self.run.id, sync=self.run.sync, row_key=key, kind="rejected",
-                reason=reason, created_at=self.run.updated_at, batch_no=work.number, seq=seq,
+                run_id=self.run.id,
+                sync=self.run.sync,
+                row_key=key,
+                kind="rejected",
+                reason=reason,
+                created_at=self.run.updated_at,
+                batch_no=work.number,
+                seq=seq,
                 operation=str(work.operation),
             )
             for seq, key, reason in work.map_rejected
@@ -51,9 +57,14 @@ class Recorder:
                 for index, reason in items.items():
                     errors.append(
                         RowError(
-                            run_id=self.run.id, sync=self.run.sync, row_key=work.keys[index],
-                            kind=kind, reason=reason, created_at=self.run.updated_at,
-                            batch_no=work.number, seq=work.seqs[index],
+                            run_id=self.run.id,
+                            sync=self.run.sync,
+                            row_key=work.keys[index],
+                            kind=kind,
+                            reason=reason,
+                            created_at=self.run.updated_at,
+                            batch_no=work.number,
+                            seq=work.seqs[index],
                             operation=str(work.operation),
                         )
                     )
@@ -63,6 +74,12 @@ class Recorder:
         counts["rejected"] += len(work.map_rejected) + (len(result.rejected) if result else 0)
         counts["failed"] += len(result.failed) if result else 0
         self.store.checkpoint(
-            self.run, batch_no=work.number, operation=str(work.operation), size=work.size,
-            sent=sent, accepted=accepted, errors=errors, attempts=attempts,
+            self.run,
+            batch_no=work.number,
+            operation=str(work.operation),
+            size=work.size,
+            sent=sent,
+            accepted=accepted,
+            errors=errors,
+            attempts=attempts,
         )

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import duckdb
 import pyarrow as pa
 
 from undertow.config.models import ModelConfig, SyncConfig
 from undertow.destinations.base import Batch, Capabilities, Destination
-from undertow.errors import PlanError, UndertowError
-from undertow.pipeline.deliver import Outcome, RetryPolicy, deliver
+from undertow.errors import ModelError, PlanError, UndertowError
+from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deliver
 from undertow.pipeline.diff import DiffEngine, DiffSpec, LocalDiffEngine, q
 from undertow.pipeline.map import CompiledMapping, compile_mapping
 from undertow.pipeline.plan import Plan, make_plan
@@ -91,8 +92,11 @@ class SyncContext:
 
     def plan(self, *, full: bool) -> Plan:
         return make_plan(
-            sync=self.name, mode=self.sync.mode, destination=self.destination_name,
-            caps=self.caps, full=full,
+            sync=self.name,
+            mode=self.sync.mode,
+            destination=self.destination_name,
+            caps=self.caps,
+            full=full,
         )
 
 
@@ -111,9 +115,7 @@ def compile_for(ctx: SyncContext) -> tuple[CompiledMapping, DiffSpec]:
             "which record a row updates",
             hint="add e.g. `match: {email: email}` (destination field: model column)",
         )
-    mapping = compile_mapping(
-        ctx.name, ctx.sync, schema, max_payload_bytes=caps.max_payload_bytes
-    )
+    mapping = compile_mapping(ctx.name, ctx.sync, schema, max_payload_bytes=caps.max_payload_bytes)
     keys = list(ctx.model.primary_key)
     missing = [k for k in keys if k not in schema.names]
     if missing:
@@ -127,9 +129,7 @@ def compile_for(ctx: SyncContext) -> tuple[CompiledMapping, DiffSpec]:
             hint=hints[0] if hints else "fix `primary_key:` or add the column to the SQL",
         )
     columns = keys + [c for c in mapping.columns if c not in keys]
-    spec = DiffSpec(
-        sync=ctx.name, keys=keys, columns=columns, fingerprint=ctx.sync.fingerprint()
-    )
+    spec = DiffSpec(sync=ctx.name, keys=keys, columns=columns, fingerprint=ctx.sync.fingerprint())
     return mapping, spec
 
 
@@ -154,8 +154,7 @@ class _Heartbeat:
     def __init__(self, beat: Callable[[], None]) -> None:
         self._beat = beat
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="undertow-heartbeat",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="undertow-heartbeat", daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
@@ -173,8 +172,14 @@ class _Heartbeat:
 class SyncRun:
     """Runs one sync once: resumes an unfinished run or starts a new one."""
 
-    def __init__(self, ctx: SyncContext, store: StateStore, reporter: Reporter | None = None,
-                 *, trigger: str = "manual") -> None:
+    def __init__(
+        self,
+        ctx: SyncContext,
+        store: StateStore,
+        reporter: Reporter | None = None,
+        *,
+        trigger: str = "manual",
+    ) -> None:
         self.ctx = ctx
         self.store = store
         self.reporter: Reporter = reporter or NullReporter()
@@ -206,13 +211,24 @@ class SyncRun:
         try:
             engine.discard_all_plans(keep=run.id)
             mapping, spec = compile_for(ctx)
-            if not (resumed and run.status == RunStatus.DELIVERING and engine.has_plan(run.id)):
+            if resumed and run.status == RunStatus.DELIVERING and not engine.has_plan(run.id):
+                # its checkpoints refer to a change set that is gone (the diff file was
+                # deleted): close it and start afresh; the snapshot still holds only
+                # accepted rows, so nothing is lost
+                self.store.update_run(
+                    run,
+                    status=RunStatus.FAILED,
+                    error="its change set was lost (diff file removed); superseded by a new run",
+                )
+                run = self.store.create_run(ctx.name, full=full, trigger=self.trigger)
+                resumed = False
+            if resumed and run.status == RunStatus.DELIVERING:
+                self.store.update_run(run, bump_attempt=True)
+                batch_size = run.batch_size or batch_size
+            else:
                 if resumed:
                     self.store.update_run(run, bump_attempt=True)
                 self._extract_and_diff(run, engine, spec, plan, batch_size)
-            else:
-                self.store.update_run(run, bump_attempt=True)
-                batch_size = run.batch_size or batch_size
             return self._deliver_and_record(run, engine, mapping, spec, batch_size)
         except UndertowError as exc:
             self.store.update_run(run, status=RunStatus.FAILED, error=str(exc))
@@ -236,15 +252,30 @@ class SyncRun:
         reader = ctx.source.extract(projected_sql(ctx.sql, spec.columns), model=ctx.model_name)
         counting = _CountingReader(reader, self.reporter, ctx.name).as_reader()
         self.store.update_run(run, status=RunStatus.DIFFING)
-        stats = engine.build(run.id, counting, spec, plan, batch_size)
+        try:
+            stats = engine.build(run.id, counting, spec, plan, batch_size)
+        except (pa.ArrowException, duckdb.Error) as exc:
+            # a failure while streaming the model (e.g. division by zero on row 3 million)
+            raise ModelError(
+                redact(str(exc)).splitlines()[0],
+                model=ctx.model_name,
+                source=ctx.model.source,
+                hint="fix the model's SQL; nothing was sent and the snapshot is unchanged",
+            ) from exc
         self.reporter.stage(ctx.name, "diff")
         run.counts.update(stats.as_counts())
         run.counts["rejected"] = stats.invalid
         run.batch_size = batch_size
         run.total_batches = stats.total_batches
         invalid = [
-            RowError(run_id=run.id, sync=ctx.name, row_key=key, kind="invalid_key",
-                     reason=reason, created_at=run.created_at)
+            RowError(
+                run_id=run.id,
+                sync=ctx.name,
+                row_key=key,
+                kind="invalid_key",
+                reason=reason,
+                created_at=run.created_at,
+            )
             for key, reason in engine.invalid_rows(run.id)
         ]
         self.store.add_row_errors(invalid)
@@ -258,8 +289,9 @@ class SyncRun:
         ctx = self.ctx
         for chunk in engine.chunks(run.id, skip=skip):
             frame = chunk.frame
-            mapped = mapping.map(frame.drop(["_ut_seq", "_ut_batch", "_ut_key", "_ut_op",
-                                             "_ut_kind"]))
+            mapped = mapping.map(
+                frame.drop(["_ut_seq", "_ut_batch", "_ut_key", "_ut_op", "_ut_kind"])
+            )
             seqs = frame.get_column("_ut_seq").to_list()
             batch_nos = frame.get_column("_ut_batch").to_list()
             keys = frame.get_column("_ut_key").to_list()
@@ -287,15 +319,23 @@ class SyncRun:
                 batch = None
                 if work.seqs:
                     batch = Batch(
-                        sync=ctx.name, operation=op, number=number,
-                        idempotency_key=f"{run.id}-{number}", keys=work.keys,
-                        payloads=payloads[number], identifiers=idents[number],
+                        sync=ctx.name,
+                        operation=op,
+                        number=number,
+                        idempotency_key=f"{run.id}-{number}",
+                        keys=work.keys,
+                        payloads=payloads[number],
+                        identifiers=idents[number],
                         object=ctx.sync.object,
                     )
                 yield work, batch
 
     def _deliver_and_record(
-        self, run: RunRecord, engine: DiffEngine, mapping: CompiledMapping, spec: DiffSpec,
+        self,
+        run: RunRecord,
+        engine: DiffEngine,
+        mapping: CompiledMapping,
+        spec: DiffSpec,
         batch_size: int,
     ) -> RunRecord:
         ctx = self.ctx
@@ -334,9 +374,13 @@ class SyncRun:
         return run
 
     async def _deliver(
-        self, run: RunRecord, engine: DiffEngine, mapping: CompiledMapping, done: set[int],
+        self,
+        run: RunRecord,
+        engine: DiffEngine,
+        mapping: CompiledMapping,
+        done: set[int],
         recorder: Recorder,
-    ) -> object:
+    ) -> DeliveryReport:
         ctx = self.ctx
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -344,14 +388,16 @@ class SyncRun:
                 loop.add_signal_handler(sig, self.stop.set)
         works: dict[int, Work] = {}
         source = self._works(run, engine, mapping, done)
-        sentinel = object()
+
+        def pull() -> tuple[Work, Batch | None] | None:
+            return next(source, None)
 
         async def batches() -> AsyncIterator[Batch]:
             while not self.stop.is_set():
-                item = await asyncio.to_thread(next, source, sentinel)
-                if item is sentinel:
+                item = await asyncio.to_thread(pull)
+                if item is None:
                     return
-                work, batch = item  # type: ignore[misc]
+                work, batch = item
                 if batch is None:
                     recorder.checkpoint(work, None, 0)
                     self.reporter.advance(ctx.name, work.size)
@@ -367,8 +413,12 @@ class SyncRun:
         await ctx.destination.open()
         try:
             return await deliver(
-                ctx.destination, batches(), concurrency=ctx.caps.max_concurrency,
-                rate_limit=ctx.caps.rate_limit, on_outcome=on_outcome, stop=self.stop,
+                ctx.destination,
+                batches(),
+                concurrency=ctx.caps.max_concurrency,
+                rate_limit=ctx.caps.rate_limit,
+                on_outcome=on_outcome,
+                stop=self.stop,
                 policy=ctx.retry,
             )
         finally:
@@ -376,4 +426,3 @@ class SyncRun:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
-

@@ -201,7 +201,17 @@ class StateStore:
         self.engine.dispose()
 
     def migrate(self) -> int:
-        """Apply pending numbered migrations; return the schema version."""
+        """Apply pending numbered migrations; return the schema version.
+
+        Two processes opening a new store at once may race: the loser's transaction fails
+        on the version's primary key, and it simply reads the version the winner wrote.
+        """
+        try:
+            return self._migrate()
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, StateError):
+            return self._migrate()
+
+    def _migrate(self) -> int:
         with self._tx() as conn:
             schema_version.create(conn, checkfirst=True)
             current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
@@ -231,8 +241,13 @@ class StateStore:
                 try:
                     conn.execute(
                         locks.insert().values(
-                            sync=sync, owner=owner, host=host, pid=pid, run_id=run_id,
-                            acquired_at=now, heartbeat_at=now,
+                            sync=sync,
+                            owner=owner,
+                            host=host,
+                            pid=pid,
+                            run_id=run_id,
+                            acquired_at=now,
+                            heartbeat_at=now,
                         )
                     )
                 except sa.exc.IntegrityError as exc:
@@ -255,8 +270,14 @@ class StateStore:
             taken = conn.execute(
                 locks.update()
                 .where(locks.c.sync == sync, locks.c.owner == row["owner"])
-                .values(owner=owner, host=host, pid=pid, run_id=run_id,
-                        acquired_at=now, heartbeat_at=now)
+                .values(
+                    owner=owner,
+                    host=host,
+                    pid=pid,
+                    run_id=run_id,
+                    acquired_at=now,
+                    heartbeat_at=now,
+                )
             )
             if taken.rowcount != 1:
                 raise SyncLockedError(f"sync {sync!r} is already running (lock just taken)")
@@ -278,9 +299,7 @@ class StateStore:
 
     def held_locks(self) -> dict[str, dict[str, Any]]:
         with self._tx() as conn:
-            return {
-                r["sync"]: dict(r) for r in conn.execute(sa.select(locks)).mappings().all()
-            }
+            return {r["sync"]: dict(r) for r in conn.execute(sa.select(locks)).mappings().all()}
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -291,14 +310,26 @@ class StateStore:
         with self._tx() as conn:
             conn.execute(
                 runs.insert().values(
-                    id=run_id, sync=sync, status=str(RunStatus.PENDING), full_resync=full,
-                    trigger=trigger, counts=json.dumps(counts), created_at=now,
-                    updated_at=now, attempt=1,
+                    id=run_id,
+                    sync=sync,
+                    status=str(RunStatus.PENDING),
+                    full_resync=full,
+                    trigger=trigger,
+                    counts=json.dumps(counts),
+                    created_at=now,
+                    updated_at=now,
+                    attempt=1,
                 )
             )
         return RunRecord(
-            id=run_id, sync=sync, status=RunStatus.PENDING, full_resync=full, trigger=trigger,
-            counts=counts, created_at=now, updated_at=now,
+            id=run_id,
+            sync=sync,
+            status=RunStatus.PENDING,
+            full_resync=full,
+            trigger=trigger,
+            counts=counts,
+            created_at=now,
+            updated_at=now,
         )
 
     def _record(self, row: sa.RowMapping) -> RunRecord:
@@ -325,20 +356,26 @@ class StateStore:
 
     def find_runs(self, prefix: str) -> list[RunRecord]:
         with self._tx() as conn:
-            rows = conn.execute(
-                sa.select(runs).where(runs.c.id.startswith(prefix)).limit(5)
-            ).mappings().all()
+            rows = (
+                conn.execute(sa.select(runs).where(runs.c.id.startswith(prefix)).limit(5))
+                .mappings()
+                .all()
+            )
         return [self._record(r) for r in rows]
 
     def unfinished_run(self, sync: str) -> RunRecord | None:
         finals = [str(s) for s in RunStatus if s.final]
         with self._tx() as conn:
-            row = conn.execute(
-                sa.select(runs)
-                .where(runs.c.sync == sync, runs.c.status.not_in(finals))
-                .order_by(runs.c.created_at.desc())
-                .limit(1)
-            ).mappings().first()
+            row = (
+                conn.execute(
+                    sa.select(runs)
+                    .where(runs.c.sync == sync, runs.c.status.not_in(finals))
+                    .order_by(runs.c.created_at.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
         return self._record(row) if row else None
 
     def list_runs(self, sync: str | None = None, *, limit: int = 20) -> list[RunRecord]:
@@ -363,12 +400,16 @@ class StateStore:
 
     def last_success(self, sync: str) -> RunRecord | None:
         with self._tx() as conn:
-            row = conn.execute(
-                sa.select(runs)
-                .where(runs.c.sync == sync, runs.c.status == str(RunStatus.SUCCEEDED))
-                .order_by(runs.c.created_at.desc())
-                .limit(1)
-            ).mappings().first()
+            row = (
+                conn.execute(
+                    sa.select(runs)
+                    .where(runs.c.sync == sync, runs.c.status == str(RunStatus.SUCCEEDED))
+                    .order_by(runs.c.created_at.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
         return self._record(row) if row else None
 
     def update_run(
@@ -424,9 +465,16 @@ class StateStore:
         with self._tx() as conn:
             conn.execute(
                 batches.insert().values(
-                    run_id=run.id, batch_no=batch_no, operation=operation, size=size,
-                    sent=sent, accepted=accepted, rejected=rejected, failed=failed,
-                    attempts=attempts, finished_at=now,
+                    run_id=run.id,
+                    batch_no=batch_no,
+                    operation=operation,
+                    size=size,
+                    sent=sent,
+                    accepted=accepted,
+                    rejected=rejected,
+                    failed=failed,
+                    attempts=attempts,
+                    finished_at=now,
                 )
             )
             if errors:
@@ -465,20 +513,22 @@ class StateStore:
             ]
 
     def row_errors(self, run_id: str, *, limit: int | None = None) -> list[RowError]:
-        query = (
-            sa.select(row_errors)
-            .where(row_errors.c.run_id == run_id)
-            .order_by(row_errors.c.id)
-        )
+        query = sa.select(row_errors).where(row_errors.c.run_id == run_id).order_by(row_errors.c.id)
         if limit is not None:
             query = query.limit(limit)
         with self._tx() as conn:
             rows = conn.execute(query).mappings().all()
         return [
             RowError(
-                run_id=r["run_id"], sync=r["sync"], row_key=r["row_key"], kind=r["kind"],
-                reason=r["reason"], created_at=_aware(r["created_at"]) or _now(),
-                batch_no=r["batch_no"], seq=r["seq"], operation=r["operation"],
+                run_id=r["run_id"],
+                sync=r["sync"],
+                row_key=r["row_key"],
+                kind=r["kind"],
+                reason=r["reason"],
+                created_at=_aware(r["created_at"]) or _now(),
+                batch_no=r["batch_no"],
+                seq=r["seq"],
+                operation=r["operation"],
             )
             for r in rows
         ]

@@ -26,6 +26,7 @@ import asyncio
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -76,8 +77,11 @@ class WebhookReceiver:
         fast: bool = False,
         delay: float = 0.0,
         idempotency_header: str = "Idempotency-Key",
+        inbox: Path | None = None,
     ) -> None:
         self.token = token
+        self.inbox = inbox
+        """When set, every accepted request is appended to this file as one JSON line."""
         self.fast = fast
         self.delay = delay
         self.idempotency_header = idempotency_header.lower()
@@ -168,6 +172,8 @@ class WebhookReceiver:
                 self.record_count += len(records) - len(refused & set(range(len(records))))
                 if key:
                     self._answered[key] = (status, content, extra)
+                if self.inbox is not None:
+                    self._append_inbox(method, path, key, raw)
             self.requests.append(ReceivedRequest(method, path, headers, body, raw, status))
         return Response(content, status_code=status, headers=extra, media_type="application/json")
 
@@ -177,6 +183,12 @@ class WebhookReceiver:
         with self._lock:
             self.record_count += count
         return Response(b"{}", media_type="application/json")
+
+    def _append_inbox(self, method: str, path: str, key: str | None, raw: bytes) -> None:
+        assert self.inbox is not None
+        head = orjson.dumps({"method": method, "path": path, "idempotency_key": key})
+        with self.inbox.open("ab") as out:
+            out.write(head[:-1] + b',"body":' + (raw or b"null") + b"}\n")
 
     def _log(self, received: ReceivedRequest) -> None:
         with self._lock:

@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): throughput and memory figures, never pass/fail on timing."""

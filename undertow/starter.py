@@ -1,0 +1,98 @@
+"""``undertow init DIR``: a starter project that runs as it is.
+
+It holds a small DuckDB warehouse of customers and a webhook sync whose URL is
+``local://inbox.jsonl``: a receiver built into Undertow that listens on 127.0.0.1 for the
+run and appends every request to ``inbox.jsonl``. Point ``url`` at a real endpoint when
+ready.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from undertow.errors import UndertowError
+from undertow.samples import build_customers
+
+STARTER_YML = """\
+# An Undertow project. Docs: docs/config.md in the Undertow repository.
+name: {name}
+
+# Where Undertow keeps run history (SQLite here; postgresql://... for teams).
+state: sqlite:///.undertow/state.db
+
+sources:
+  warehouse:
+    type: duckdb
+    path: warehouse.duckdb
+
+destinations:
+  hook:
+    type: webhook
+    # The built-in local receiver: requests are appended to inbox.jsonl.
+    # Replace with your endpoint, e.g. https://hooks.example.com/customers
+    url: local://inbox.jsonl
+    batch_size: 500
+    # headers: {{Authorization: "Bearer ${{WEBHOOK_TOKEN}}"}}
+
+models:
+  active_customers:
+    source: warehouse
+    file: models/active_customers.sql
+    primary_key: customer_id
+
+syncs:
+  customers_to_hook:
+    model: active_customers
+    destination: hook
+    mode: mirror          # upsert changed rows, delete rows that leave the model
+    mappings:
+      id: customer_id
+      email: email
+      name:
+        template: "{{{{ first_name }}}} {{{{ last_name }}}}"
+      plan: plan
+      seats: seats
+      mrr: mrr
+      recently_viewed: recently_viewed
+      account:
+        object:
+          country: country
+          signed_up: signup_date
+"""
+
+MODEL_SQL = """\
+-- Customers who are active today. Only the columns a sync maps leave the warehouse.
+select customer_id, email, first_name, last_name, plan, seats, mrr, country, signup_date,
+       recently_viewed
+from customers
+where active
+"""
+
+GITIGNORE = """\
+# Undertow's private state: run history and the snapshots of what destinations accepted
+# (customer data). Never commit it.
+.undertow/
+inbox.jsonl
+"""
+
+
+def write_starter(directory: Path, *, customers: int = 1_000) -> list[Path]:
+    directory = Path(directory)
+    main = directory / "undertow.yml"
+    if main.exists():
+        raise UndertowError(
+            f"{main} already exists: not overwriting a project",
+            hint="choose an empty folder: `undertow init my-project`",
+        )
+    (directory / "models").mkdir(parents=True, exist_ok=True)
+    name = directory.resolve().name.replace(" ", "_") or "my_project"
+    files = {
+        main: STARTER_YML.format(name=name),
+        directory / "models" / "active_customers.sql": MODEL_SQL,
+        directory / ".gitignore": GITIGNORE,
+    }
+    for path, text in files.items():
+        path.write_text(text)
+    warehouse = directory / "warehouse.duckdb"
+    build_customers(warehouse, customers)
+    return [*files, warehouse]
