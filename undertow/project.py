@@ -5,6 +5,8 @@ project.validate()                  # every problem, with file, line, key and a 
 project.plan("users_to_crm")        # a dry run: counts and payloads, nothing sent
 project.run(["users_to_crm"])       # run syncs, resuming any that died
 project.status(); project.runs("users_to_crm"); project.errors(run_id)
+project.retry("users_to_crm")       # send again only the rows rejected last time
+project.rejected_rows("users_to_crm")   # rows waiting, with first/last failure, attempts
 project.reset("users_to_crm")       # forget the snapshot: next run is a first run
 """
 
@@ -20,13 +22,13 @@ import polars as pl
 
 from undertow.config.loader import LoadedProject, load_project
 from undertow.config.models import SyncConfig
-from undertow.destinations.base import Destination
+from undertow.destinations.base import Batch, Destination, Operation
 from undertow.errors import ConfigError, UndertowError, unknown_name
 from undertow.pipeline.diff import ChangeStats, LocalDiffEngine
 from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for, projected_sql
 from undertow.registry import destination_class, source_class
 from undertow.sources.base import Source
-from undertow.state.store import RowError, RunRecord, StateStore
+from undertow.state.store import RowError, RowStatus, RunRecord, StateStore
 
 
 @dataclass
@@ -237,7 +239,8 @@ class Project:
         engine = LocalDiffEngine(self.loaded.state_dir, name, dry_run=True)
         try:
             mapping, spec = compile_for(ctx)
-            reader = ctx.source.extract(projected_sql(ctx.sql, spec.columns), model=ctx.model_name)
+            sql = projected_sql(ctx.sql, spec.columns, ctx.source.quote_identifier)
+            reader = ctx.source.extract(sql, model=ctx.model_name)
             stats = engine.build("preview", reader, spec, plan, batch_size)
             preview = PlanPreview(
                 sync=name,
@@ -261,11 +264,21 @@ class Project:
                 keys = frame.get_column("_ut_key").to_list()
                 ops = frame.get_column("_ut_op").to_list()
                 for i, pos in enumerate(mapped.index[: limit - len(preview.samples)]):
+                    one = Batch(
+                        sync=name,
+                        operation=Operation(ops[pos]),
+                        number=0,
+                        idempotency_key="preview",
+                        keys=[keys[pos]],
+                        payloads=[mapped.payloads[i]],
+                        identifiers={f: [v[i]] for f, v in mapped.identifiers.items()},
+                        object=ctx.sync.object,
+                    )
                     preview.samples.append(
                         {
                             "operation": ops[pos],
                             "key": keys[pos],
-                            "payload": orjson.loads(mapped.payloads[i]),
+                            "payload": ctx.destination.preview(one)[0],
                         }
                     )
                 for pos, reason in mapped.rejected[: limit - map_rejected]:
@@ -311,7 +324,9 @@ class Project:
         full: bool = False,
         reporter: Reporter | None = None,
         trigger: str = "manual",
+        allow_deletes: bool = False,
     ) -> list[RunRecord]:
+        """Run syncs; ``allow_deletes`` lifts max_deletes / max_delete_ratio for these runs."""
         for name in names:
             self.sync(name)  # unknown names fail before anything runs
         records = []
@@ -319,11 +334,39 @@ class Project:
             ctx = self.context(name)
             try:
                 records.append(
-                    SyncRun(ctx, self.store, reporter, trigger=trigger).execute(full=full)
+                    SyncRun(
+                        ctx, self.store, reporter, trigger=trigger, allow_deletes=allow_deletes
+                    ).execute(full=full)
                 )
             finally:
                 ctx.source.close()
         return records
+
+    def retry(
+        self, name: str, *, reporter: Reporter | None = None, allow_deletes: bool = False
+    ) -> RunRecord | None:
+        """Send again, now, only the rows whose latest outcome was rejected or failed.
+
+        A run with ``trigger="retry"`` whose plan holds only those keys (with their current
+        values from the model); rows whose values are already accepted, or that left the
+        model, are marked resolved without sending. None when no row is waiting.
+        """
+        self.sync(name)
+        keys = self.store.open_row_keys(name)
+        if not keys:
+            return None
+        ctx = self.context(name)
+        try:
+            return SyncRun(
+                ctx,
+                self.store,
+                reporter,
+                trigger="retry",
+                allow_deletes=allow_deletes,
+                only_keys=keys,
+            ).execute()
+        finally:
+            ctx.source.close()
 
     # -- history ----------------------------------------------------------------------------
 
@@ -370,6 +413,11 @@ class Project:
     def errors(self, run_id: str, *, limit: int | None = None) -> list[RowError]:
         run = self.get_run(run_id)
         return self.store.row_errors(run.id, limit=limit)
+
+    def rejected_rows(self, name: str, *, limit: int | None = None) -> list[RowStatus]:
+        """The sync's rows whose latest outcome was rejected or failed, with their history."""
+        self.sync(name)
+        return self.store.row_statuses(name, limit=limit)
 
     def reset(self, name: str) -> int:
         """Forget what the destination accepted; the next run of ``name`` is a first run."""

@@ -155,6 +155,14 @@ class Destination(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (always called, even after a failure)."""
 
+    def preview(self, batch: Batch) -> list[Any]:
+        """Each record as the destination would put it on the wire (for ``undertow plan``).
+
+        The default is the mapped record itself; connectors that reshape records (HubSpot's
+        ``{"idProperty", "id", "properties"}`` inputs) override it. Sends nothing.
+        """
+        return list(batch.records())
+
     @abstractmethod
     async def check(self) -> None:
         """Prove the credentials and endpoint work; raise an UndertowError that says how to fix."""

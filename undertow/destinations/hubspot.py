@@ -173,6 +173,15 @@ class HubSpotDestination(Destination):
             self._read_results(response, inputs, result)
         return result
 
+    def preview(self, batch: Batch) -> list[Any]:
+        """The HubSpot inputs each record becomes (or why it would be rejected)."""
+        result = BatchResult()
+        inputs = {i.index: i.body for i in self._inputs(batch, self._id_property(batch), result)}
+        return [
+            inputs.get(index, {"rejected": result.rejected.get(index)})
+            for index in range(len(batch))
+        ]
+
     def _object(self, batch: Batch) -> str:
         if batch.object not in (self.objects or ()):
             raise FatalDeliveryError(
