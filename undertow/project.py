@@ -5,8 +5,6 @@ project.validate()                  # every problem, with file, line, key and a 
 project.plan("users_to_crm")        # a dry run: counts and payloads, nothing sent
 project.run(["users_to_crm"])       # run syncs, resuming any that died
 project.status(); project.runs("users_to_crm"); project.errors(run_id)
-project.retry("users_to_crm")       # send again only the rows rejected last time
-project.rejected_rows("users_to_crm")   # rows waiting, with first/last failure, attempts
 project.reset("users_to_crm")       # forget the snapshot: next run is a first run
 """
 
@@ -28,7 +26,7 @@ from undertow.pipeline.diff import ChangeStats, LocalDiffEngine
 from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for, projected_sql
 from undertow.registry import destination_class, source_class
 from undertow.sources.base import Source
-from undertow.state.store import RowError, RowStatus, RunRecord, StateStore
+from undertow.state.store import RowError, RunRecord, StateStore
 
 
 @dataclass
@@ -239,8 +237,7 @@ class Project:
         engine = LocalDiffEngine(self.loaded.state_dir, name, dry_run=True)
         try:
             mapping, spec = compile_for(ctx)
-            sql = projected_sql(ctx.sql, spec.columns, ctx.source.quote_identifier)
-            reader = ctx.source.extract(sql, model=ctx.model_name)
+            reader = ctx.source.extract(projected_sql(ctx.sql, spec.columns), model=ctx.model_name)
             stats = engine.build("preview", reader, spec, plan, batch_size)
             preview = PlanPreview(
                 sync=name,
@@ -324,9 +321,7 @@ class Project:
         full: bool = False,
         reporter: Reporter | None = None,
         trigger: str = "manual",
-        allow_deletes: bool = False,
     ) -> list[RunRecord]:
-        """Run syncs; ``allow_deletes`` lifts max_deletes / max_delete_ratio for these runs."""
         for name in names:
             self.sync(name)  # unknown names fail before anything runs
         records = []
@@ -334,39 +329,11 @@ class Project:
             ctx = self.context(name)
             try:
                 records.append(
-                    SyncRun(
-                        ctx, self.store, reporter, trigger=trigger, allow_deletes=allow_deletes
-                    ).execute(full=full)
+                    SyncRun(ctx, self.store, reporter, trigger=trigger).execute(full=full)
                 )
             finally:
                 ctx.source.close()
         return records
-
-    def retry(
-        self, name: str, *, reporter: Reporter | None = None, allow_deletes: bool = False
-    ) -> RunRecord | None:
-        """Send again, now, only the rows whose latest outcome was rejected or failed.
-
-        A run with ``trigger="retry"`` whose plan holds only those keys (with their current
-        values from the model); rows whose values are already accepted, or that left the
-        model, are marked resolved without sending. None when no row is waiting.
-        """
-        self.sync(name)
-        keys = self.store.open_row_keys(name)
-        if not keys:
-            return None
-        ctx = self.context(name)
-        try:
-            return SyncRun(
-                ctx,
-                self.store,
-                reporter,
-                trigger="retry",
-                allow_deletes=allow_deletes,
-                only_keys=keys,
-            ).execute()
-        finally:
-            ctx.source.close()
 
     # -- history ----------------------------------------------------------------------------
 
@@ -413,11 +380,6 @@ class Project:
     def errors(self, run_id: str, *, limit: int | None = None) -> list[RowError]:
         run = self.get_run(run_id)
         return self.store.row_errors(run.id, limit=limit)
-
-    def rejected_rows(self, name: str, *, limit: int | None = None) -> list[RowStatus]:
-        """The sync's rows whose latest outcome was rejected or failed, with their history."""
-        self.sync(name)
-        return self.store.row_statuses(name, limit=limit)
 
     def reset(self, name: str) -> int:
         """Forget what the destination accepted; the next run of ``name`` is a first run."""
