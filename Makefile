@@ -22,10 +22,20 @@ demo: $(STAMP) ## generate a sample warehouse and sync it into a local fake HubS
 	$(BIN)/undertow demo --dir .demo
 
 test: $(STAMP) ## run the whole test suite (real services on this machine)
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not orchestrators and not warehouses"
+
+test-orchestrators: ## the Airflow/Dagster integrations in their own venv (.venv-orchestrators)
+	test -x .venv-orchestrators/bin/pytest || $(PY) -m venv .venv-orchestrators
+	.venv-orchestrators/bin/pip install -q -e '.[dev,airflow,dagster]'
+	.venv-orchestrators/bin/pytest tests/orchestrators -m orchestrators -p no:cacheprovider
+
+test-warehouses: ## Snowflake (fakesnow) and ClickHouse (chDB) sources in their own venv (.venv-warehouses)
+	test -x .venv-warehouses/bin/pytest || $(PY) -m venv .venv-warehouses
+	.venv-warehouses/bin/pip install -q -e '.[dev,snowflake,clickhouse,warehouse-emulators]'
+	.venv-warehouses/bin/pytest tests/unit/test_source_clickhouse.py tests/integration/test_source_snowflake.py -m warehouses -p no:cacheprovider
 
 test-fast: $(STAMP) ## unit tests only
-	$(BIN)/pytest tests/unit -q
+	$(BIN)/pytest tests/unit -q -m "not warehouses"
 
 lint: $(STAMP) ## ruff lint + format check + mypy (strict on undertow/)
 	$(BIN)/ruff check undertow tests bench
@@ -40,6 +50,6 @@ bench: $(STAMP) ## print throughput and memory figures (never fails on timing)
 	$(BIN)/python bench/run.py
 
 clean: ## remove the virtualenv and generated files
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-orchestrators .venv-warehouses .demo .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install demo test test-fast lint format bench clean
+.PHONY: help install demo test test-orchestrators test-warehouses test-fast lint format bench clean

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import threading
 import time
@@ -79,6 +80,29 @@ def _timed_iter(owner: Any, attr: str, name: str) -> None:
     setattr(owner, attr, wrapper)
 
 
+_sql: dict[str, float] = defaultdict(float)
+_RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{8}")
+
+
+class _TimedConnection:
+    """Passes every call to a DuckDB connection; times ``execute`` per statement."""
+
+    def __init__(self, con: Any) -> None:
+        self._con = con
+
+    def execute(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._con.execute(sql, *args, **kwargs)
+        finally:
+            key = _RUN_ID.sub("<run>", " ".join(sql.split()))[:90]
+            with _lock:
+                _sql[key] += time.perf_counter() - started
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
 def _instrument() -> None:
     from undertow.destinations.base import Batch
     from undertow.destinations.webhook import WebhookDestination
@@ -99,6 +123,14 @@ def _instrument() -> None:
     _timed_async(WebhookDestination, "write_batch", "http")
     _timed(Recorder, "checkpoint", "checkpoint")
     _timed(LocalDiffEngine, "fold", "fold")
+
+    engine_init = LocalDiffEngine.__init__
+
+    def timed_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        engine_init(self, *args, **kwargs)
+        self.con = _TimedConnection(self.con)
+
+    LocalDiffEngine.__init__ = timed_init  # type: ignore[method-assign]
 
 
 def measure(project_dir: str, sync: str) -> dict[str, Any]:
@@ -130,7 +162,7 @@ def measure(project_dir: str, sync: str) -> dict[str, Any]:
         "deliver_wall": deliver_record - fold,
         "fetch_plan_chunks": fetch,
         "map": mapping,
-        "assemble_batches": worker - fetch - mapping,
+        "assemble_batches": max(0.0, worker - fetch - mapping),
         "build_bodies": t.get("body", 0.0),
         "http_in_flight_sum": t.get("http", 0.0),
         "checkpoint": t.get("checkpoint", 0.0),
@@ -142,6 +174,7 @@ def measure(project_dir: str, sync: str) -> dict[str, Any]:
         "sent": record.counts.get("sent", 0),
         "stages": stages,
         "calls": dict(_calls),
+        "sql": dict(sorted(_sql.items(), key=lambda kv: -kv[1])[:12]),
     }
 
 

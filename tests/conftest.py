@@ -45,3 +45,42 @@ def pg_database() -> Iterator[str]:
     finally:
         with psycopg.connect(_pg_admin_conninfo(), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+MARIADB_HOST = os.environ.get("UNDERTOW_TEST_MARIADB_HOST", "127.0.0.1")
+MARIADB_PORT = int(os.environ.get("UNDERTOW_TEST_MARIADB_PORT", "3306"))
+MARIADB_USER = os.environ.get("UNDERTOW_TEST_MARIADB_USER", "root")
+MARIADB_START = "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
+
+
+def mariadb_url_for(dbname: str) -> str:
+    return f"mysql://{MARIADB_USER}@{MARIADB_HOST}:{MARIADB_PORT}/{dbname}"
+
+
+@pytest.fixture
+def mariadb_database() -> Iterator[str]:
+    """A fresh MariaDB database with a unique name; yields its URL, drops it after."""
+    import pymysql
+
+    name = f"ut_{uuid.uuid4().hex[:12]}"
+
+    def admin() -> pymysql.connections.Connection:  # type: ignore[type-arg]
+        return pymysql.connect(
+            host=MARIADB_HOST, port=MARIADB_PORT, user=MARIADB_USER, connect_timeout=5
+        )
+
+    try:
+        conn = admin()
+    except pymysql.err.OperationalError as exc:
+        pytest.fail(
+            f"MariaDB is not reachable at {MARIADB_HOST}:{MARIADB_PORT} ({exc}).\n"
+            f"Start it with: {MARIADB_START}",
+            pytrace=False,
+        )
+    with conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    try:
+        yield mariadb_url_for(name)
+    finally:
+        with admin() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")

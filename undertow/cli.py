@@ -196,6 +196,13 @@ def run(
     full: Annotated[
         bool, typer.Option("--full", help="Resend every row, not only the changes.")
     ] = False,
+    allow_deletes: Annotated[
+        bool,
+        typer.Option(
+            "--allow-deletes",
+            help="For this run only, allow more deletes than max_deletes / max_delete_ratio.",
+        ),
+    ] = False,
     project: ProjectOpt = Path("."),
     json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -212,28 +219,76 @@ def run(
                     "name at least one sync, or use --all",
                     hint=f"syncs in this project: {', '.join(proj.sync_names) or 'none'}",
                 )
-            return list(proj.run(names, full=full, reporter=console))
+            return list(proj.run(names, full=full, reporter=console, allow_deletes=allow_deletes))
         finally:
             console.done_progress()
             proj.close()
 
     records = _guard(console, debug, work)
+    _print_runs(console, records)
+
+
+def _print_runs(console: TerminalConsole, records: list[RunRecord]) -> None:
+    """One line per run (a JSON object with --json); exit 1 unless every run succeeded.
+
+    A run that succeeded with a warning (some rows rejected, within max_rejected_ratio)
+    exits 0 and prints the warning.
+    """
     for record in records:
-        if json:
+        if console.json_mode:
             console.json(record.as_dict())
             continue
-        style = STATUS_STYLE.get(str(record.status), "white")
+        warned = record.warning is not None and str(record.status) == "succeeded"
+        style = "yellow" if warned else STATUS_STYLE.get(str(record.status), "white")
+        label = f"{record.status} with warning" if warned else str(record.status)
         took = f" in {record.duration_s:.1f}s" if record.duration_s is not None else ""
         console.print(
-            f"[{style}]{record.status}[/] [bold]{record.sync}[/] run {record.id}{took}: "
+            f"[{style}]{label}[/] [bold]{record.sync}[/] run {record.id}{took}: "
             f"{_counts_line(record)}"
         )
         if record.error:
             console.error(f"{record.sync}: {record.error}")
+        if warned:
+            console.print(f"  [yellow]warning:[/] {record.warning}")
         if record.counts.get("rejected"):
             console.print(f"  see the rejected rows with: undertow errors {record.id}")
     if any(str(r.status) != "succeeded" for r in records):
         raise typer.Exit(1)
+
+
+@app.command()
+def retry(
+    sync: Annotated[str, typer.Argument(help="The sync whose rejected rows to send again.")],
+    allow_deletes: Annotated[
+        bool,
+        typer.Option("--allow-deletes", help="Allow more deletes than the sync's limits."),
+    ] = False,
+    project: ProjectOpt = Path("."),
+    json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Send again, now, only the rows whose latest outcome was rejected or failed."""
+    console = TerminalConsole(json_mode=json)
+
+    def work() -> RunRecord | None:
+        proj = _load(project)
+        try:
+            record: RunRecord | None = proj.retry(
+                sync, reporter=console, allow_deletes=allow_deletes
+            )
+            return record
+        finally:
+            console.done_progress()
+            proj.close()
+
+    record = _guard(console, debug, work)
+    if record is None:
+        if json:
+            console.json({"sync": sync, "run_id": None, "status": "nothing to retry"})
+        else:
+            console.print(f"{sync}: no rejected or failed rows to retry")
+        return
+    _print_runs(console, [record])
 
 
 @app.command()
@@ -252,10 +307,22 @@ def status(project: ProjectOpt = Path("."), json: JsonOpt = False, debug: DebugO
     if json:
         console.json(rows)
         return
-    table = Table("sync", "model → destination", "mode", "last run", "status", "counts")
+    from undertow.orchestration.config import format_duration
+
+    table = Table(
+        "sync", "model → destination", "mode", "last run", "status", "counts", "next run", "lag",
+        "SLA",
+    )  # fmt: skip
     for row in rows:
         last = row["last_run"]
         state = "running" if row["running"] else (last["status"] if last else "never run")
+        sla = "-"
+        if row["sla_s"] is not None:
+            colour = "red" if row["sla_state"] == "breached" else "green"
+            sla = f"[{colour}]{row['sla_state']}[/] ({format_duration(row['sla_s'])})"
+        upcoming = "paused" if row["paused"] else (row["next_run_at"] or row["schedule"])[:19]
+        if row["after"] and not row["paused"]:
+            upcoming = "after " + ", ".join(row["after"])
         counts = (
             f"+{last['added']} ~{last['changed']} -{last['removed']} "
             f"✓{last['succeeded']} ✗{last['rejected']}"
@@ -269,6 +336,9 @@ def status(project: ProjectOpt = Path("."), json: JsonOpt = False, debug: DebugO
             (last["started_at"][:19] if last else "-"),
             state,
             counts,
+            upcoming,
+            format_duration(row["lag_s"]) if last else "-",
+            sla,
         )
     console.print(table)
 
@@ -333,25 +403,61 @@ def runs(
     console.print(table)
 
 
+def _when(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 @app.command()
 def errors(
-    run_id: Annotated[str, typer.Argument(help="A run id (a unique prefix is enough).")],
+    run_id: Annotated[
+        str | None, typer.Argument(help="A run id (a unique prefix is enough).")
+    ] = None,
+    sync: Annotated[
+        str | None,
+        typer.Option("--sync", "-s", help="Instead of a run: the sync's rows rejected now."),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n")] = 100,
     project: ProjectOpt = Path("."),
     json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Rejected and failed rows of a run: primary key and reason."""
+    """Rejected and failed rows of a run (or, with --sync, those of a sync waiting now):
+    key, reason, first and last failure, attempts."""
     console = TerminalConsole(json_mode=json)
+    if (run_id is None) == (sync is None):
+        console.error("give a run id (`undertow errors RUN_ID`) or `--sync SYNC`, not both")
+        raise typer.Exit(2)
 
     def work() -> list[Any]:
         proj = _load(project)
         try:
-            return list(proj.errors(run_id, limit=limit))
+            if sync is not None:
+                return list(proj.rejected_rows(sync, limit=limit))
+            return list(proj.errors(str(run_id), limit=limit))
         finally:
             proj.close()
 
     rows = _guard(console, debug, work)
+    if sync is not None:
+        if json:
+            console.json([r.as_dict() for r in rows])
+            return
+        if not rows:
+            console.print(f"{sync}: no rejected or failed rows waiting")
+            return
+        table = Table("key", "kind", "attempts", "first failed", "last failed", "reason")
+        for r in rows:
+            table.add_row(
+                r.row_key,
+                r.last_kind,
+                str(r.attempts),
+                r.first_failed_at.isoformat()[:19],
+                r.last_failed_at.isoformat()[:19],
+                r.last_reason,
+            )
+        console.print(table)
+        console.print(f"send them again now with: undertow retry {sync}")
+        return
     if json:
         console.json(
             [
@@ -363,6 +469,10 @@ def errors(
                     "operation": e.operation,
                     "batch": e.batch_no,
                     "reason": e.reason,
+                    "attempts": e.attempts,
+                    "first_failed_at": _when(e.first_failed_at),
+                    "last_failed_at": _when(e.last_failed_at),
+                    "resolved_at": _when(e.resolved_at),
                 }
                 for e in rows
             ]
@@ -371,9 +481,17 @@ def errors(
     if not rows:
         console.print("no rejected or failed rows in this run")
         return
-    table = Table("key", "kind", "operation", "reason")
+    table = Table("key", "kind", "operation", "attempts", "first failed", "last failed", "reason")
     for e in rows:
-        table.add_row(e.row_key, e.kind, e.operation or "", e.reason)
+        table.add_row(
+            e.row_key,
+            e.kind,
+            e.operation or "",
+            "" if e.attempts is None else str(e.attempts),
+            (_when(e.first_failed_at) or "")[:19],
+            (_when(e.last_failed_at) or "")[:19] + (" (resolved)" if e.resolved_at else ""),
+            e.reason,
+        )
     console.print(table)
 
 
@@ -427,6 +545,60 @@ def demo(
     ok = _guard(console, debug, lambda: run_demo(directory, customers=customers, console=console))
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    project: ProjectOpt = Path("."),
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="UNDERTOW_API_TOKEN",
+            help="API token (default: $UNDERTOW_API_TOKEN, else `server: {token:}`).",
+            show_default=False,
+        ),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between scheduler passes.")
+    ] = 5.0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Syncs run at the same time.")
+    ] = None,
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds a shutdown waits for runs to stop.")
+    ] = 30.0,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the scheduler and the HTTP API (triggers, signals, status, /metrics) until SIGTERM."""
+    import logging
+
+    from undertow.server.serve import serve as run_server
+
+    console = TerminalConsole()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    def work() -> None:
+        proj = _load(project)
+        try:
+            run_server(
+                proj,
+                token=token,
+                host=host,
+                port=port,
+                interval=interval,
+                workers=workers,
+                grace=grace,
+                announce=lambda text: console.err.print(text, markup=False),
+            )
+        finally:
+            proj.close()
+
+    _guard(console, debug, work)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from rich.table import Table
 
 from undertow.console import TerminalConsole
+from undertow.errors import UndertowError
 from undertow.samples import build_customers, change_customers
 from undertow.state.store import RunRecord
 from undertow.testing.hubspot import HubSpotFake
@@ -69,10 +70,19 @@ syncs:
 """
 
 
+DEMO_MARKER = ".undertow-demo"
+
+
 def write_project(directory: Path, customers: int) -> None:
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    if directory.exists() and any(directory.iterdir()):
+        if not (directory / DEMO_MARKER).exists():
+            raise UndertowError(
+                f"{directory} is not empty and was not made by `undertow demo`: not touching it",
+                hint="choose a new folder: `undertow demo --dir .demo`",
+            )
+        shutil.rmtree(directory)  # an earlier demo: start afresh
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / DEMO_MARKER).write_text("made by `undertow demo`; safe to delete\n")
     (directory / "undertow.yml").write_text(PROJECT_YML)
     # so `undertow status --project DIR` works after the demo (the fake's token, not a secret)
     (directory / ".env").write_text(f"HUBSPOT_TOKEN={DEMO_TOKEN}\n")

@@ -7,6 +7,8 @@
     ├── StateError                     the state store is unreachable or inconsistent
     │   └── SyncLockedError            another run of the same sync holds the lock
     ├── PlanError                      a sync asks for something its destination cannot do
+    │   └── DeleteLimitError           a run would delete more than max_deletes /
+    │                                  max_delete_ratio allow: nothing sent
     ├── PrimaryKeyError                a model has no usable primary key column
     ├── MappingError                   a mapping cannot be compiled (per-row failures are
     │                                  *rejections*, not exceptions)
@@ -114,6 +116,10 @@ class SyncLockedError(StateError):
 
 class PlanError(UndertowError):
     """A sync asks its destination for something it cannot do; nothing was sent."""
+
+
+class DeleteLimitError(PlanError):
+    """A run's plan deletes more rows than the sync allows; nothing was sent."""
 
 
 class PrimaryKeyError(UndertowError):

@@ -5,28 +5,36 @@ project.validate()                  # every problem, with file, line, key and a 
 project.plan("users_to_crm")        # a dry run: counts and payloads, nothing sent
 project.run(["users_to_crm"])       # run syncs, resuming any that died
 project.status(); project.runs("users_to_crm"); project.errors(run_id)
+project.retry("users_to_crm")       # send again only the rows rejected last time
+project.rejected_rows("users_to_crm")   # rows waiting, with first/last failure, attempts
 project.reset("users_to_crm")       # forget the snapshot: next run is a first run
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import polars as pl
 
+from undertow.checks import source_access
 from undertow.config.loader import LoadedProject, load_project
 from undertow.config.models import SyncConfig
 from undertow.destinations.base import Batch, Destination, Operation
-from undertow.errors import ConfigError, UndertowError, unknown_name
-from undertow.pipeline.diff import ChangeStats, LocalDiffEngine
+from undertow.errors import ConfigError, SourceError, UndertowError, unknown_name
+from undertow.pipeline.diff import ChangeStats, DiffEngine
+from undertow.pipeline.engines import make_engine
 from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for, projected_sql
 from undertow.registry import destination_class, source_class
 from undertow.sources.base import Source
-from undertow.state.store import RowError, RunRecord, StateStore
+from undertow.state.store import RowError, RowStatus, RunRecord, StateStore
+
+if TYPE_CHECKING:
+    from undertow.orchestration.service import Due, Orchestration
 
 
 @dataclass
@@ -88,6 +96,7 @@ class Project:
         self.config = loaded.config
         self.root = loaded.root
         self._store: StateStore | None = None
+        self._orchestration: Orchestration | None = None
 
     @classmethod
     def load(cls, path: str = ".") -> Project:
@@ -101,7 +110,22 @@ class Project:
             self._store = StateStore(self.loaded.state_url)
         return self._store
 
+    @property
+    def orchestration(self) -> Orchestration:
+        """Schedules, dependencies, freshness, SLAs and alerts (``undertow/orchestration``)."""
+        if self._orchestration is None:
+            from undertow.orchestration.service import Orchestration
+
+            self._orchestration = Orchestration(
+                config=self.config,
+                root=self.root,
+                store=self.store,
+                model_sql=self.loaded.model_sql,
+            )
+        return self._orchestration
+
     def close(self) -> None:
+        self._orchestration = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -168,6 +192,11 @@ class Project:
                     src = self.source(name)
                     try:
                         src.check()
+                        for missing in source_access(self.loaded, name, src):
+                            grants = " ".join(missing.grants)
+                            add(
+                                SourceError(missing.message, hint=f"run: {grants}"), "sources", name
+                            )
                     finally:
                         src.close()
                 except UndertowError as exc:
@@ -234,10 +263,11 @@ class Project:
         if ctx.destination.objects is not None:
             self._check_object(ctx)
         batch_size = ctx.batch_size()
-        engine = LocalDiffEngine(self.loaded.state_dir, name, dry_run=True)
+        engine = make_engine(ctx, dry_run=True)
         try:
             mapping, spec = compile_for(ctx)
-            reader = ctx.source.extract(projected_sql(ctx.sql, spec.columns), model=ctx.model_name)
+            sql = projected_sql(ctx.sql, spec.columns, ctx.source.quote_identifier)
+            reader = ctx.source.extract(sql, model=ctx.model_name) if engine.pulls_model else None
             stats = engine.build("preview", reader, spec, plan, batch_size)
             preview = PlanPreview(
                 sync=name,
@@ -290,7 +320,7 @@ class Project:
             ctx.source.close()
 
     @staticmethod
-    def _field_changes(engine: LocalDiffEngine, mapping: Any, limit: int) -> list[dict[str, Any]]:
+    def _field_changes(engine: DiffEngine, mapping: Any, limit: int) -> list[dict[str, Any]]:
         frame = engine.changed_rows("preview", limit)
         if frame.is_empty():
             return []
@@ -321,19 +351,63 @@ class Project:
         full: bool = False,
         reporter: Reporter | None = None,
         trigger: str = "manual",
+        allow_deletes: bool = False,
+        chain: bool = True,
+        halt: threading.Event | None = None,
     ) -> list[RunRecord]:
+        """Run syncs; ``allow_deletes`` lifts max_deletes / max_delete_ratio for these runs.
+
+        A sync with ``freshness:`` is checked first (a stale model sends nothing). After a
+        successful run its ``then:`` syncs run too (``chain``) or are queued for the
+        scheduler; ``halt`` (set from another thread) stops runs after the batches in flight.
+        """
         for name in names:
             self.sync(name)  # unknown names fail before anything runs
         records = []
-        for name in names:
+        queue = list(names)
+        for name in queue:  # grows with `then:` syncs when chaining
             ctx = self.context(name)
             try:
-                records.append(
-                    SyncRun(ctx, self.store, reporter, trigger=trigger).execute(full=full)
+                stale = self.orchestration.before_run(ctx, trigger=trigger)
+                sync_run = SyncRun(
+                    ctx, self.store, reporter, trigger=trigger, allow_deletes=allow_deletes
                 )
+                sync_run.halt = halt
+                records.append(stale or sync_run.execute(full=full))
             finally:
                 ctx.source.close()
+            for downstream in self.orchestration.after_run(records[-1]):
+                if not chain:
+                    self.orchestration.enqueue(downstream, full=False, reason=f"then:{name}")
+                elif downstream not in queue[queue.index(name) + 1 :]:
+                    queue.append(downstream)
         return records
+
+    def retry(
+        self, name: str, *, reporter: Reporter | None = None, allow_deletes: bool = False
+    ) -> RunRecord | None:
+        """Send again, now, only the rows whose latest outcome was rejected or failed.
+
+        A run with ``trigger="retry"`` whose plan holds only those keys (with their current
+        values from the model); rows whose values are already accepted, or that left the
+        model, are marked resolved without sending. None when no row is waiting.
+        """
+        self.sync(name)
+        keys = self.store.open_row_keys(name)
+        if not keys:
+            return None
+        ctx = self.context(name)
+        try:
+            return SyncRun(
+                ctx,
+                self.store,
+                reporter,
+                trigger="retry",
+                allow_deletes=allow_deletes,
+                only_keys=keys,
+            ).execute()
+        finally:
+            ctx.source.close()
 
     # -- history ----------------------------------------------------------------------------
 
@@ -351,6 +425,7 @@ class Project:
                     "mode": str(sync.mode),
                     "running": name in locks,
                     "last_run": run.as_dict() if run else None,
+                    **self.orchestration.overview(name),
                 }
             )
         return rows
@@ -381,17 +456,26 @@ class Project:
         run = self.get_run(run_id)
         return self.store.row_errors(run.id, limit=limit)
 
+    def rejected_rows(self, name: str, *, limit: int | None = None) -> list[RowStatus]:
+        """The sync's rows whose latest outcome was rejected or failed, with their history."""
+        self.sync(name)
+        return self.store.row_statuses(name, limit=limit)
+
     def reset(self, name: str) -> int:
         """Forget what the destination accepted; the next run of ``name`` is a first run."""
         self.sync(name)
         lock = self.store.acquire_lock(name)
         try:
-            engine = LocalDiffEngine(self.loaded.state_dir, name)
+            ctx = self.context(name)
             try:
-                rows = engine.snapshot_rows()
-                engine.reset()
+                engine = make_engine(ctx)
+                try:
+                    rows = engine.snapshot_rows()
+                    engine.reset()
+                finally:
+                    engine.close()
             finally:
-                engine.close()
+                ctx.source.close()
             unfinished = self.store.unfinished_run(name)
             if unfinished is not None:
                 from undertow.state.store import RunStatus
@@ -402,6 +486,62 @@ class Project:
             return rows
         finally:
             lock.release()
+
+    # -- orchestration: what the scheduler and `undertow serve` call -----------------------
+
+    def due(self, running: set[str]) -> list[Due]:
+        """Syncs to start now: queued triggers, unfinished runs, schedule ticks, ``after:``."""
+        return self.orchestration.due(running)
+
+    def launched(self, due: Due) -> None:
+        self.orchestration.launched(due)
+
+    def poll_signals(self) -> int:
+        """Read the watched dbt projects' run results; return how many events are new."""
+        return self.orchestration.poll_signals()
+
+    def check_slas(self) -> None:
+        self.orchestration.check_slas()
+
+    def trigger(self, name: str, *, full: bool = False, reason: str = "api") -> int:
+        """Queue a run of ``name`` for the scheduler (durable: survives a restart)."""
+        self.sync(name)
+        return self.orchestration.enqueue(name, full=full, reason=reason)
+
+    def pause(self, name: str) -> None:
+        """Stop scheduling ``name`` (an explicit trigger still runs it)."""
+        self.sync(name)
+        self.orchestration.set_paused(name, True)
+
+    def resume(self, name: str) -> None:
+        self.sync(name)
+        self.orchestration.set_paused(name, False)
+
+    def signal(self, name: str, detail: dict[str, Any] | None = None) -> str:
+        """Record that webhook signal ``name`` fired (an upstream finished loading)."""
+        if name not in self.config.webhooks:
+            raise ConfigError(
+                unknown_name("webhook", name, self.config.webhooks),
+                hint="declare it under `webhooks:` in undertow.yml",
+            )
+        return self.orchestration.record_webhook(name, detail or {}).isoformat()
+
+    def signal_token(self, name: str) -> str | None:
+        """The token webhook ``name`` requires (its own, else the server's), if any."""
+        hook = self.config.webhooks.get(name)
+        if hook is not None and hook.token is not None:
+            return hook.token.get_secret_value()
+        return self.api_token
+
+    @property
+    def api_token(self) -> str | None:
+        token = self.config.server.token
+        return token.get_secret_value() if token is not None else None
+
+    def sync_status(self, name: str) -> dict[str, Any]:
+        """One row of :meth:`status`."""
+        self.sync(name)
+        return next(row for row in self.status() if row["sync"] == name)
 
 
 def _model_part(frame: pl.DataFrame) -> pl.DataFrame:

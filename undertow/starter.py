@@ -79,20 +79,21 @@ inbox.jsonl
 def write_starter(directory: Path, *, customers: int = 1_000) -> list[Path]:
     directory = Path(directory)
     main = directory / "undertow.yml"
-    if main.exists():
-        raise UndertowError(
-            f"{main} already exists: not overwriting a project",
-            hint="choose an empty folder: `undertow init my-project`",
-        )
-    (directory / "models").mkdir(parents=True, exist_ok=True)
     name = directory.resolve().name.replace(" ", "_") or "my_project"
     files = {
         main: STARTER_YML.format(name=name),
         directory / "models" / "active_customers.sql": MODEL_SQL,
         directory / ".gitignore": GITIGNORE,
     }
+    warehouse = directory / "warehouse.duckdb"
+    taken = [p for p in [*files, warehouse] if p.exists()]
+    if taken:
+        raise UndertowError(
+            f"not overwriting existing files: {', '.join(str(p) for p in taken)}",
+            hint="choose an empty folder: `undertow init my-project`",
+        )
+    (directory / "models").mkdir(parents=True, exist_ok=True)
     for path, text in files.items():
         path.write_text(text)
-    warehouse = directory / "warehouse.duckdb"
     build_customers(warehouse, customers)
     return [*files, warehouse]

@@ -1,158 +1,112 @@
-"""kill -9 in the middle of a run, then run again: nothing lost, nothing sent twice except the
-batches in flight at the kill (and those carry the same idempotency key)."""
+"""kill -9 at random moments of `undertow run`, repeatedly, for every sync mode, with the model
+changing between runs and a seeded fault plan on the webhook receiver; then runs until
+quiet. Nothing lost, nothing sent twice except the batches in flight at a kill (or whose
+answer a fault lost), no run left unfinished, and the next run sends nothing."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections import defaultdict
-from collections.abc import Iterator
+import random
 from pathlib import Path
-from typing import Any
 
-import duckdb
-import orjson
 import pytest
+from harness import (
+    ROWS,
+    SYNC,
+    Model,
+    StateFile,
+    WebhookBook,
+    all_final,
+    converge,
+    final_state_matches,
+    kill_during,
+    run,
+    summary,
+    write_project,
+)
 
-from undertow.state.store import RunStatus, StateStore
-from undertow.testing.server import RunningServer, serve_in_thread
+from undertow.testing.faults import FaultPlan, Ledger
+from undertow.testing.server import serve_in_thread
 from undertow.testing.webhook import WebhookReceiver
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
-ROWS = 20_000
-BATCH = 100
+BATCH = 500
 CONCURRENCY = 4
-UNDERTOW = str(Path(sys.executable).with_name("undertow"))
+RATES = {
+    "503": 0.03,
+    "500": 0.01,
+    "502": 0.01,
+    "429": 0.02,
+    "429-bare": 0.01,
+    "timeout": 0.01,
+    "drop": 0.03,
+    "partial": 0.03,
+    "slow": 0.04,
+}
+# kill aims per round; the model changes after each round. The first round's killed run is
+# then finished; the second's is left unfinished while the model changes again, so the
+# resume finishes its old plan and the next run sends the newer changes.
+ROUNDS = [("extract", "after-send"), ("mid-batch", "startup")]
+CHANGES = {
+    "upsert": {"update": 4_000, "add": 2_000},
+    "update": {"update": 4_000, "add": 2_000},
+    "insert": {"add": 5_000},
+    "mirror": {"update": 3_000, "add": 2_000, "remove": 2_000},
+}
 
 
-@pytest.fixture
-def receiver() -> Iterator[tuple[WebhookReceiver, RunningServer]]:
-    hook = WebhookReceiver(delay=0.03)  # slow enough that the run is still going at the kill
+@pytest.mark.parametrize(
+    ("mode", "seed"), [("upsert", 101), ("insert", 202), ("update", 303), ("mirror", 404)]
+)
+def test_kill_9_repeatedly_then_converge(tmp_path: Path, mode: str, seed: int) -> None:
+    rng = random.Random(seed)
+    plan = FaultPlan(seed, RATES, timeout_delay=2.0)
+    hook = WebhookReceiver(delay=0.02, faults=plan, ledger=Ledger(key="id", version="version"))
+    model = Model(tmp_path, ROWS, rng)
+    state = StateFile(tmp_path)
+    book = WebhookBook(hook, plan)
     with serve_in_thread(hook.app) as server:
-        yield hook, server
-
-
-def write_project(folder: Path, url: str) -> None:
-    con = duckdb.connect(str(folder / "wh.duckdb"))
-    try:
-        con.execute(
-            f"create table users as select i as id, 'u' || i || '@x.com' as email, "
-            f"'plan' || (i % 7) as plan from range({ROWS}) t(i)"
+        write_project(
+            tmp_path,
+            f'{{type: webhook, url: "{server.url}/hooks", batch_size: {BATCH}, '
+            f"max_concurrency: {CONCURRENCY}, timeout: 1.5}}",
+            mode=mode,
         )
-    finally:
-        con.close()
-    (folder / "undertow.yml").write_text(
-        f"""
-name: chaos
-sources:
-  wh: {{type: duckdb, path: wh.duckdb}}
-destinations:
-  hook: {{type: webhook, url: "{url}/hooks", batch_size: {BATCH},
-          max_concurrency: {CONCURRENCY}}}
-models:
-  users: {{source: wh, sql: select * from users, primary_key: id}}
-syncs:
-  users_hook:
-    model: users
-    destination: hook
-    mode: upsert
-    mappings: {{id: id, email: email, plan: plan}}
-"""
+        finished = []
+        for number, aims in enumerate(ROUNDS):
+            if number:
+                finished.append(run(tmp_path))
+                assert finished[-1].code == 0, finished[-1].err[-2000:]
+            for aim in aims:
+                book.mark()
+                landed, at = kill_during(
+                    tmp_path,
+                    aim,
+                    rng,
+                    seen=lambda: len(hook.requests),
+                    state=state,
+                )
+                if landed != "finished":
+                    book.after_kill(aim, landed, at, state)
+            model.change(**CHANGES[mode])
+        book.mark()
+        results, longest_resume = converge(tmp_path, lambda: len(hook.requests))
+
+        final_state_matches(hook.ledger.state if hook.ledger else {}, model.expected(mode))
+        figures = book.check(CONCURRENCY)
+        statuses = state.statuses()
+        assert all_final(statuses), statuses
+    summary(
+        f"kill-resume[{mode}]",
+        {
+            **figures,
+            "seed": seed,
+            "landed": sorted(k.landed for k in book.kills),
+            "records_checked": len(model.expected(mode)),
+            "faults": dict(plan.counts),
+            "runs": dict(statuses),
+            "converge_runs": len(results),
+            "longest_resume_s": round(max([longest_resume] + [r.seconds for r in finished]), 2),
+            "sync": SYNC,
+        },
     )
-
-
-def command(folder: Path) -> list[str]:
-    return [UNDERTOW, "run", "users_hook", "--project", str(folder), "--json"]
-
-
-def run_to_end(folder: Path) -> dict[str, Any]:
-    done = subprocess.run(command(folder), capture_output=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    [line] = done.stdout.splitlines()
-    result: dict[str, Any] = orjson.loads(line)
-    return result
-
-
-def settle(hook: WebhookReceiver) -> None:
-    """Wait until the receiver has logged every request it was handling."""
-    count, stable_since = -1, time.monotonic()
-    while time.monotonic() - stable_since < 0.5:
-        if len(hook.requests) != count:
-            count, stable_since = len(hook.requests), time.monotonic()
-        time.sleep(0.02)
-
-
-def test_kill_9_mid_run_then_resume(
-    tmp_path: Path, receiver: tuple[WebhookReceiver, RunningServer]
-) -> None:
-    hook, server = receiver
-    write_project(tmp_path, server.url)
-    total_batches = ROWS // BATCH
-
-    proc = subprocess.Popen(command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while len(hook.requests) < 20:
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the receiver saw no batches within 30s"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-        assert proc.stdout and proc.stderr
-        proc.stdout.close()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
-    settle(hook)  # requests in flight at the kill are logged once their answer is written
-    seen_at_kill = {r.headers["idempotency-key"] for r in hook.requests}
-    assert len(seen_at_kill) < total_batches, "the run finished before the kill"
-
-    store = StateStore(f"sqlite:///{tmp_path / '.undertow' / 'state.db'}")
-    try:
-        crashed = store.unfinished_run("users_hook")
-        assert crashed is not None and crashed.status is RunStatus.DELIVERING
-        assert store.held_locks()["users_hook"]["pid"] == proc.pid  # the dead holder's lock
-    finally:
-        store.close()
-
-    resumed = run_to_end(tmp_path)
-    assert resumed["run_id"] == crashed.id
-    assert resumed["status"] == "succeeded", resumed["error"]
-    assert resumed["attempt"] == 2
-    assert resumed["planned"] == ROWS
-
-    # final state at the receiver: the last payload per key equals the model
-    final: dict[int, dict[str, Any]] = {}
-    for record in hook.records:
-        final[record["id"]] = record
-    expected = {i: {"id": i, "email": f"u{i}@x.com", "plan": f"plan{i % 7}"} for i in range(ROWS)}
-    assert final == expected
-
-    # duplicates only for the batches in flight at the kill, each under the same key
-    by_key: dict[str, list[Any]] = defaultdict(list)
-    batches_of_id: dict[int, set[str]] = defaultdict(set)
-    for request in hook.requests:
-        key = request.headers["idempotency-key"]
-        by_key[key].append(request)
-        for record in request.body["records"]:
-            batches_of_id[record["id"]].add(key)
-    assert len(by_key) == total_batches
-    assert all(key.startswith(crashed.id) for key in by_key)
-    assert set(batches_of_id) == set(range(ROWS))  # every key arrived at least once
-    assert all(len(keys) == 1 for keys in batches_of_id.values())  # never in two batches
-    resent = {key for key, requests in by_key.items() if len(requests) > 1}
-    assert len(resent) <= CONCURRENCY
-    assert resent <= seen_at_kill
-    assert all(len(by_key[key]) == 2 for key in resent)
-    assert len(hook.requests) == total_batches + len(resent)
-
-    # and a further run sends nothing
-    before = len(hook.requests)
-    again = run_to_end(tmp_path)
-    assert again["status"] == "succeeded"
-    assert (again["run_id"] != crashed.id, again["planned"], again["sent"]) == (True, 0, 0)
-    assert len(hook.requests) == before

@@ -342,6 +342,9 @@ def test_duplicate_and_null_keys_are_rejected_and_the_rest_delivered(
 ) -> None:
     project.users([*USERS, (2, "bob2@example.com", "pro"), (None, "nokey@example.com", "free")])
     hook_project(project, receiver.url, mode="upsert")
+    text = (project.root / "undertow.yml").read_text()  # 3 of 5 rows rejected: allow it here
+    text = text.replace("mode: upsert", "mode: upsert\n    max_rejected_ratio: 1")
+    (project.root / "undertow.yml").write_text(text)
     r = project.run("run", "users_to_hook", "--json")
     assert r.code == 0, r
     run = r.json()
@@ -390,6 +393,7 @@ def test_rows_a_destination_rejects_are_listed_with_its_message(project: SampleP
                 object: contacts
                 match: {{email: email}}
                 mappings: {{email: email, plan: plan}}
+                max_rejected_ratio: 1
               members_to_crm:
                 model: users
                 destination: crm

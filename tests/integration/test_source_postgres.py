@@ -221,3 +221,28 @@ def test_schema_search_path(pg_database: str) -> None:
 def test_config_needs_url_or_host() -> None:
     with pytest.raises(ValueError, match="url"):
         PostgresConfig.model_validate({"type": "postgres"})
+
+
+SAFE_SQL = """
+    select id, small, big, real4, double8, price, ratio, label, code, fixed, flag, day, at,
+           at_tz, doc, docb, ints, texts, blob
+    from typed order by id
+"""
+
+
+def test_adbc_and_copy_read_the_same_rows(typed: str) -> None:
+    adbc = make_source(typed, reader="adbc")
+    copy = make_source(typed, reader="copy")
+    via_adbc = adbc.extract(SAFE_SQL, model="typed").read_all()
+    via_copy = copy.extract(SAFE_SQL, model="typed").read_all()
+    assert via_adbc.schema == adbc.describe(SAFE_SQL, model="typed")
+    assert via_adbc.to_pylist() == via_copy.to_pylist()
+    assert via_adbc.column("price").type == pa.decimal128(12, 2)
+    assert via_adbc.column("ratio").to_pylist()[0] == "3.14159265358979323846"
+
+
+def test_adbc_nan_in_a_decimal_column_is_a_model_error(pg_database: str) -> None:
+    with pytest.raises(ModelError, match="cast the column"):
+        make_source(pg_database, reader="adbc").extract(
+            "select 'NaN'::numeric(6, 2) as x", model="m"
+        )

@@ -155,12 +155,14 @@ syncs:
     destination: out
     mode: mirror
     mappings: {MAPPINGS}
+    max_rejected_ratio: 1  # single rejected rows here; the ratio has its own tests
   users_fake:
     model: users
     destination: fake
     mode: {fake_mode}
     batch_size: {fake_batch}
     mappings: {MAPPINGS}
+    max_rejected_ratio: 1
 """
     )
     return Project.load(str(folder))

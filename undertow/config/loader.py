@@ -114,6 +114,10 @@ def load_project(path: str | Path = ".") -> LoadedProject:
         data, "destinations", "destination", registry.destination_class, locations, errors
     )
     _check_references(data, locations, errors)
+    if config is not None:
+        from undertow.orchestration.dag import check_project
+
+        errors.extend(check_project(config, lambda path: _closest(locations, path)))
     model_sql = _model_sql(data, root, locations, errors)
 
     if errors or config is None:

@@ -13,6 +13,17 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from undertow.orchestration.config import (
+    AlertsConfig,
+    Duration,
+    Freshness,
+    Schedule,
+    ServerConfig,
+    ThenAction,
+    Upstream,
+    WebhookSignal,
+)
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -74,8 +85,11 @@ class FieldSpec(Strict):
 
 
 class DiffConfig(Strict):
-    engine: Literal["local"] = "local"
-    schema_: str = Field(default="undertow", alias="schema")
+    """Which diff engine a sync uses (see docs/diff-engines.md); per sync or per source."""
+
+    engine: Literal["local", "warehouse"] = "local"
+    schema_: str = Field(default="undertow", alias="schema", min_length=1)
+    """The warehouse engine's scratch schema: its snapshot and change-set tables live there."""
 
 
 class ModelConfig(Strict):
@@ -121,8 +135,21 @@ class SyncConfig(Strict):
     nulls: Literal["null", "omit"] = "null"
     """Send NULL values as JSON null (default) or leave the field out."""
     batch_size: int | None = Field(default=None, gt=0)
+    max_deletes: int | None = Field(default=None, ge=0)
+    """Most rows one run may delete (mirror) or remove from a list; None: no count limit."""
+    max_delete_ratio: float = Field(default=0.5, ge=0, le=1)
+    """Most rows one mirror run may delete, as a share of the snapshot (see docs/config.md)."""
+    max_rejected_ratio: float = Field(default=0.1, ge=0, le=1)
+    """A run whose rejected rows exceed this share of its rows fails; below it, a warning."""
     diff: DiffConfig = Field(default_factory=DiffConfig)
-    schedule: dict[str, Any] | None = None
+    schedule: Schedule = None
+    """`{every: 15m}`, `{cron: ..., timezone: ...}` or `manual` (see docs/orchestration.md)."""
+    after: list[Upstream] = Field(default_factory=list)
+    """Run when all of these (syncs, dbt models, webhook signals) completed since the last run."""
+    freshness: Freshness | None = None
+    sla: Duration | None = None
+    """The most the destination may lag behind the warehouse before an alert."""
+    then: list[ThenAction] = Field(default_factory=list)
     description: str | None = None
 
     def fingerprint(self) -> int:
@@ -154,3 +181,7 @@ class ProjectConfig(Strict):
     destinations: dict[str, dict[str, Any]] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     syncs: dict[str, SyncConfig] = Field(default_factory=dict)
+    webhooks: dict[str, WebhookSignal] = Field(default_factory=dict)
+    """Upstream signals an HTTP call raises (`undertow serve`), named in a sync's `after:`."""
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)

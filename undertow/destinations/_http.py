@@ -1,8 +1,9 @@
 """The shared HTTP client of HTTP destinations: aiohttp, status classes, safe messages.
 
-Status classes follow singer-sdk: 429, 5xx, timeouts and connection errors are retryable
-(``RetryableError``, with ``Retry-After`` honoured by the deliver stage); 401/403 are fatal
-(credentials will not fix themselves mid-run); other 4xx are returned to the connector,
+Status classes follow singer-sdk: 429, 5xx, timeouts and connection errors (DNS included)
+are retryable (``RetryableError``, with ``Retry-After`` honoured by the deliver stage);
+401/403 and TLS failures are fatal (credentials and certificates will not fix themselves
+mid-run); other 4xx are returned to the connector,
 which turns them into per-record rejections (``RejectedBatchError`` by default).
 
 Messages carry the method, the path, the status, the vendor's request id and a trimmed,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,9 @@ import orjson
 
 from undertow.errors import FatalDeliveryError, RejectedBatchError, RetryableError
 from undertow.redact import redact_url, trim
+
+LARGE_BODY_BYTES = 2**20
+"""Bodies above this are streamed from a buffer rather than written in one call."""
 
 REQUEST_ID_HEADERS = ("x-request-id", "x-hubspot-correlation-id", "request-id", "x-amzn-requestid")
 
@@ -123,7 +128,12 @@ class HttpClient:
         reads it first and then calls :func:`raise_for_status_class` itself.
         """
         url = self.url(path)
-        data = orjson.dumps(json) if json is not None else body
+        raw = orjson.dumps(json) if json is not None else body
+        data: bytes | io.BytesIO | None = raw
+        if raw is not None and len(raw) > LARGE_BODY_BYTES:
+            # aiohttp writes a big bytes body in one go (and warns that it blocks the loop);
+            # a file-like body is streamed in chunks
+            data = io.BytesIO(raw)
         send_headers = {"Content-Type": "application/json"}
         if headers:
             send_headers.update(headers)
@@ -143,6 +153,20 @@ class HttpClient:
             raise RetryableError(
                 f"{where} timed out after {self.timeout:g}s",
                 hint="the destination is slow; the batch is retried with backoff",
+            ) from exc
+        except aiohttp.ClientConnectorDNSError as exc:
+            host = urlsplit(url).hostname
+            raise RetryableError(
+                f"{where}: cannot resolve host {host!r} ({exc.os_error.strerror or exc.os_error})",
+                hint="check the spelling of the URL's host and this machine's DNS",
+            ) from exc
+        except aiohttp.ClientSSLError as exc:
+            # a certificate that is not trusted, or a port that does not speak TLS: no retry
+            # fixes either, so stop the run (the rows stay undelivered for the next run)
+            raise FatalDeliveryError(
+                f"{where}: TLS handshake failed ({exc})",
+                hint="if the server speaks plain HTTP on that port, use an http:// URL; if its "
+                "certificate is self-signed or expired, fix the certificate on the server",
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise RetryableError(

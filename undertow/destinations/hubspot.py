@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 from pydantic import Field, SecretStr
 
 from undertow.destinations._http import HttpClient, Response, raise_for_status_class
@@ -256,7 +257,12 @@ class HubSpotDestination(Destination):
             for i in inputs:
                 result.rejected[i.index] = reason
             return
-        body = response.json() if _is_json(response) else {}
+        body = _json(response)
+        if not isinstance(body, dict):
+            # a proxy or an outage page, not HubSpot: nothing is confirmed, send again later
+            for i in inputs:
+                result.failed[i.index] = _not_confirmed(response)
+            return
         found: dict[str, str] = {}
         for item in _list(body, "results"):
             props = item.get("properties") or {}
@@ -291,7 +297,7 @@ class HubSpotDestination(Destination):
     def _raise_for_status(self, response: Response) -> None:
         """HubSpot's 429 has no Retry-After: wait from its policy; DAILY stops the run."""
         if response.status == 429:
-            body = response.json() if _is_json(response) else None
+            body = _json(response)
             policy = body.get("policyName") if isinstance(body, dict) else None
             if (
                 policy == "DAILY"
@@ -323,14 +329,14 @@ class HubSpotDestination(Destination):
         raise_for_status_class(response)
 
     def _whole_batch_reason(self, response: Response) -> str:
-        body = response.json() if _is_json(response) else None
+        body = _json(response)
         if isinstance(body, dict) and body.get("message"):
             return _reason(body)
         return f"HubSpot refused the batch: {response.describe()}"
 
     def _read_results(self, response: Response, inputs: list[_Input], result: BatchResult) -> None:
         """Map a 200/201/207 answer (or a whole-batch 4xx) back to each record."""
-        body = response.json() if _is_json(response) else {}
+        body = _json(response)
         by_trace = {str(i.index): i.index for i in inputs}
         by_key = {i.key.casefold(): i.index for i in inputs if i.key}
         if not 200 <= response.status < 300:
@@ -346,6 +352,12 @@ class HubSpotDestination(Destination):
                     result.failed[i.index] = (
                         f"not written: another record failed the batch ({reason})"
                     )
+            return
+        if not isinstance(body, dict):
+            # HubSpot answers a batch with JSON results; anything else (a proxy's HTML page,
+            # a cut-off body) confirms nothing: the rows stay undelivered for the next run
+            for i in inputs:
+                result.failed[i.index] = _not_confirmed(response)
             return
         unattributed: list[str] = []
         for error in _list(body, "errors"):
@@ -431,6 +443,23 @@ def shape_properties(record: dict[str, Any]) -> tuple[dict[str, str], str | None
 
 def _is_json(response: Response) -> bool:
     return bool(response.body) and response.body.lstrip()[:1] in (b"{", b"[")
+
+
+def _json(response: Response) -> Any:
+    """The body as JSON, or None when it is not JSON (an HTML error page, a cut-off body)."""
+    if not _is_json(response):
+        return None
+    try:
+        return response.json()
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _not_confirmed(response: Response) -> str:
+    return (
+        f"HubSpot's answer is not the JSON it documents, so the write is not confirmed "
+        f"(sent again by the next run): {response.describe()}"
+    )
 
 
 def _rate_limit_wait(response: Response, policy: str | None) -> float:

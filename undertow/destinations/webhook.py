@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import socket
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import jinja2
@@ -46,7 +46,9 @@ from undertow.destinations.base import (
 )
 from undertow.errors import ConfigError, FatalDeliveryError
 from undertow.redact import redact, redact_url, register_secret, trim
-from undertow.testing.server import RunningServer
+
+if TYPE_CHECKING:  # the local receiver (uvicorn) is imported only for local:// URLs
+    from undertow.testing.server import RunningServer
 
 _CREDENTIAL_WORDS = ("authorization", "token", "key", "secret", "password", "auth", "cookie")
 _CONNECT_TIMEOUT = 10.0
@@ -80,6 +82,8 @@ class WebhookConfig(DestinationConfig):
     timeout: float = Field(default=30.0, gt=0)
     body_template: str | None = None
     idempotency_header: str = "Idempotency-Key"
+    max_record_bytes: int | None = Field(default=None, gt=0)
+    """The receiver's limit per record (JSON bytes): bigger records are rejected unsent."""
 
     @field_validator("url")
     @classmethod
@@ -152,6 +156,7 @@ class WebhookDestination(Destination):
             rate_limit=self._rate_limit,
             per_record_results=True,
             idempotency_key=True,
+            max_payload_bytes=self.cfg.max_record_bytes,
         )
 
     @property

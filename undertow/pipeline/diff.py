@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import polars as pl
 import pyarrow as pa
 
 from undertow.destinations.base import Operation
-from undertow.errors import PrimaryKeyError, StateError
+from undertow.errors import PlanError, PrimaryKeyError, StateError
 from undertow.pipeline.plan import Plan
 
 META = "_ut_"
@@ -68,6 +68,13 @@ class ChangeStats:
     invalid: int = 0
     planned: int = 0
     total_batches: int = 0
+    snapshot: int = 0
+    """Rows in the snapshot before this run (what the destination holds from this sync)."""
+    deletes: int = 0
+    """Planned rows whose operation deletes or removes (``delete``, ``remove``)."""
+    settled: list[str] = field(default_factory=list)
+    """Of the ``watch_keys`` given to ``build``: keys with nothing to send (their current
+    values are already accepted, or the row left both the model and the snapshot)."""
 
     def as_counts(self) -> dict[str, int]:
         return {
@@ -94,17 +101,27 @@ class DiffEngine(ABC):
     """The contract every diff engine keeps (see the module docstring)."""
 
     name: str
+    pulls_model: bool = True
+    """True: the run streams the model's rows to ``build``; False (the ``warehouse`` engine):
+    ``build`` gets ``reader=None`` and reads the model inside the source."""
 
     @abstractmethod
     def build(
         self,
         run_id: str,
-        reader: pa.RecordBatchReader,
+        reader: pa.RecordBatchReader | None,
         spec: DiffSpec,
         plan: Plan,
         batch_size: int,
+        *,
+        only_keys: Collection[str] | None = None,
+        watch_keys: Collection[str] | None = None,
     ) -> ChangeStats:
-        """Load the model, diff it against the snapshot and materialise the run's plan."""
+        """Load the model, diff it against the snapshot and materialise the run's plan.
+
+        ``only_keys`` restricts the plan to those row keys (``undertow retry``);
+        ``watch_keys`` are reported in ``ChangeStats.settled`` when nothing is left to send.
+        """
 
     @abstractmethod
     def has_plan(self, run_id: str) -> bool: ...
@@ -128,6 +145,10 @@ class DiffEngine(ABC):
 
     @abstractmethod
     def discard(self, run_id: str) -> None: ...
+
+    @abstractmethod
+    def discard_all_plans(self, keep: str | None = None) -> None:
+        """Drop the change sets of every run of the sync but ``keep`` (left by dead runs)."""
 
     @abstractmethod
     def reset(self) -> None:
@@ -217,11 +238,16 @@ class LocalDiffEngine(DiffEngine):
     def build(
         self,
         run_id: str,
-        reader: pa.RecordBatchReader,
+        reader: pa.RecordBatchReader | None,
         spec: DiffSpec,
         plan: Plan,
         batch_size: int,
+        *,
+        only_keys: Collection[str] | None = None,
+        watch_keys: Collection[str] | None = None,
     ) -> ChangeStats:
+        if reader is None:
+            raise TypeError("the local diff engine diffs the model's rows: pass a reader")
         con = self.con
         keys, values = spec.keys, spec.values
         missing = [k for k in keys if k not in reader.schema.names]
@@ -239,6 +265,20 @@ class LocalDiffEngine(DiffEngine):
             con.unregister("_ut_src")
         stats = ChangeStats()
         stats.extracted = int(self._one("select count(*) from model"))
+        for name, wanted in (("only_keys", only_keys), ("watch_keys", watch_keys)):
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} (k VARCHAR)")
+            if wanted:
+                con.register("_ut_keys", pa.table({"k": pa.array(sorted(wanted), pa.string())}))
+                try:
+                    con.execute(f"INSERT INTO {name} SELECT k FROM _ut_keys")
+                finally:
+                    con.unregister("_ut_keys")
+        if only_keys is not None:
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE model_only AS SELECT m.* FROM model m
+                    WHERE {self._key_text(keys, "m")} IN (SELECT k FROM only_keys)"""
+            )
+            con.execute("DROP TABLE model; ALTER TABLE model_only RENAME TO model")
 
         if not self._snapshot_exists():
             cols = ", ".join(q(c) for c in keys + values)
@@ -248,8 +288,14 @@ class LocalDiffEngine(DiffEngine):
             )
             self.snapshot = target
         else:
-            self._align_snapshot(values)
+            self._align_snapshot(values, spec.sync, full=plan.full)
         snap = self.snapshot
+        stats.snapshot = int(self._one(f"SELECT count(*) FROM {snap}"))
+        only_snap = (
+            f"WHERE {self._key_text(keys, 's')} IN (SELECT k FROM only_keys)"
+            if only_keys is not None
+            else ""
+        )
 
         key_not_null = " AND ".join(f"{q(k)} IS NOT NULL" for k in keys)
         key_null = " OR ".join(f"m.{q(k)} IS NULL" for k in keys)
@@ -258,6 +304,12 @@ class LocalDiffEngine(DiffEngine):
         def on(a: str, b: str) -> str:
             return " AND ".join(f"{a}.{q(k)} = {b}.{q(k)}" for k in keys)
 
+        # duplicated keys, once: the invalid rows, their count and the valid rows come from it
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE dups AS
+                SELECT {key_cols}, count(*) AS _ut_n FROM model WHERE {key_not_null}
+                GROUP BY {key_cols} HAVING count(*) > 1"""
+        )
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE invalid AS
@@ -267,59 +319,75 @@ class LocalDiffEngine(DiffEngine):
             UNION ALL
             SELECT {self._key_text(keys, "d")} AS _ut_key,
                    'duplicate primary key: ' || d._ut_n || ' rows share it' AS reason
-            FROM (SELECT {key_cols}, count(*) AS _ut_n FROM model WHERE {key_not_null}
-                  GROUP BY ALL HAVING count(*) > 1) d
+            FROM dups d
             """
         )
         # rows (not keys) rejected: NULL-key rows plus every copy of a duplicated key
-        dup_rows = self._one(
-            f"SELECT coalesce(sum(n), 0) FROM (SELECT {key_cols}, count(*) AS n "
-            f"FROM model WHERE {key_not_null} GROUP BY {key_cols} HAVING count(*) > 1)"
-        )
+        dup_rows = self._one("SELECT coalesce(sum(_ut_n), 0) FROM dups")
         null_rows = self._one(f"select count(*) from model m where {key_null}")
         stats.invalid = int(dup_rows) + int(null_rows)
 
+        # 1. kinds, on narrow rows: the key and a hash of the mapped values, computed on both
+        #    sides now with the same function (the snapshot keeps values, so no stored hash
+        #    can go stale); only the keys to plan are kept
+        def row_hash(alias: str) -> str:
+            if not values:
+                return "0::UBIGINT"
+            return f"hash({', '.join(f'{alias}.{q(c)}' for c in values)})"
+
+        kinds_wanted = set(plan.ops)
+        m_keys = ", ".join(f"m.{q(k)} AS {q(META + 'm_' + k)}" for k in keys)
+        s_keys = ", ".join(f"s.{q(k)} AS {q(META + 's_' + k)}" for k in keys)
+        joined = " AND ".join(f"m.{q(META + 'm_' + k)} = s.{q(META + 's_' + k)}" for k in keys)
+        key0 = keys[0]
+        kind = f"""CASE WHEN s.{q(META + "s_" + key0)} IS NULL THEN 'added'
+                        WHEN m.{q(META + "m_" + key0)} IS NULL THEN 'removed'
+                        WHEN m._ut_h <> s._ut_h OR s._ut_fp <> {spec.fingerprint}
+                        THEN 'changed' ELSE 'unchanged' END"""
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE kinds AS
+            SELECT * FROM (
+                SELECT {kind} AS _ut_kind,
+                       {", ".join(f"m.{q(META + 'm_' + k)}" for k in keys)},
+                       {", ".join(f"s.{q(META + 's_' + k)}" for k in keys)}
+                FROM (SELECT {m_keys}, {row_hash("m")} AS _ut_h FROM model m
+                      ANTI JOIN dups d ON {on("m", "d")}
+                      WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}) m
+                FULL OUTER JOIN (SELECT {s_keys}, {row_hash("s")} AS _ut_h, s._ut_fp
+                                 FROM {snap} s) s ON {joined}
+            ) x
+            -- a key that became duplicated is not removed
+            ANTI JOIN dups d ON {" AND ".join(f"x.{q(META + 's_' + k)} = d.{q(k)}" for k in keys)}
+            {"" if "unchanged" in kinds_wanted else "WHERE x._ut_kind <> 'unchanged'"}
+            """
+        )
+        valid = int(self._one("select count(*) from model")) - stats.invalid
+
+        # 2. values, for the planned keys only
         new_cols = ", ".join(f"v.{q(c)}" for c in values)
         old_cols = ", ".join(f"s.{q(c)} AS {q(META + 'old_' + c)}" for c in values)
         null_new = ", ".join(f"NULL AS {q(c)}" for c in values)
         null_old = ", ".join(f"NULL AS {q(META + 'old_' + c)}" for c in values)
-        if values:
-            differs = " OR ".join(f"v.{q(c)} IS DISTINCT FROM s.{q(c)}" for c in values)
-            differs = f"({differs}) OR s._ut_fp <> {spec.fingerprint}"
-        else:
-            differs = f"s._ut_fp <> {spec.fingerprint}"
         sep = ", " if values else ""
-        kinds_wanted = set(plan.ops)
+        by_m = " AND ".join(f"v.{q(k)} = k.{q(META + 'm_' + k)}" for k in keys)
+        by_s = " AND ".join(f"s.{q(k)} = k.{q(META + 's_' + k)}" for k in keys)
         parts = [
-            f"""SELECT 'added' AS _ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
+            f"""SELECT k._ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
                        {sep}{null_old}
-                FROM valid v ANTI JOIN {snap} s ON {on("v", "s")}"""
-        ]
-        matched_kind = f"CASE WHEN {differs} THEN 'changed' ELSE 'unchanged' END"
-        parts.append(
-            f"""SELECT {matched_kind} AS _ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}
-                       {sep}{new_cols}{sep}{old_cols}
-                FROM valid v JOIN {snap} s ON {on("v", "s")}
-                {"" if "unchanged" in kinds_wanted else "WHERE " + differs}"""
-        )
-        parts.append(
-            f"""SELECT 'removed' AS _ut_kind, {", ".join(f"s.{q(k)}" for k in keys)}
+                FROM kinds k JOIN model v ON {by_m} WHERE k._ut_kind = 'added'""",
+            f"""SELECT k._ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
+                       {sep}{old_cols}
+                FROM kinds k JOIN model v ON {by_m} JOIN {snap} s ON {by_s}
+                WHERE k._ut_kind IN ('changed', 'unchanged')""",
+            f"""SELECT k._ut_kind, {", ".join(f"s.{q(k)}" for k in keys)}
                        {sep}{null_new}{sep}{old_cols}
-                FROM {snap} s ANTI JOIN (SELECT DISTINCT {key_cols} FROM model
-                                         WHERE {key_not_null}) k ON {on("s", "k")}"""
-        )
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE valid AS
-            SELECT m.* FROM model m
-            ANTI JOIN (SELECT {key_cols} FROM model WHERE {key_not_null}
-                       GROUP BY {key_cols} HAVING count(*) > 1) d ON {on("m", "d")}
-            WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}
-            """
-        )
+                FROM kinds k JOIN {snap} s ON {by_s} WHERE k._ut_kind = 'removed'
+                {only_snap.replace("WHERE", "AND", 1)}""",
+        ]
         con.execute("CREATE OR REPLACE TEMP TABLE changes AS " + " UNION ALL ".join(parts))
+        con.execute("DROP TABLE IF EXISTS kinds; DROP TABLE IF EXISTS dups")
         counts = dict(con.execute("select _ut_kind, count(*) from changes group by 1").fetchall())
-        valid = int(self._one("select count(*) from valid"))
         stats.added = int(counts.get("added", 0))
         stats.changed = int(counts.get("changed", 0))
         stats.removed = int(counts.get("removed", 0))
@@ -348,6 +416,7 @@ class LocalDiffEngine(DiffEngine):
             next_batch += -(-sizes[gid] // batch_size)
         stats.total_batches = next_batch
         stats.planned = sum(sizes.values())
+        stats.deletes = sum(n for _, op, n in groups if op in (Operation.DELETE, Operation.REMOVE))
 
         kinds_of: dict[tuple[str, Operation], list[str]] = {gid: [] for gid in order}
         for kind, op, _ in groups:
@@ -374,6 +443,14 @@ class LocalDiffEngine(DiffEngine):
                     FROM (SELECT *, row_number() OVER () - 1 AS rn FROM changes
                           WHERE _ut_kind IN ({kinds})) n"""
             )
+        if watch_keys:
+            settled = con.execute(
+                f"""SELECT k FROM watch_keys
+                    WHERE k NOT IN (SELECT _ut_key FROM {plan_table})
+                      AND k NOT IN (SELECT _ut_key FROM invalid) ORDER BY k"""
+            ).fetchall()
+            stats.settled = [str(k) for (k,) in settled]
+        con.execute("DROP TABLE IF EXISTS only_keys; DROP TABLE IF EXISTS watch_keys")
         con.execute("DROP TABLE IF EXISTS model; DROP TABLE IF EXISTS valid")
         con.execute("DROP TABLE IF EXISTS changes")
         con.execute(f"CREATE OR REPLACE TABLE {q('invalid_' + run_id)} AS SELECT * FROM invalid")
@@ -381,25 +458,71 @@ class LocalDiffEngine(DiffEngine):
         con.execute("CHECKPOINT") if not self.dry_run else None
         return stats
 
-    def _align_snapshot(self, values: list[str]) -> None:
-        """Add mapped columns the snapshot lacks (the mapping grew): NULL until accepted."""
-        existing = {r[0] for r in self.con.execute(f"DESCRIBE {self.snapshot}").fetchall()}
+    def _align_snapshot(self, values: list[str], sync: str = "", *, full: bool = False) -> None:
+        """Add mapped columns the snapshot lacks (the mapping grew): NULL until accepted.
+        Cast columns whose type changed to the new type (see :meth:`_check_retype`); with
+        ``full`` (every row is resent) a column that cannot be cast starts again as NULL."""
+        existing = {r[0]: r[1] for r in self.con.execute(f"DESCRIBE {self.snapshot}").fetchall()}
         model_types = dict((r[0], r[1]) for r in self.con.execute("DESCRIBE model").fetchall())
+        retyped = [c for c in values if c in existing and existing[c] != model_types[c]]
+        try:
+            self._check_retype(retyped, existing, model_types, sync)
+        except PlanError:
+            if not full:
+                raise
+            for col in retyped:
+                if not self.dry_run:
+                    self.con.execute(f"ALTER TABLE {self.snapshot} DROP COLUMN {q(col)}")
+                existing.pop(col)
+            retyped = []
         for col in values:
             if col not in existing and not self.dry_run:
                 self.con.execute(
                     f"ALTER TABLE {self.snapshot} ADD COLUMN {q(col)} {model_types[col]}"
                 )
+        for col in retyped if not self.dry_run else ():
+            self.con.execute(
+                f"ALTER TABLE {self.snapshot} ALTER COLUMN {q(col)} TYPE {model_types[col]}"
+            )
         if self.dry_run:
             missing = [c for c in values if c not in existing]
-            if missing:
-                # compare against NULLs in memory, leaving the file untouched
-                cols = ", ".join(["s.*"] + [f"NULL::{model_types[c]} AS {q(c)}" for c in missing])
+            if missing or retyped:
+                # compare against NULLs / cast values in memory, leaving the file untouched
+                star = "s.*"
+                if retyped:
+                    casts = ", ".join(
+                        f"CAST({q(c)} AS {model_types[c]}) AS {q(c)}" for c in retyped
+                    )
+                    star = f"s.* REPLACE ({casts})"
+                cols = ", ".join([star] + [f"NULL::{model_types[c]} AS {q(c)}" for c in missing])
                 self.con.execute(
                     f"CREATE OR REPLACE TEMP TABLE snapshot_view AS SELECT {cols} "
                     f"FROM {self.snapshot} s"
                 )
                 self.snapshot = "temp.main.snapshot_view"
+
+    def _check_retype(
+        self, columns: list[str], old: dict[str, str], new: dict[str, str], sync: str
+    ) -> None:
+        """A mapped column changed type: its accepted values are compared cast to the new
+        type when every one survives the cast and casts back to itself; otherwise the run
+        fails before sending (comparing would resend or skip rows at random)."""
+        for col in columns:
+            c = q(col)
+            lossy = self._one(
+                f"SELECT count(*) FROM {self.snapshot} WHERE {c} IS NOT NULL AND "
+                f"(TRY_CAST({c} AS {new[col]}) IS NULL OR "
+                f"TRY_CAST(TRY_CAST({c} AS {new[col]}) AS {old[col]}) IS DISTINCT FROM {c})"
+            )
+            if lossy:
+                raise PlanError(
+                    f"sync {sync!r}: mapped column {col!r} changed type from {old[col]} to "
+                    f"{new[col]}, and {lossy} accepted value(s) do not convert to the new type "
+                    "without loss, so the snapshot cannot tell which rows changed; nothing "
+                    "was sent",
+                    hint=f"run `undertow run {sync} --full` to resend every row, or "
+                    f"`undertow reset {sync}`",
+                )
 
     # -- reading the plan --------------------------------------------------------------------
 
@@ -503,8 +626,11 @@ class LocalDiffEngine(DiffEngine):
                     ANTI JOIN _ut_bad x ON p._ut_seq = x.s"""
             )
             con.execute(f"DELETE FROM {self.snapshot} AS snap USING acc WHERE {on}")
+            # the same column order as `select` (a column added by _align_snapshot comes
+            # after _ut_fp in the table, so the table's own order would misalign them)
+            insert_cols = [*keys, *value_cols, "_ut_fp"]
             con.execute(
-                f"INSERT INTO {self.snapshot} ({', '.join(q(c) for c in snap_cols)}) "
+                f"INSERT INTO {self.snapshot} ({', '.join(q(c) for c in insert_cols)}) "
                 f"SELECT {select} FROM acc WHERE _ut_kind <> 'removed'"
             )
             folded = int(self._one("SELECT count(*) FROM acc"))

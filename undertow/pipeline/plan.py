@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from undertow.config.models import Mode
 from undertow.destinations.base import Capabilities, Operation
-from undertow.errors import PlanError
+from undertow.errors import DeleteLimitError, PlanError
 
 KINDS = ("added", "changed", "unchanged", "removed")
 
@@ -70,3 +70,47 @@ def make_plan(
             hint="choose a mode the destination supports (see its page under docs/destinations/)",
         )
     return Plan(mode=mode, ops=ops, full=full)
+
+
+def check_deletes(
+    *,
+    sync: str,
+    plan: Plan,
+    deletes: int,
+    removed: int,
+    snapshot: int,
+    max_deletes: int | None,
+    max_delete_ratio: float,
+) -> None:
+    """Refuse a plan that deletes more than the sync allows, before anything is sent.
+
+    ``deletes`` counts every planned ``delete`` or ``remove``; ``max_deletes`` limits it.
+    ``max_delete_ratio`` limits the rows leaving the model (``removed``, in ``mirror`` mode)
+    as a share of the ``snapshot``: an empty or broken model would otherwise delete every
+    row the sync ever sent. (In ``remove`` mode the rows removed were not sent by the sync,
+    so only ``max_deletes`` applies.)
+    """
+    verb = "remove from the list" if Operation.REMOVE in plan.operations else "delete"
+    removing = removed if "removed" in plan.ops else 0
+    if max_deletes is not None and deletes > max_deletes:
+        what = f"{verb} {deletes:,} row(s), more than max_deletes {max_deletes:,}"
+    elif snapshot and removing / snapshot > max_delete_ratio:
+        share = percent(removing / snapshot)
+        what = (
+            f"{verb} {removing:,} of the {snapshot:,} row(s) it has sent ({share}), more than "
+            f"max_delete_ratio {max_delete_ratio:g} ({percent(max_delete_ratio)})"
+        )
+    else:
+        return
+    raise DeleteLimitError(
+        f"sync {sync!r}: this run would {what}; nothing was sent and the change set is "
+        "discarded (the next run diffs again)",
+        hint=f"check the model first (`undertow plan {sync}`); if the deletes are meant, run "
+        f"`undertow run {sync} --allow-deletes` once, or raise max_deletes / max_delete_ratio "
+        "in the sync",
+    )
+
+
+def percent(share: float) -> str:
+    """0.1 -> '10%', 0.005 -> '0.5%', 1/3 -> '33.3%'."""
+    return f"{share * 100:.3g}%"

@@ -1,7 +1,9 @@
 """record: after every batch, checkpoint it; at the end, fold what was accepted.
 
 A checkpoint is one state-store transaction: the batch's row, its rejected and failed rows
-with their reasons, and the run's counters. The checkpoints are the truth about what the
+with their reasons, the rows' failure history (``undertow_row_status``: opened or bumped
+for a rejected or failed row, resolved when an open row is accepted), and the run's
+counters. The checkpoints are the truth about what the
 destination accepted; the snapshot is folded from them (``DiffEngine.fold``), which can be
 replayed safely. So the snapshot only ever holds accepted rows, and a run that dies keeps
 every checkpoint it wrote.
@@ -30,9 +32,13 @@ class Work:
 
 
 class Recorder:
-    def __init__(self, store: StateStore, run: RunRecord) -> None:
+    def __init__(
+        self, store: StateStore, run: RunRecord, *, open_keys: set[str] | None = None
+    ) -> None:
         self.store = store
         self.run = run
+        self.open_keys = open_keys or set()
+        """Rows with an open failure (``undertow_row_status``): accepted now, they resolve."""
 
     def checkpoint(self, work: Work, result: BatchResult | None, attempts: int) -> None:
         errors = [
@@ -51,8 +57,16 @@ class Recorder:
         ]
         sent = len(work.seqs)
         accepted = 0
+        resolved: list[str] = []
         if result is not None:
             accepted = result.accepted(sent)
+            if self.open_keys:
+                refused = result.rejected.keys() | result.failed.keys()
+                resolved = [
+                    key
+                    for index, key in enumerate(work.keys)
+                    if key in self.open_keys and index not in refused
+                ]
             for kind, items in (("rejected", result.rejected), ("failed", result.failed)):
                 for index, reason in items.items():
                     errors.append(
@@ -82,4 +96,5 @@ class Recorder:
             accepted=accepted,
             errors=errors,
             attempts=attempts,
+            resolved_keys=resolved,
         )

@@ -15,10 +15,11 @@ idempotency key); if not, it starts again from extract under the same run id.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,11 +29,12 @@ import pyarrow as pa
 
 from undertow.config.models import ModelConfig, SyncConfig
 from undertow.destinations.base import Batch, Capabilities, Destination
-from undertow.errors import ModelError, PlanError, UndertowError
+from undertow.errors import ModelError, PlanError, StateError, UndertowError
 from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deliver
-from undertow.pipeline.diff import DiffEngine, DiffSpec, LocalDiffEngine, q
+from undertow.pipeline.diff import DiffEngine, DiffSpec, q
+from undertow.pipeline.engines import make_engine
 from undertow.pipeline.map import CompiledMapping, compile_mapping
-from undertow.pipeline.plan import Plan, make_plan
+from undertow.pipeline.plan import Plan, check_deletes, make_plan, percent
 from undertow.pipeline.record import Recorder, Work
 from undertow.redact import redact
 from undertow.sources.base import Source
@@ -100,10 +102,15 @@ class SyncContext:
         )
 
 
-def projected_sql(sql: str, columns: list[str]) -> str:
-    """Only the columns the sync reads leave the warehouse."""
-    cols = ", ".join(q(c) for c in columns)
-    return f"SELECT {cols} FROM ({sql.strip().rstrip(';')}) AS _ut_model"
+def projected_sql(sql: str, columns: list[str], quote: Callable[[str], str] = q) -> str:
+    """Only the columns the sync reads leave the warehouse.
+
+    ``quote`` is the source's :meth:`~undertow.sources.base.Source.quote_identifier`
+    (MySQL quotes with backticks). The model's SQL sits on lines of its own, so a trailing
+    ``-- comment`` in it cannot swallow the closing parenthesis.
+    """
+    cols = ", ".join(quote(c) for c in columns)
+    return f"SELECT {cols} FROM (\n{sql.strip().rstrip(';')}\n) AS _ut_model"
 
 
 def compile_for(ctx: SyncContext) -> tuple[CompiledMapping, DiffSpec]:
@@ -150,6 +157,29 @@ class _CountingReader:
         return pa.RecordBatchReader.from_batches(self.reader.schema, self.batches())
 
 
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Make SIGTERM raise KeyboardInterrupt, like Ctrl-C, outside delivery.
+
+    Delivery handles both itself (it stops after the batches in flight); before it, an
+    interrupted run must still end ``cancelled`` rather than die with its status half-way.
+    Only the main thread can set signal handlers: elsewhere this does nothing.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _Heartbeat:
     def __init__(self, beat: Callable[[], None]) -> None:
         self._beat = beat
@@ -179,12 +209,23 @@ class SyncRun:
         reporter: Reporter | None = None,
         *,
         trigger: str = "manual",
+        allow_deletes: bool = False,
+        only_keys: Collection[str] | None = None,
     ) -> None:
         self.ctx = ctx
         self.store = store
         self.reporter: Reporter = reporter or NullReporter()
         self.trigger = trigger
         self.stop = asyncio.Event()
+        self.halt: threading.Event | None = None
+        """Set from another thread (``undertow serve`` on SIGTERM): stop after the batches in
+        flight; the run ends ``cancelled`` and the next run sends the rest."""
+        self.allow_deletes = allow_deletes
+        """Skip the sync's max_deletes / max_delete_ratio for this run (``--allow-deletes``)."""
+        self.only_keys = only_keys
+        """Plan only these row keys (``undertow retry``); None plans every change."""
+        self.open_keys: set[str] = set()
+        """Keys of rows whose latest outcome was rejected or failed, when the run started."""
 
     def execute(self, *, full: bool = False) -> RunRecord:
         ctx = self.ctx
@@ -192,7 +233,7 @@ class SyncRun:
         batch_size = ctx.batch_size()
         lock = self.store.acquire_lock(ctx.name)
         try:
-            with _Heartbeat(lock.heartbeat):
+            with _Heartbeat(lock.heartbeat), _interruptible():
                 return self._execute_locked(plan, batch_size, full)
         finally:
             lock.release()
@@ -200,6 +241,13 @@ class SyncRun:
     def _execute_locked(self, plan: Plan, batch_size: int, full: bool) -> RunRecord:
         ctx = self.ctx
         run = self.store.unfinished_run(ctx.name)
+        if run is not None and self.only_keys is not None:
+            raise PlanError(
+                f"sync {ctx.name!r} has an unfinished run {run.id} ({run.status}); a retry "
+                "would leave it behind",
+                hint=f"finish it first with `undertow run {ctx.name}`, then retry",
+            )
+        self.open_keys = self.store.open_row_keys(ctx.name)
         resumed = run is not None
         if run is None:
             run = self.store.create_run(ctx.name, full=full, trigger=self.trigger)
@@ -207,7 +255,7 @@ class SyncRun:
             self.reporter.note(ctx.name, f"resuming run {run.id} (was {run.status})")
             plan = ctx.plan(full=run.full_resync)
             full = run.full_resync
-        engine = LocalDiffEngine(ctx.state_dir, ctx.name)
+        engine = make_engine(ctx, note=lambda text: self.reporter.note(ctx.name, text))
         try:
             engine.discard_all_plans(keep=run.id)
             mapping, spec = compile_for(ctx)
@@ -230,6 +278,26 @@ class SyncRun:
                     self.store.update_run(run, bump_attempt=True)
                 self._extract_and_diff(run, engine, spec, plan, batch_size)
             return self._deliver_and_record(run, engine, mapping, spec, batch_size)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM outside delivery (delivery stops gracefully by itself). Before
+            # delivering nothing was sent: the run ends cancelled. Once delivering it stays
+            # unfinished, so the next run resumes it and folds its checkpoints.
+            if run.status == RunStatus.DELIVERING:
+                raise
+            self.store.update_run(
+                run,
+                status=RunStatus.CANCELLED,
+                error=f"cancelled while {run.status} (interrupted): nothing was sent; the "
+                "next run starts again",
+            )
+            return run
+        except StateError as exc:
+            if run.status == RunStatus.DELIVERING:
+                # the store failed mid-delivery: its checkpoints may not be folded into the
+                # snapshot yet, so the run must not end here; the next run resumes it
+                raise
+            self.store.update_run(run, status=RunStatus.FAILED, error=str(exc))
+            return run
         except UndertowError as exc:
             self.store.update_run(run, status=RunStatus.FAILED, error=str(exc))
             return run
@@ -249,11 +317,22 @@ class SyncRun:
         ctx = self.ctx
         self.store.update_run(run, status=RunStatus.EXTRACTING)
         self.reporter.stage(ctx.name, "extract")
-        reader = ctx.source.extract(projected_sql(ctx.sql, spec.columns), model=ctx.model_name)
-        counting = _CountingReader(reader, self.reporter, ctx.name).as_reader()
+        counting: pa.RecordBatchReader | None = None
+        if engine.pulls_model:  # the warehouse engine reads the model inside the source
+            sql = projected_sql(ctx.sql, spec.columns, ctx.source.quote_identifier)
+            reader = ctx.source.extract(sql, model=ctx.model_name)
+            counting = _CountingReader(reader, self.reporter, ctx.name).as_reader()
         self.store.update_run(run, status=RunStatus.DIFFING)
         try:
-            stats = engine.build(run.id, counting, spec, plan, batch_size)
+            stats = engine.build(
+                run.id,
+                counting,
+                spec,
+                plan,
+                batch_size,
+                only_keys=self.only_keys,
+                watch_keys=self.open_keys,
+            )
         except (pa.ArrowException, duckdb.Error) as exc:
             # a failure while streaming the model (e.g. division by zero on row 3 million)
             raise ModelError(
@@ -267,6 +346,22 @@ class SyncRun:
         run.counts["rejected"] = stats.invalid
         run.batch_size = batch_size
         run.total_batches = stats.total_batches
+        if not self.allow_deletes:
+            try:
+                check_deletes(
+                    sync=ctx.name,
+                    plan=plan,
+                    deletes=stats.deletes,
+                    removed=stats.removed,
+                    snapshot=stats.snapshot,
+                    max_deletes=ctx.sync.max_deletes,
+                    max_delete_ratio=ctx.sync.max_delete_ratio,
+                )
+            except UndertowError:
+                engine.discard(run.id)  # the next run diffs again
+                raise
+        # rows with an open failure and nothing left to send (reverted, or gone)
+        self.store.resolve_rows(ctx.name, stats.settled)
         invalid = [
             RowError(
                 run_id=run.id,
@@ -293,29 +388,27 @@ class SyncRun:
                 frame.drop(["_ut_seq", "_ut_batch", "_ut_key", "_ut_op", "_ut_kind"])
             )
             seqs = frame.get_column("_ut_seq").to_list()
-            batch_nos = frame.get_column("_ut_batch").to_list()
             keys = frame.get_column("_ut_key").to_list()
-            per: dict[int, Work] = {}
-            payloads: dict[int, list[str]] = {}
-            idents: dict[int, dict[str, list[object]]] = {}
-            for number, op in chunk.batches:
-                per[number] = Work(number=number, operation=op, size=0, seqs=[], keys=[])
-                payloads[number] = []
-                idents[number] = {f: [] for f in mapped.identifiers}
-            for b in batch_nos:
-                per[b].size += 1
-            for pos, reason in mapped.rejected:
-                per[batch_nos[pos]].map_rejected.append((seqs[pos], keys[pos], reason))
-            for i, pos in enumerate(mapped.index):
-                b = batch_nos[pos]
-                work = per[b]
-                work.seqs.append(seqs[pos])
-                work.keys.append(keys[pos])
-                payloads[b].append(mapped.payloads[i])
-                for f, values in mapped.identifiers.items():
-                    idents[b][f].append(values[i])
-            for number, op in chunk.batches:
-                work = per[number]
+            # rows arrive in batch order, so each batch is one contiguous slice of the chunk
+            sizes = frame.get_column("_ut_batch").rle().struct.field("len").to_list()
+            index = mapped.index
+            whole = len(index) == frame.height  # no row refused by the mapping: index == range
+            rejected = sorted(mapped.rejected)
+            start = lo = r = 0
+            for (number, op), size in zip(chunk.batches, sizes, strict=True):
+                end = start + size
+                hi = end if whole else bisect.bisect_left(index, end, lo)
+                work = Work(
+                    number=number,
+                    operation=op,
+                    size=size,
+                    seqs=seqs[start:end] if whole else [seqs[p] for p in index[lo:hi]],
+                    keys=keys[start:end] if whole else [keys[p] for p in index[lo:hi]],
+                )
+                while r < len(rejected) and rejected[r][0] < end:
+                    pos, reason = rejected[r]
+                    work.map_rejected.append((seqs[pos], keys[pos], reason))
+                    r += 1
                 batch = None
                 if work.seqs:
                     batch = Batch(
@@ -324,10 +417,11 @@ class SyncRun:
                         number=number,
                         idempotency_key=f"{run.id}-{number}",
                         keys=work.keys,
-                        payloads=payloads[number],
-                        identifiers=idents[number],
+                        payloads=mapped.payloads[lo:hi],
+                        identifiers={f: v[lo:hi] for f, v in mapped.identifiers.items()},
                         object=ctx.sync.object,
                     )
+                start, lo = end, hi
                 yield work, batch
 
     def _deliver_and_record(
@@ -340,7 +434,7 @@ class SyncRun:
     ) -> RunRecord:
         ctx = self.ctx
         done = self.store.done_batches(run.id)
-        recorder = Recorder(self.store, run)
+        recorder = Recorder(self.store, run, open_keys=self.open_keys)
         remaining = run.counts.get("planned", 0)
         self.reporter.stage(ctx.name, "deliver", total=remaining)
         error: UndertowError | None = None
@@ -354,6 +448,7 @@ class SyncRun:
             done = self.store.done_batches(run.id)
             engine.fold(run.id, spec, done, self.store.not_accepted_seqs(run.id))
         complete = len(done) >= (run.total_batches or 0)
+        warning: str | None = None
         if error is not None:
             status = RunStatus.FAILED
             message: str | None = str(error)
@@ -367,11 +462,34 @@ class SyncRun:
                 "the next run retries them"
             )
         else:
-            status = RunStatus.SUCCEEDED
-            message = None
-        self.store.update_run(run, status=status, error=message)
+            status, message, warning = self._judge_rejections(run)
+        self.store.update_run(run, status=status, error=message, warning=warning)
         engine.discard(run.id)
         return run
+
+    def _judge_rejections(self, run: RunRecord) -> tuple[RunStatus, str | None, str | None]:
+        """Fail a run whose rejected rows exceed ``max_rejected_ratio``; else warn of them.
+
+        The share is of the rows the run dealt with: the model's rows plus the rows that
+        left it (``extracted + removed``).
+        """
+        rejected = run.counts.get("rejected", 0)
+        if not rejected:
+            return RunStatus.SUCCEEDED, None, None
+        rows = run.counts.get("extracted", 0) + run.counts.get("removed", 0)
+        share = rejected / rows if rows else 1.0
+        limit = self.ctx.sync.max_rejected_ratio
+        what = f"{rejected:,} of {rows:,} row(s) rejected ({percent(share)})"
+        where = f"see them with `undertow errors {run.id}`"
+        if share > limit:
+            return (
+                RunStatus.FAILED,
+                f"{what}, more than max_rejected_ratio {limit:g} ({percent(limit)}); the "
+                f"accepted rows are recorded and the rejected ones are sent again by the next "
+                f"run; {where}, fix them, then `undertow retry {run.sync}`",
+                None,
+            )
+        return RunStatus.SUCCEEDED, None, f"{what}, within max_rejected_ratio {limit:g}; {where}"
 
     async def _deliver(
         self,
@@ -383,6 +501,7 @@ class SyncRun:
     ) -> DeliveryReport:
         ctx = self.ctx
         loop = asyncio.get_running_loop()
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.stop.set)
@@ -393,7 +512,7 @@ class SyncRun:
             return next(source, None)
 
         async def batches() -> AsyncIterator[Batch]:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and not (self.halt is not None and self.halt.is_set()):
                 item = await asyncio.to_thread(pull)
                 if item is None:
                     return
@@ -426,3 +545,5 @@ class SyncRun:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
+                    # back to what was there (see _interruptible), not to SIG_DFL
+                    signal.signal(sig, previous[sig] or signal.SIG_DFL)

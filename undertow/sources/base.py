@@ -8,10 +8,12 @@ a missing one raises :func:`missing_driver`, which prints the exact ``pip instal
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from undertow.errors import SourceError
 
@@ -23,6 +25,44 @@ class SourceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     type: str
+    diff: dict[str, Any] | None = None
+    """The diff engine of the syncs reading this source unless a sync sets its own:
+    ``{engine: local|warehouse, schema: undertow}`` (a ``DiffConfig``)."""
+
+    @field_validator("diff")
+    @classmethod
+    def _diff(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from undertow.config.models import DiffConfig  # config imports sources: lazily
+
+        try:
+            return DiffConfig.model_validate(value).model_dump(by_alias=True)
+        except ValidationError as exc:
+            errors = "; ".join(str(e["msg"]) for e in exc.errors())
+            raise ValueError(f"diff: {errors} (e.g. `diff: {{engine: warehouse}}`)") from None
+
+
+class SqlSession(Protocol):
+    """A read-write connection to the warehouse, for the ``warehouse`` diff engine.
+
+    Statements run in autocommit unless the caller sends ``BEGIN`` ... ``COMMIT``.
+    """
+
+    dialect: str
+    """The sqlglot dialect the SQL sent must be written in."""
+
+    def execute(self, sql: str) -> None: ...
+    def rows(self, sql: str) -> list[tuple[Any, ...]]: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class AccessProblem:
+    """A privilege the source's user lacks: what it blocks, and the statements that grant it."""
+
+    message: str
+    grants: tuple[str, ...] = ()
 
 
 class Source(ABC):
@@ -50,8 +90,30 @@ class Source(ABC):
     ) -> pa.RecordBatchReader:
         """Run ``sql`` and stream its rows; memory stays bounded by ``batch_rows``."""
 
+    def quote_identifier(self, name: str) -> str:
+        """``name`` as a quoted identifier of this source's SQL (standard double quotes)."""
+        return '"' + name.replace('"', '""') + '"'
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    sql_dialect: ClassVar[str | None] = None
+    """The sqlglot dialect of the warehouse; None: the ``warehouse`` diff engine cannot run."""
+
+    def session(self) -> SqlSession:
+        """A read-write session for the ``warehouse`` diff engine (scratch schema only)."""
+        raise SourceError(
+            f"source {self.instance_name!r} (type {self.name}) cannot run the warehouse diff "
+            "engine",
+            hint="use `diff: {engine: local}` for the syncs of this source",
+        )
+
+    def check_access(
+        self, relations: Sequence[str], *, scratch_schema: str | None = None
+    ) -> list[AccessProblem]:
+        """Privileges missing to read ``relations`` and (``scratch_schema``: for the
+        ``warehouse`` diff engine) to create and write tables in that schema only."""
+        return []
 
 
 def missing_driver(package: str, extra: str) -> SourceError:
@@ -60,3 +122,27 @@ def missing_driver(package: str, extra: str) -> SourceError:
         f"the {package!r} driver is not installed",
         hint=f'pip install "undertow[{extra}]"',
     )
+
+
+def closing_reader(
+    schema: pa.Schema, first: pa.RecordBatch | None, rest: Iterator[pa.RecordBatch]
+) -> pa.RecordBatchReader:
+    """A reader over ``first`` then ``rest`` whose ``close()`` also closes ``rest``.
+
+    ``from_batches`` alone ignores ``close()``; going through the Arrow C stream interface
+    makes ``close()`` release the iterator, which runs its ``finally`` (closing the
+    connection). The price: an exception raised while reading arrives as ``pa.ArrowInvalid``
+    carrying the original message.
+    """
+
+    def chain() -> Iterator[pa.RecordBatch]:
+        try:
+            if first is not None:
+                yield first
+                yield from rest
+        finally:
+            close = getattr(rest, "close", None)
+            if close is not None:
+                close()
+
+    return pa.RecordBatchReader.from_stream(pa.RecordBatchReader.from_batches(schema, chain()))

@@ -12,14 +12,22 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Generator, Iterator
+import shlex
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import Field
 
 from undertow.errors import ModelError, SourceError
-from undertow.sources.base import DEFAULT_BATCH_ROWS, Source, SourceConfig, missing_driver
+from undertow.sources.base import (
+    DEFAULT_BATCH_ROWS,
+    AccessProblem,
+    Source,
+    SourceConfig,
+    SqlSession,
+    missing_driver,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -270,6 +278,70 @@ class DuckDBSource(Source):
         finally:
             con.close()
         return fallback, None
+
+    # -- the warehouse diff engine and access checks ------------------------------------
+
+    sql_dialect: ClassVar[str | None] = "duckdb"
+
+    def session(self) -> SqlSession:
+        """A read-write connection to the database file (the scratch schema lives in it)."""
+        if self._db_path() == MEMORY:
+            raise SourceError(
+                f"source {self.instance_name!r}: the warehouse diff engine keeps its tables in "
+                "the DuckDB database, and this source has none (path: ':memory:')",
+                hint="set `path:` to a database file, or use `diff: {engine: local}`",
+            )
+        update = {"read_only": False}
+        writable = DuckDBSource(
+            self.config.model_copy(update=update), name=self.instance_name, base_dir=self.base_dir
+        )
+        return _DuckDBSession(writable._connect())
+
+    def check_access(
+        self, relations: Sequence[str], *, scratch_schema: str | None = None
+    ) -> list[AccessProblem]:
+        """DuckDB has no grants: the file's permissions are the privileges."""
+        path = self._db_path()
+        if path == MEMORY or "://" in path:
+            return []
+        problems = []
+        if not os.access(path, os.R_OK):
+            problems.append(
+                AccessProblem(
+                    f"source {self.instance_name!r}: the DuckDB file {path} is not readable by "
+                    "this user",
+                    (f"chmod u+r {shlex.quote(path)}",),
+                )
+            )
+        folder = os.path.dirname(path) or "."
+        if scratch_schema is not None and not (
+            os.access(path, os.W_OK) and os.access(folder, os.W_OK)
+        ):
+            problems.append(
+                AccessProblem(
+                    f"source {self.instance_name!r}: the warehouse diff engine writes its tables "
+                    f"into schema {scratch_schema!r} of {path}, which this user cannot write "
+                    "(the file and its folder, for the write-ahead log, must be writable)",
+                    (f"chmod u+w {shlex.quote(path)} {shlex.quote(folder)}",),
+                )
+            )
+        return problems
+
+
+class _DuckDBSession:
+    dialect = "duckdb"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def execute(self, sql: str) -> None:
+        self.con.execute(sql).fetchall()
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        return list(self.con.execute(sql).fetchall())
+
+    def close(self) -> None:
+        self.con.close()
 
 
 def _closing_reader(

@@ -25,6 +25,7 @@ runs = sa.Table(
     sa.Column("total_batches", sa.Integer),
     sa.Column("counts", sa.Text, nullable=False, default="{}"),
     sa.Column("error", sa.Text),
+    sa.Column("warning", sa.Text),  # m0002: succeeded, but some rows were rejected
     sa.Column("attempt", sa.Integer, nullable=False, default=1),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -59,6 +60,22 @@ row_errors = sa.Table(
     sa.Column("operation", sa.String(20)),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+row_status = sa.Table(
+    "undertow_row_status",
+    metadata,
+    # m0002: per (sync, row) history of failures across runs; resolved when later accepted
+    sa.Column("sync", sa.String(200), primary_key=True),
+    sa.Column("row_key", sa.Text, primary_key=True),
+    sa.Column("first_failed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_failed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_kind", sa.String(20), nullable=False),
+    sa.Column("last_reason", sa.Text, nullable=False),
+    sa.Column("last_run_id", sa.String(40), nullable=False),
+    sa.Column("resolved_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_undertow_row_status_open", "sync", "resolved_at"),
 )
 
 locks = sa.Table(

@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from undertow.errors import StateError, SyncLockedError
 from undertow.redact import redact_url
 from undertow.state import migrations
-from undertow.state.schema import batches, locks, row_errors, runs, schema_version
+from undertow.state.schema import batches, locks, row_errors, row_status, runs, schema_version
 
 LOCK_TTL = timedelta(seconds=60)
 """A lock whose holder has not sent a heartbeat for this long is considered abandoned."""
@@ -39,10 +39,17 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    """The freshness check found stale data: nothing was extracted or sent."""
 
     @property
     def final(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self in (
+            RunStatus.SUCCEEDED,
+            RunStatus.FAILED,
+            RunStatus.CANCELLED,
+            RunStatus.SKIPPED,
+        )
 
 
 COUNT_KEYS = (
@@ -79,6 +86,8 @@ class RunRecord:
     batch_size: int | None = None
     total_batches: int | None = None
     attempt: int = 1
+    warning: str | None = None
+    """Set on a run that succeeded with some rows rejected (below ``max_rejected_ratio``)."""
 
     @property
     def duration_s(self) -> float | None:
@@ -98,6 +107,7 @@ class RunRecord:
             "duration_s": round(self.duration_s, 3) if self.duration_s is not None else None,
             "attempt": self.attempt,
             "error": self.error,
+            "warning": self.warning,
         }
 
 
@@ -112,6 +122,40 @@ class RowError:
     batch_no: int | None = None
     seq: int | None = None
     operation: str | None = None
+    first_failed_at: datetime | None = None
+    """From the row's history (``undertow_row_status``): when its current run of failures
+    began, when it last failed, in how many runs, and when it was accepted (if it was)."""
+    last_failed_at: datetime | None = None
+    attempts: int | None = None
+    resolved_at: datetime | None = None
+
+
+@dataclass
+class RowStatus:
+    """One row of a sync that a run did not get accepted, across runs."""
+
+    sync: str
+    row_key: str
+    first_failed_at: datetime
+    last_failed_at: datetime
+    attempts: int
+    last_kind: str
+    last_reason: str
+    last_run_id: str
+    resolved_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sync": self.sync,
+            "key": self.row_key,
+            "kind": self.last_kind,
+            "reason": self.last_reason,
+            "attempts": self.attempts,
+            "first_failed_at": self.first_failed_at.isoformat(),
+            "last_failed_at": self.last_failed_at.isoformat(),
+            "last_run_id": self.last_run_id,
+            "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
+        }
 
 
 @dataclass
@@ -167,7 +211,11 @@ class StateStore:
         if self.is_sqlite:
             database = parsed.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                # the state folder holds row keys and reasons: private to its user
+                folder = Path(database).parent
+                if not folder.exists():
+                    folder.mkdir(parents=True, mode=0o700)
+                Path(database).touch(mode=0o600, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs["pool_pre_ping"] = True
@@ -265,7 +313,8 @@ class StateStore:
                     f"sync {sync!r} is already running: process {row['pid']} on "
                     f"{row['host']} holds its lock since {_aware(row['acquired_at'])}",
                     hint="wait for that run to finish (`undertow status`); a lock whose "
-                    f"holder died is recovered automatically after {int(LOCK_TTL.seconds)}s",
+                    f"holder died is taken over at once on this host, after {int(LOCK_TTL.seconds)}s "
+                    "elsewhere",
                 )
             taken = conn.execute(
                 locks.update()
@@ -298,8 +347,18 @@ class StateStore:
             )
 
     def held_locks(self) -> dict[str, dict[str, Any]]:
+        """Locks held now; a lock whose holder died (or went silent) is left out."""
+        host = socket.gethostname()
+        now = _now()
         with self._tx() as conn:
-            return {r["sync"]: dict(r) for r in conn.execute(sa.select(locks)).mappings().all()}
+            rows = conn.execute(sa.select(locks)).mappings().all()
+        held = {}
+        for r in rows:
+            stale = now - (_aware(r["heartbeat_at"]) or now) > LOCK_TTL
+            dead = r["host"] == host and not _pid_alive(int(r["pid"]))
+            if not (stale or dead):
+                held[r["sync"]] = dict(r)
+        return held
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -347,6 +406,7 @@ class StateStore:
             batch_size=row["batch_size"],
             total_batches=row["total_batches"],
             attempt=row["attempt"],
+            warning=row.get("warning"),
         )
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -419,6 +479,7 @@ class StateStore:
         status: RunStatus | None = None,
         error: str | None = None,
         bump_attempt: bool = False,
+        warning: str | None = None,
     ) -> None:
         """Persist the run's status, counts and plan facts (one transaction)."""
         now = _now()
@@ -426,6 +487,8 @@ class StateStore:
             run.status = status
         if error is not None:
             run.error = error
+        if warning is not None:
+            run.warning = warning
         if bump_attempt:
             run.attempt += 1
         values: dict[str, Any] = {
@@ -433,6 +496,7 @@ class StateStore:
             "counts": json.dumps(run.counts),
             "updated_at": now,
             "error": run.error,
+            "warning": run.warning,
             "batch_size": run.batch_size,
             "total_batches": run.total_batches,
             "attempt": run.attempt,
@@ -457,33 +521,97 @@ class StateStore:
         accepted: int,
         errors: Sequence[RowError],
         attempts: int,
+        resolved_keys: Sequence[str] = (),
     ) -> None:
-        """Record one finished batch, its row errors and the run's counters atomically."""
+        """Record one finished batch, its row errors and the run's counters atomically.
+
+        In the same transaction, the rows' history (``undertow_row_status``): each rejected
+        or failed row gets a failure (a new one, or one more attempt of an open one), and
+        ``resolved_keys`` (rows of the batch the destination accepted that had an open
+        failure) are marked resolved.
+        """
         now = _now()
         rejected = sum(1 for e in errors if e.kind != "failed")
         failed = sum(1 for e in errors if e.kind == "failed")
         with self._tx() as conn:
             conn.execute(
-                batches.insert().values(
-                    run_id=run.id,
-                    batch_no=batch_no,
-                    operation=operation,
-                    size=size,
-                    sent=sent,
-                    accepted=accepted,
-                    rejected=rejected,
-                    failed=failed,
-                    attempts=attempts,
-                    finished_at=now,
-                )
+                _INSERT_BATCH,
+                {
+                    "run_id": run.id,
+                    "batch_no": batch_no,
+                    "operation": operation,
+                    "size": size,
+                    "sent": sent,
+                    "accepted": accepted,
+                    "rejected": rejected,
+                    "failed": failed,
+                    "attempts": attempts,
+                    "finished_at": now,
+                },
             )
             if errors:
                 conn.execute(row_errors.insert(), [_error_row(e, now) for e in errors])
-            conn.execute(
-                runs.update()
-                .where(runs.c.id == run.id)
-                .values(counts=json.dumps(run.counts), updated_at=now)
-            )
+                self._record_failures(conn, errors, now)
+            if resolved_keys:
+                for chunk in _chunks(list(resolved_keys), 500):
+                    conn.execute(
+                        row_status.update()
+                        .where(
+                            row_status.c.sync == run.sync,
+                            row_status.c.resolved_at.is_(None),
+                            row_status.c.row_key.in_(chunk),
+                        )
+                        .values(resolved_at=now)
+                    )
+            conn.execute(_UPDATE_COUNTS, {"rid": run.id, "c": json.dumps(run.counts), "u": now})
+
+    def _record_failures(
+        self, conn: sa.Connection, errors: Sequence[RowError], now: datetime
+    ) -> None:
+        """Upsert one failure per (sync, key): a new episode, or one more attempt of it."""
+        latest: dict[tuple[str, str], RowError] = {}
+        for error in errors:
+            if error.kind in ("rejected", "failed"):
+                latest[(error.sync, error.row_key)] = error
+        if not latest:
+            return
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+        stmt = insert(row_status)
+        open_ = row_status.c.resolved_at.is_(None)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[row_status.c.sync, row_status.c.row_key],
+            set_={
+                "first_failed_at": sa.case(
+                    (open_, row_status.c.first_failed_at), else_=stmt.excluded.first_failed_at
+                ),
+                "attempts": sa.case((open_, row_status.c.attempts + 1), else_=1),
+                "last_failed_at": stmt.excluded.last_failed_at,
+                "last_kind": stmt.excluded.last_kind,
+                "last_reason": stmt.excluded.last_reason,
+                "last_run_id": stmt.excluded.last_run_id,
+                "resolved_at": None,
+            },
+        )
+        conn.execute(
+            stmt,
+            [
+                {
+                    "sync": e.sync,
+                    "row_key": e.row_key,
+                    "first_failed_at": now,
+                    "last_failed_at": now,
+                    "attempts": 1,
+                    "last_kind": e.kind,
+                    "last_reason": e.reason,
+                    "last_run_id": e.run_id,
+                    "resolved_at": None,
+                }
+                for e in latest.values()
+            ],
+        )
 
     def add_row_errors(self, errors: Sequence[RowError]) -> None:
         if not errors:
@@ -513,7 +641,22 @@ class StateStore:
             ]
 
     def row_errors(self, run_id: str, *, limit: int | None = None) -> list[RowError]:
-        query = sa.select(row_errors).where(row_errors.c.run_id == run_id).order_by(row_errors.c.id)
+        """The run's row errors, each with its row's history across runs (if it has one)."""
+        history = sa.and_(
+            row_status.c.sync == row_errors.c.sync, row_status.c.row_key == row_errors.c.row_key
+        )
+        query = (
+            sa.select(
+                row_errors,
+                row_status.c.first_failed_at,
+                row_status.c.last_failed_at,
+                row_status.c.attempts,
+                row_status.c.resolved_at,
+            )
+            .select_from(row_errors.outerjoin(row_status, history))
+            .where(row_errors.c.run_id == run_id)
+            .order_by(row_errors.c.id)
+        )
         if limit is not None:
             query = query.limit(limit)
         with self._tx() as conn:
@@ -529,9 +672,87 @@ class StateStore:
                 batch_no=r["batch_no"],
                 seq=r["seq"],
                 operation=r["operation"],
+                first_failed_at=_aware(r["first_failed_at"]),
+                last_failed_at=_aware(r["last_failed_at"]),
+                attempts=r["attempts"],
+                resolved_at=_aware(r["resolved_at"]),
             )
             for r in rows
         ]
+
+    # -- row history ------------------------------------------------------------------------
+
+    def open_row_keys(self, sync: str) -> set[str]:
+        """Keys of the sync's rows whose latest outcome was rejected or failed."""
+        with self._tx() as conn:
+            return set(
+                conn.execute(
+                    sa.select(row_status.c.row_key).where(
+                        row_status.c.sync == sync, row_status.c.resolved_at.is_(None)
+                    )
+                ).scalars()
+            )
+
+    def row_statuses(
+        self, sync: str, *, include_resolved: bool = False, limit: int | None = None
+    ) -> list[RowStatus]:
+        """The sync's rows with a failure history, most recently failed first."""
+        query = (
+            sa.select(row_status)
+            .where(row_status.c.sync == sync)
+            .order_by(row_status.c.last_failed_at.desc(), row_status.c.row_key)
+        )
+        if not include_resolved:
+            query = query.where(row_status.c.resolved_at.is_(None))
+        if limit is not None:
+            query = query.limit(limit)
+        with self._tx() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            RowStatus(
+                sync=r["sync"],
+                row_key=r["row_key"],
+                first_failed_at=_aware(r["first_failed_at"]) or _now(),
+                last_failed_at=_aware(r["last_failed_at"]) or _now(),
+                attempts=int(r["attempts"]),
+                last_kind=r["last_kind"],
+                last_reason=r["last_reason"],
+                last_run_id=r["last_run_id"],
+                resolved_at=_aware(r["resolved_at"]),
+            )
+            for r in rows
+        ]
+
+    def resolve_rows(self, sync: str, keys: Sequence[str]) -> None:
+        """Close the open failures of ``keys`` (rows with nothing left to send)."""
+        if not keys:
+            return
+        now = _now()
+        with self._tx() as conn:
+            for chunk in _chunks(list(keys), 500):
+                conn.execute(
+                    row_status.update()
+                    .where(
+                        row_status.c.sync == sync,
+                        row_status.c.resolved_at.is_(None),
+                        row_status.c.row_key.in_(chunk),
+                    )
+                    .values(resolved_at=now)
+                )
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# prebuilt statements of the hot path (one checkpoint per batch)
+_INSERT_BATCH = batches.insert()
+_UPDATE_COUNTS = (
+    runs.update()
+    .where(runs.c.id == sa.bindparam("rid"))
+    .values(counts=sa.bindparam("c"), updated_at=sa.bindparam("u"))
+)
 
 
 def _error_row(error: RowError, now: datetime) -> dict[str, Any]:

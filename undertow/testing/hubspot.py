@@ -28,9 +28,12 @@ It answers like HubSpot documents (see ``docs/destinations/hubspot.md`` for the 
 * ``GET /crm/v3/objects/{object}?limit=1`` lists records (used by the connector's check).
 
 Scripting misbehaviour: :meth:`HubSpotFake.fail_next` queues canned responses,
-:meth:`HubSpotFake.throttle_next` queues realistic 429s, and :attr:`HubSpotFake.faults` is a
-hook that may answer any request first. Every request is captured in ``.requests`` (without
-its token) and every applied input in ``.applied``.
+:meth:`HubSpotFake.throttle_next` queues realistic 429s, :attr:`HubSpotFake.faults` is a
+hook that may answer any request first, and ``fault_plan`` (a seeded
+:class:`~undertow.testing.faults.FaultPlan`) fails, times out, drops or partly rejects batch
+writes. Every request is captured in ``.requests`` (without its token), every applied input
+in ``.applied``, and with a ``ledger`` every applied record's stored properties (a count per
+``(key, version)`` and the final state).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from undertow.testing.faults import Decision, FaultPlan, Ledger
 
 MAX_INPUTS = 100
 WINDOW_SECONDS = 10.0
@@ -179,8 +184,12 @@ class HubSpotFake:
         unique_properties: dict[str, set[str]] | None = None,
         known_properties: dict[str, set[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fault_plan: FaultPlan | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.token = token
+        self.fault_plan = fault_plan
+        self.ledger = ledger
         self.rate_limit_per_10s = rate_limit_per_10s
         self.daily_limit = daily_limit
         self.unique_properties = {k: set(v) for k, v in UNIQUE_PROPERTIES.items()}
@@ -416,12 +425,50 @@ class HubSpotFake:
             return self._respond(400, body, correlation_id=correlation_id)
         inputs: list[dict[str, Any]] = captured.body["inputs"]
         started = _now()
+        fate, refused = Decision(), []
+        if self.fault_plan is not None and operation != "read":
+            # archive answers 204 with no per-record results: never partly refused
+            size = len(inputs) if operation != "archive" else 0
+            fate = self.fault_plan.decide(orjson.dumps(captured.body), size)
+            if not fate.applies:
+                throttled = fate.fault in ("429", "429-bare")
+                return fate.refusal(orjson.dumps(self.rate_limit_body()) if throttled else None)
+            await fate.before()
+            refused = [inputs[i] for i in sorted(fate.rejected)]
+            inputs = [item for i, item in enumerate(inputs) if i not in fate.rejected]
         with self._lock:
             if operation == "archive":
                 for item in inputs:
                     self._archive(name, str(item["id"]))
-                return self._respond(204, correlation_id=correlation_id)
-            return self._write(name, operation, captured.body, inputs, started, correlation_id)
+                return await fate.answer(self._respond(204, correlation_id=correlation_id))
+            answer = self._write(name, operation, captured.body, inputs, started, correlation_id)
+        if fate.rejected:
+            answer = self._with_injected_errors(answer, refused, correlation_id)
+        return await fate.answer(answer)
+
+    def _with_injected_errors(
+        self, answer: Response, refused: list[dict[str, Any]], correlation_id: str
+    ) -> Response:
+        """Add a ``partial`` fault's refused inputs to a write's answer as a 207."""
+        if answer.status_code >= 300:
+            return answer
+        body = orjson.loads(answer.body)
+        errors = body.setdefault("errors", [])
+        for item in refused:
+            context: dict[str, list[str]] = {"ids": [str(item.get("id"))]}
+            if "objectWriteTraceId" in item:
+                context["objectWriteTraceId"] = [str(item["objectWriteTraceId"])]
+            errors.append(
+                {
+                    "status": "error",
+                    "category": "INTERNAL_ERROR",
+                    "message": "injected per-record failure",
+                    "context": context,
+                    "errors": [],
+                }
+            )
+        body["numErrors"] = len(errors)
+        return self._respond(207, body, correlation_id=correlation_id)
 
     def _validate_request(self, body: Any, operation: str) -> str | None:
         """A whole-request problem (HubSpot answers 400 and writes nothing), or None."""
@@ -545,6 +592,8 @@ class HubSpotFake:
             results.append(result)
             if operation != "read":
                 self.applied.append((name, operation, item))
+                if self.ledger is not None:
+                    self.ledger.apply(operation, result["properties"])
         answer: dict[str, Any] = {
             "status": "COMPLETE",
             "results": results,
@@ -666,3 +715,5 @@ class HubSpotFake:
             store.index_drop(object_id)
             store.archived[object_id] = store.pop(object_id)
             self.applied.append((name, "archive", {"id": object_id}))
+            if self.ledger is not None:
+                self.ledger.apply("archive", store.archived[object_id])

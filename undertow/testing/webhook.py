@@ -14,7 +14,10 @@ with a 2xx gets the same answer again and its records are not recorded twice.
 
 It can be scripted to misbehave: :meth:`WebhookReceiver.queue_response` queues the answers
 to the next requests (any status, body and headers such as ``Retry-After``, and a delay
-before answering), and ``delay`` slows every answer down.
+before answering), ``delay`` slows every answer down, and ``faults`` (a seeded
+:class:`~undertow.testing.faults.FaultPlan`) decides per request to fail, time out, drop the
+connection after applying, or reject some records. A ``ledger`` records every applied record
+(the receiver's final state and a count per ``(key, version)``).
 
 ``fast=True`` is the benchmark mode: it parses each body with orjson, counts the records in
 ``record_count`` and keeps nothing else.
@@ -34,6 +37,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from undertow.testing.faults import Decision, FaultPlan, Ledger
 
 METHODS = ["POST", "PUT", "PATCH"]
 
@@ -65,6 +70,8 @@ class ReceivedRequest:
     """The status the receiver answered with."""
     replayed: bool = False
     """True when the idempotency key was seen before and the stored answer was replayed."""
+    fault: str | None = None
+    """The fault the ``FaultPlan`` injected into this request, if any."""
 
 
 class WebhookReceiver:
@@ -78,8 +85,12 @@ class WebhookReceiver:
         delay: float = 0.0,
         idempotency_header: str = "Idempotency-Key",
         inbox: Path | None = None,
+        faults: FaultPlan | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.token = token
+        self.faults = faults
+        self.ledger = ledger
         self.inbox = inbox
         """When set, every accepted request is appended to this file as one JSON line."""
         self.fast = fast
@@ -156,6 +167,23 @@ class WebhookReceiver:
             await asyncio.sleep(wait)
 
         records = _records_of(body)
+        fate = Decision()
+        if scripted is None and self.faults is not None:
+            fate = self.faults.decide(raw, len(records))
+            if not fate.applies:
+                refusal = fate.refusal()
+                self._log(
+                    ReceivedRequest(
+                        method, path, headers, body, raw, refusal.status_code, fault=fate.fault
+                    )
+                )
+                return refusal
+            await fate.before()
+            if fate.rejected:
+                errors = [
+                    {"index": i, "message": "injected rejection"} for i in sorted(fate.rejected)
+                ]
+                scripted = ScriptedResponse(body={"errors": errors})
         status = scripted.status if scripted else 200
         extra = scripted.headers if scripted else {}
         if scripted is not None and scripted.body is not None:
@@ -170,12 +198,24 @@ class WebhookReceiver:
                 refused = _error_indexes(scripted.body if scripted else None)
                 self.records.extend(r for i, r in enumerate(records) if i not in refused)
                 self.record_count += len(records) - len(refused & set(range(len(records))))
+                if self.ledger is not None:
+                    operation = (
+                        str(body.get("operation", method)) if isinstance(body, dict) else method
+                    )
+                    for i, r in enumerate(records):
+                        if i not in refused:
+                            self.ledger.apply(operation, r)
                 if key:
                     self._answered[key] = (status, content, extra)
                 if self.inbox is not None:
                     self._append_inbox(method, path, key, raw)
-            self.requests.append(ReceivedRequest(method, path, headers, body, raw, status))
-        return Response(content, status_code=status, headers=extra, media_type="application/json")
+            self.requests.append(
+                ReceivedRequest(method, path, headers, body, raw, status, fault=fate.fault)
+            )
+        response = Response(
+            content, status_code=status, headers=extra, media_type="application/json"
+        )
+        return await fate.answer(response)
 
     def _fast(self, raw: bytes) -> Response:
         body = orjson.loads(raw)

@@ -1,0 +1,608 @@
+"""One contract, every engine, every source that runs here.
+
+Each test runs against the ``local`` engine (the model streamed out of the source into a
+DuckDB file) and the ``warehouse`` engine (snapshot and diff SQL inside the source), on
+DuckDB and on the real PostgreSQL. The model is ``select * from users``; ``load`` replaces
+that table's rows between runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import psycopg
+import pyarrow as pa
+import pytest
+
+from undertow.config.models import Mode
+from undertow.destinations.base import Capabilities, Operation
+from undertow.errors import PlanError
+from undertow.pipeline.diff import ChangeStats, DiffEngine, DiffSpec, LocalDiffEngine
+from undertow.pipeline.diff_warehouse import (
+    HASH_ALGORITHM,
+    WarehouseDiffEngine,
+    row_hash_sql,
+)
+from undertow.pipeline.plan import Plan, make_plan
+from undertow.sources.base import Source
+from undertow.sources.duckdb import DuckDBConfig, DuckDBSource
+from undertow.sources.postgres import PostgresConfig, PostgresSource
+
+pytestmark = pytest.mark.integration
+
+CAPS = Capabilities(operations=frozenset(Operation), max_batch_size=10_000)
+FP = 1234
+SQL = "select * from users"
+SYNC = "users_out"
+
+_PG_TYPES = {
+    pa.int64(): "bigint",
+    pa.int32(): "integer",
+    pa.string(): "text",
+    pa.float64(): "double precision",
+    pa.date32(): "date",
+    pa.bool_(): "boolean",
+}
+
+
+@dataclass
+class Backend:
+    """A source holding table ``users`` and a way to build each engine on it."""
+
+    engine_kind: str
+    source: Source
+    load_table: Callable[[pa.Table], None]
+    state: Path
+    match: list[str] = field(default_factory=lambda: ["email"])
+    schema: str = "undertow"
+
+    def load(self, rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> None:
+        self.load_table(pa.Table.from_pylist(rows, schema=schema))
+
+    def engine(self, *, dry_run: bool = False) -> DiffEngine:
+        if self.engine_kind == "local":
+            return LocalDiffEngine(self.state, SYNC, dry_run=dry_run)
+        return WarehouseDiffEngine(
+            self.source,
+            SYNC,
+            sql=SQL,
+            model="users",
+            schema=self.schema,
+            match_columns=self.match,
+            dry_run=dry_run,
+        )
+
+    def build(
+        self,
+        engine: DiffEngine,
+        run_id: str,
+        s: DiffSpec,
+        p: Plan,
+        batch_size: int = 100,
+        **kwargs: Any,
+    ) -> ChangeStats:
+        reader = None
+        if engine.pulls_model:
+            cols = ", ".join('"' + c + '"' for c in s.columns)
+            reader = self.source.extract(f"SELECT {cols} FROM ({SQL}) AS m", model="users")
+        return engine.build(run_id, reader, s, p, batch_size, **kwargs)
+
+
+def _duckdb_backend(kind: str, tmp_path: Path) -> Backend:
+    path = tmp_path / "wh.duckdb"
+
+    def load(table: pa.Table) -> None:
+        con = duckdb.connect(str(path))
+        try:
+            con.register("rows_in", table)
+            con.execute("CREATE OR REPLACE TABLE users AS SELECT * FROM rows_in")
+        finally:
+            con.close()
+
+    load(pa.table({"id": pa.array([], pa.int64())}))
+    source = DuckDBSource(DuckDBConfig(path=str(path)), name="wh")
+    return Backend(kind, source, load, tmp_path / "state")
+
+
+def _postgres_backend(kind: str, tmp_path: Path, url: str) -> Backend:
+    def load(table: pa.Table) -> None:
+        cols = ", ".join(f'"{f.name}" {_PG_TYPES[f.type]}' for f in table.schema)
+        with psycopg.connect(url, autocommit=True) as con:
+            con.execute("DROP TABLE IF EXISTS users")
+            con.execute(f"CREATE TABLE users ({cols})")
+            with con.cursor().copy("COPY users FROM STDIN") as copy:
+                for row in table.to_pylist():
+                    copy.write_row(list(row.values()))
+
+    source = PostgresSource(PostgresConfig(url=url), name="pg")
+    return Backend(kind, source, load, tmp_path / "state")
+
+
+BACKENDS = ["local-duckdb", "warehouse-duckdb", "local-postgres", "warehouse-postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    kind, where = request.param.split("-")
+    if where == "duckdb":
+        made = _duckdb_backend(kind, tmp_path)
+    else:
+        made = _postgres_backend(kind, tmp_path, request.getfixturevalue("pg_database"))
+    yield made
+    made.source.close()
+
+
+@pytest.fixture
+def engine(backend: Backend) -> Iterator[DiffEngine]:
+    eng = backend.engine()
+    yield eng
+    eng.close()
+
+
+def spec(
+    columns: list[str] | None = None, keys: list[str] | None = None, fingerprint: int = FP
+) -> DiffSpec:
+    keys = keys or ["id"]
+    return DiffSpec(
+        sync=SYNC, keys=keys, columns=keys + (columns or ["email", "plan"]), fingerprint=fingerprint
+    )
+
+
+def plan(mode: Mode = Mode.MIRROR, *, full: bool = False) -> Plan:
+    return make_plan(sync=SYNC, mode=mode, destination="out", caps=CAPS, full=full)
+
+
+def users(n: int, **overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [{"id": i, "email": f"u{i}@x.com", "plan": "free", "extra": 0} for i in range(n)]
+    for row in rows:
+        row.update(overrides.get(str(row["id"]), {}))
+    return rows
+
+
+def planned(engine: DiffEngine, run_id: str, skip: set[int] | None = None) -> pl.DataFrame:
+    frames = [c.frame for c in engine.chunks(run_id, skip=skip or set(), batches_per_chunk=2)]
+    return pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+
+
+def by_key(frame: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    return {} if frame.is_empty() else {r["_ut_key"]: r for r in frame.iter_rows(named=True)}
+
+
+def kinds(engine: DiffEngine, run_id: str) -> dict[str, str]:
+    return {k: r["_ut_kind"] for k, r in by_key(planned(engine, run_id)).items()}
+
+
+def everything(stats: ChangeStats) -> set[int]:
+    return set(range(stats.total_batches))
+
+
+def accept_all(
+    backend: Backend,
+    engine: DiffEngine,
+    rows: list[dict[str, Any]],
+    s: DiffSpec | None = None,
+    run_id: str = "r1",
+    schema: pa.Schema | None = None,
+) -> ChangeStats:
+    s = s or spec()
+    backend.load(rows, schema)
+    stats = backend.build(engine, run_id, s, plan())
+    engine.fold(run_id, s, everything(stats), [])
+    engine.discard(run_id)
+    return stats
+
+
+# -- kinds ------------------------------------------------------------------------------------
+
+
+def test_first_run_plans_every_row_and_the_snapshot_waits(
+    backend: Backend, engine: DiffEngine
+) -> None:
+    backend.load(users(7))
+    stats = backend.build(engine, "r1", spec(), plan(), 3)
+    assert (stats.extracted, stats.added, stats.changed, stats.removed) == (7, 7, 0, 0)
+    assert (stats.planned, stats.total_batches, stats.snapshot) == (7, 3, 0)
+    rows = by_key(planned(engine, "r1"))
+    assert set(rows) == {str(i) for i in range(7)}
+    assert {(r["_ut_kind"], r["_ut_op"]) for r in rows.values()} == {("added", "upsert")}
+    assert rows["3"]["email"] == "u3@x.com"
+    assert engine.snapshot_rows() == 0  # nothing accepted yet
+
+
+def test_second_run_sees_exactly_the_changes(backend: Backend, engine: DiffEngine) -> None:
+    accept_all(backend, engine, users(5))
+    assert engine.snapshot_rows() == 5
+    now = users(5, **{"1": {"plan": "pro"}, "2": {"email": "new2@x.com"}})
+    del now[3]
+    now.append({"id": 9, "email": "u9@x.com", "plan": "team", "extra": 0})
+    backend.load(now)
+    stats = backend.build(engine, "r2", spec(), plan())
+    assert (stats.added, stats.changed, stats.removed, stats.unchanged) == (1, 2, 1, 2)
+    assert (stats.snapshot, stats.deletes) == (5, 1)
+    rows = by_key(planned(engine, "r2"))
+    assert {k: (r["_ut_kind"], r["_ut_op"]) for k, r in rows.items()} == {
+        "9": ("added", "upsert"),
+        "1": ("changed", "upsert"),
+        "2": ("changed", "upsert"),
+        "3": ("removed", "delete"),
+    }
+    assert rows["1"]["plan"] == "pro"
+    # a removed row carries its key and the destination's identifier (match: email)
+    assert (rows["3"]["id"], rows["3"]["email"]) == (3, "u3@x.com")
+
+
+def test_only_mapped_columns_are_compared(backend: Backend, engine: DiffEngine) -> None:
+    accept_all(backend, engine, users(4))
+    backend.load(users(4, **{"2": {"extra": 99}}))
+    stats = backend.build(engine, "r2", spec(), plan())
+    assert (stats.changed, stats.unchanged, stats.planned) == (0, 4, 0)
+
+
+def test_full_plans_unchanged_rows(backend: Backend, engine: DiffEngine) -> None:
+    accept_all(backend, engine, users(4))
+    stats = backend.build(engine, "r2", spec(), plan(Mode.UPSERT, full=True))
+    assert (stats.unchanged, stats.planned) == (4, 4)
+    assert set(kinds(engine, "r2").values()) == {"unchanged"}
+
+
+def test_a_mapping_change_resends_every_row_once(backend: Backend, engine: DiffEngine) -> None:
+    accept_all(backend, engine, users(4))
+    other = spec(fingerprint=FP + 1)
+    stats = backend.build(engine, "r2", other, plan())
+    assert (stats.changed, stats.unchanged) == (4, 0)
+    engine.fold("r2", other, everything(stats), [])
+    engine.discard("r2")
+    assert backend.build(engine, "r3", other, plan()).planned == 0
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def test_composite_keys(backend: Backend, engine: DiffEngine) -> None:
+    s = spec(["plan"], keys=["org_id", "email"])
+    rows = [
+        {"org_id": 1, "email": "a@x.com", "plan": "free"},
+        {"org_id": 1, "email": "b@x.com", "plan": "free"},
+        {"org_id": 2, "email": "a@x.com", "plan": "free"},
+    ]
+    accept_all(backend, engine, rows, s)
+    rows[2]["plan"] = "pro"
+    rows.append({"org_id": 2, "email": "b@x.com", "plan": "free"})
+    backend.load(rows)
+    stats = backend.build(engine, "r2", s, plan())
+    assert (stats.added, stats.changed, stats.unchanged) == (1, 1, 2)
+    assert kinds(engine, "r2") == {
+        "org_id=2, email=a@x.com": "changed",
+        "org_id=2, email=b@x.com": "added",
+    }
+
+
+def test_null_and_duplicate_keys_are_rejected_with_reasons(
+    backend: Backend, engine: DiffEngine
+) -> None:
+    rows = users(5)
+    rows.append({"id": None, "email": "nokey@x.com", "plan": "free", "extra": 0})
+    rows.append({"id": 2, "email": "again@x.com", "plan": "pro", "extra": 0})
+    rows.append({"id": 2, "email": "thrice@x.com", "plan": "pro", "extra": 0})
+    backend.load(rows)
+    stats = backend.build(engine, "r1", spec(), plan())
+    assert (stats.extracted, stats.invalid, stats.added, stats.planned) == (8, 4, 4, 4)
+    assert set(kinds(engine, "r1")) == {"0", "1", "3", "4"}
+    assert dict(engine.invalid_rows("r1")) == {
+        "NULL": "NULL primary key (id)",
+        "2": "duplicate primary key: 3 rows share it",
+    }
+    assert len(engine.invalid_rows("r1", limit=1)) == 1
+
+
+def test_a_key_that_becomes_duplicated_is_not_deleted(backend: Backend, engine: DiffEngine) -> None:
+    accept_all(backend, engine, users(3))
+    backend.load([*users(3), {"id": 1, "email": "dup@x.com", "plan": "free", "extra": 0}])
+    stats = backend.build(engine, "r2", spec(), plan())
+    assert (stats.removed, stats.invalid, stats.planned) == (0, 2, 0)
+
+
+# -- the snapshot holds only accepted rows -------------------------------------------------------
+
+
+def test_rows_not_accepted_come_back_next_run(backend: Backend, engine: DiffEngine) -> None:
+    s = spec()
+    accept_all(backend, engine, users(6))
+    now = users(7, **{"0": {"plan": "pro"}, "1": {"plan": "pro"}, "2": {"plan": "pro"}})
+    backend.load(now)
+    stats = backend.build(engine, "r2", s, plan(), 2)
+    rows = by_key(planned(engine, "r2"))
+    assert set(rows) == {"0", "1", "2", "6"}
+    refused = [rows["1"]["_ut_seq"], rows["6"]["_ut_seq"]]
+    never_sent = rows["2"]["_ut_batch"]
+    done = everything(stats) - {never_sent}
+    accepted = {k for k, r in rows.items() if r["_ut_batch"] in done} - {"1", "6"}
+    assert engine.fold("r2", s, done, refused) == len(accepted)
+    engine.discard("r2")
+    backend.build(engine, "r3", s, plan(), 2)
+    expected = {"1": "changed", "6": "added"} | {k: "changed" for k in {"0", "2"} - accepted}
+    assert kinds(engine, "r3") == expected
+
+
+def test_an_accepted_removal_leaves_the_snapshot_a_rejected_one_stays(
+    backend: Backend, engine: DiffEngine
+) -> None:
+    s = spec()
+    accept_all(backend, engine, users(3))
+    backend.load(users(1))
+    backend.build(engine, "r2", s, plan(), 1)
+    rows = by_key(planned(engine, "r2"))
+    assert {r["_ut_kind"] for r in rows.values()} == {"removed"}
+    engine.fold("r2", s, {0, 1}, [rows["2"]["_ut_seq"]])
+    assert engine.snapshot_rows() == 2
+    engine.discard("r2")
+    backend.build(engine, "r3", s, plan(), 1)
+    assert kinds(engine, "r3") == {"2": "removed"}
+
+
+def test_fold_can_be_replayed(backend: Backend, engine: DiffEngine) -> None:
+    s = spec()
+    backend.load(users(5))
+    stats = backend.build(engine, "r1", s, plan(), 2)
+    engine.fold("r1", s, {0}, [])
+    engine.fold("r1", s, {0, 1, 2}, [])
+    engine.fold("r1", s, everything(stats), [])
+    assert engine.snapshot_rows() == 5
+    engine.discard("r1")
+    assert backend.build(engine, "r2", s, plan(), 2).planned == 0
+
+
+# -- crash and resume, batches, reset, dry run --------------------------------------------------
+
+
+def test_a_resumed_run_reads_the_same_plan(backend: Backend) -> None:
+    backend.load(users(9))
+    first = backend.engine()
+    try:
+        stats = first.build(
+            "r1", None if not first.pulls_model else _reader(backend), spec(), plan(), 2
+        )
+        every = by_key(planned(first, "r1"))
+        first.fold("r1", spec(), {0, 2, 3}, [])
+    finally:
+        first.close()  # the process dies here; the model changes meanwhile
+    backend.load(users(3))
+    again = backend.engine()
+    try:
+        assert again.has_plan("r1") and not again.has_plan("r2")
+        rest = planned(again, "r1", skip={0, 2, 3})
+        assert sorted(set(rest.get_column("_ut_batch").to_list())) == [1, 4]
+        assert set(rest.get_column("_ut_key").to_list()) == {
+            k for k, r in every.items() if r["_ut_batch"] in (1, 4)
+        }
+        again.fold("r1", spec(), everything(stats), [])
+        again.discard("r1")
+        assert again.snapshot_rows() == 9
+        again.discard_all_plans()
+    finally:
+        again.close()
+
+
+def _reader(backend: Backend) -> pa.RecordBatchReader:
+    return backend.source.extract('SELECT "id", "email", "plan" FROM users', model="users")
+
+
+def test_batches_are_contiguous_per_operation_and_exact(
+    backend: Backend, engine: DiffEngine
+) -> None:
+    accept_all(backend, engine, users(10))
+    now = users(14, **{str(i): {"plan": "pro"} for i in range(3)})
+    del now[5:9]
+    backend.load(now)
+    stats = backend.build(engine, "r2", spec(), plan(), 3)
+    assert (stats.removed, stats.changed, stats.added, stats.planned) == (4, 3, 4, 11)
+    chunks = list(engine.chunks("r2", skip=set(), batches_per_chunk=2))
+    declared = [(b, str(op)) for c in chunks for b, op in c.batches]
+    assert declared == [(0, "delete"), (1, "delete"), (2, "upsert"), (3, "upsert"), (4, "upsert")]
+    frame = pl.concat([c.frame for c in chunks])
+    sizes = frame.group_by("_ut_batch").len().sort("_ut_batch").get_column("len").to_list()
+    assert sizes == [3, 1, 3, 3, 1]
+    seqs = frame.get_column("_ut_seq").to_list()
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_discard_all_plans_keeps_the_named_run(backend: Backend, engine: DiffEngine) -> None:
+    backend.load(users(2))
+    backend.build(engine, "r1", spec(), plan(), 10)
+    backend.build(engine, "r2", spec(), plan(), 10)
+    engine.discard_all_plans(keep="r2")
+    assert not engine.has_plan("r1")
+    assert engine.has_plan("r2")
+
+
+def test_reset_forgets_the_snapshot(backend: Backend, engine: DiffEngine) -> None:
+    accept_all(backend, engine, users(3))
+    backend.build(engine, "r2", spec(), plan())
+    engine.reset()
+    assert engine.snapshot_rows() == 0
+    assert not engine.has_plan("r2")
+    stats = backend.build(engine, "r3", spec(), plan())
+    assert (stats.added, stats.removed, stats.planned) == (3, 0, 3)
+
+
+def test_a_dry_run_leaves_the_snapshot_alone(backend: Backend) -> None:
+    real = backend.engine()
+    accept_all(backend, real, users(4))
+    real.close()
+    dry = backend.engine(dry_run=True)
+    try:
+        now = users(5, **{"0": {"plan": "pro"}})
+        del now[1]
+        backend.load(now)
+        stats = backend.build(dry, "preview", spec(), plan())
+        assert (stats.added, stats.changed, stats.removed) == (1, 1, 1)
+    finally:
+        dry.close()
+    again = backend.engine()
+    try:
+        assert again.snapshot_rows() == 4
+        backend.load(users(4))
+        assert backend.build(again, "r2", spec(), plan()).planned == 0
+    finally:
+        again.close()
+
+
+def test_only_keys_and_watch_keys(backend: Backend, engine: DiffEngine) -> None:
+    accept_all(backend, engine, users(4))
+    backend.load(users(3, **{"0": {"plan": "pro"}, "1": {"plan": "pro"}}))
+    stats = backend.build(
+        engine, "r2", spec(), plan(), only_keys={"1", "2", "3"}, watch_keys={"2", "3"}
+    )
+    assert kinds(engine, "r2") == {"1": "changed", "3": "removed"}
+    assert stats.settled == ["2"]
+
+
+# -- values ------------------------------------------------------------------------------------
+
+
+def test_null_empty_and_separators_are_told_apart(backend: Backend, engine: DiffEngine) -> None:
+    s = spec(["a", "b"])
+    schema = pa.schema([("id", pa.int64()), ("a", pa.string()), ("b", pa.string())])
+    before = [
+        {"id": 1, "a": None, "b": "x"},
+        {"id": 2, "a": "", "b": "x"},
+        {"id": 3, "a": "a,b", "b": "c"},
+        {"id": 4, "a": "a|b", "b": "c"},
+        {"id": 5, "a": None, "b": None},
+    ]
+    accept_all(backend, engine, before, s, schema=schema)
+    after = [
+        {"id": 1, "a": "", "b": "x"},
+        {"id": 2, "a": None, "b": "x"},
+        {"id": 3, "a": "a", "b": "b,c"},
+        {"id": 4, "a": "a", "b": "b|c"},
+        {"id": 5, "a": None, "b": None},
+    ]
+    backend.load(after, schema)
+    stats = backend.build(engine, "r2", s, plan())
+    assert kinds(engine, "r2") == {str(i): "changed" for i in (1, 2, 3, 4)}
+    assert stats.unchanged == 1
+
+
+def test_dates_booleans_and_floats(backend: Backend, engine: DiffEngine) -> None:
+    s = spec(["day", "flag", "score"])
+    schema = pa.schema(
+        [("id", pa.int64()), ("day", pa.date32()), ("flag", pa.bool_()), ("score", pa.float64())]
+    )
+    row = {"id": 1, "day": dt.date(2024, 2, 29), "flag": False, "score": 0.1}
+    accept_all(backend, engine, [row, {**row, "id": 2}, {**row, "id": 3}], s, schema=schema)
+    backend.load(
+        [row, {**row, "id": 2, "flag": None}, {**row, "id": 3, "score": 0.1 + 2e-17 + 1e-16}],
+        schema,
+    )
+    backend.build(engine, "r2", s, plan())
+    assert kinds(engine, "r2") == {"2": "changed", "3": "changed"}
+
+
+# -- schema changes ------------------------------------------------------------------------------
+
+
+def test_a_new_unmapped_column_changes_nothing(backend: Backend, engine: DiffEngine) -> None:
+    accept_all(backend, engine, users(3))
+    backend.load([{**r, "nickname": "n"} for r in users(3)])
+    assert backend.build(engine, "r2", spec(), plan()).planned == 0
+
+
+def test_a_widened_integer_column_changes_nothing(backend: Backend, engine: DiffEngine) -> None:
+    s = spec(["score"])
+    narrow = pa.schema([("id", pa.int64()), ("score", pa.int32())])
+    wide = pa.schema([("id", pa.int64()), ("score", pa.int64())])
+    accept_all(backend, engine, [{"id": 1, "score": 5}, {"id": 2, "score": 6}], s, schema=narrow)
+    backend.load([{"id": 1, "score": 5}, {"id": 2, "score": 7}], wide)
+    backend.build(engine, "r2", s, plan())
+    assert kinds(engine, "r2") == {"2": "changed"}
+
+
+def test_a_mapped_column_changing_type_is_compared_or_fails_with_the_remedy(
+    backend: Backend, engine: DiffEngine
+) -> None:
+    s = spec(["score"])
+    ints = pa.schema([("id", pa.int64()), ("score", pa.int64())])
+    texts = pa.schema([("id", pa.int64()), ("score", pa.string())])
+    accept_all(backend, engine, [{"id": 1, "score": 5}, {"id": 2, "score": 6}], s, schema=ints)
+    backend.load([{"id": 1, "score": "5"}, {"id": 2, "score": "seven"}], texts)
+    if backend.engine_kind == "local":
+        # the accepted values, cast to text, compare by value: only the real change is sent
+        backend.build(engine, "r2", s, plan())
+        assert kinds(engine, "r2") == {"2": "changed"}
+        return
+    with pytest.raises(PlanError) as caught:
+        backend.build(engine, "r2", s, plan())
+    message = str(caught.value)
+    assert "'score'" in message and SYNC in message and "--full" in message
+    assert engine.snapshot_rows() == 2
+    stats = backend.build(engine, "r3", s, plan(full=True))  # the remedy
+    assert stats.planned == 2
+
+
+def test_a_lossy_type_change_fails_with_the_remedy(backend: Backend, engine: DiffEngine) -> None:
+    s = spec(["score"])
+    floats = pa.schema([("id", pa.int64()), ("score", pa.float64())])
+    ints = pa.schema([("id", pa.int64()), ("score", pa.int64())])
+    accept_all(backend, engine, [{"id": 1, "score": 1.5}], s, schema=floats)
+    backend.load([{"id": 1, "score": 2}], ints)
+    with pytest.raises(PlanError, match=r"'score' changed type from (double|DOUBLE)") as caught:
+        backend.build(engine, "r2", s, plan())
+    assert f"undertow run {SYNC} --full" in str(caught.value)
+    stats = backend.build(engine, "r3", s, plan(full=True))
+    assert stats.planned == 1
+
+
+# -- the warehouse engine's hash ------------------------------------------------------------------
+
+
+VECTORS = [
+    # (a, b), the canonical encoding, and its MD5 written out: these must never change
+    (("a,b", "c"), "3:a,b|1:c", "2dcfe82626d370e2c3e06f4197c3e4c8"),
+    (("a", "b,c"), "1:a|3:b,c", "62bbeaccad0c1f7742ab3ae33859bda4"),
+    ((None, ""), "~|0:", "b54f12a4acff065f27cfe8ab98942bb1"),
+    (("", None), "0:|~", "4d49257b1483321a6a383671f698ff05"),
+    (("é", "|"), "1:é|1:|", "952322452648096ee43c0062555cb509"),
+]
+
+
+@pytest.mark.parametrize("where", ["duckdb", "postgres"])
+def test_the_row_hash_matches_fixed_vectors(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    assert HASH_ALGORITHM == "md5-lenprefix-v1"
+    backend = (
+        _duckdb_backend("warehouse", tmp_path)
+        if where == "duckdb"
+        else _postgres_backend("warehouse", tmp_path, request.getfixturevalue("pg_database"))
+    )
+    schema = pa.schema([("id", pa.int64()), ("a", pa.string()), ("b", pa.string())])
+    backend.load([{"id": i, "a": a, "b": b} for i, ((a, b), _, _) in enumerate(VECTORS)], schema)
+    engine = backend.engine()
+    assert isinstance(engine, WarehouseDiffEngine)
+    sql = engine.render(f"SELECT u.id, {row_hash_sql(['a', 'b'], 'u')} AS h FROM users AS u")
+    rows = backend.source.extract(sql + " ORDER BY 1", model="t").read_all().to_pylist()
+    assert {r["id"]: r["h"] for r in rows} == {
+        i: digest for i, (_, _, digest) in enumerate(VECTORS)
+    }
+    for _, text, digest in VECTORS:
+        assert hashlib.md5(text.encode()).hexdigest() == digest
+    backend.source.close()
+
+
+def test_generated_sql_quotes_every_identifier(tmp_path: Path) -> None:
+    backend = _duckdb_backend("warehouse", tmp_path)
+    engine = WarehouseDiffEngine(
+        backend.source, 'we"ird sync', sql=SQL, model="users", schema='my "scratch"'
+    )
+    hashed = row_hash_sql(["a b", 'x"y'], "m")
+    sql = engine.render(f"SELECT {hashed} FROM t AS m")
+    assert '"a b"' in sql and '"x""y"' in sql
+    assert engine._t("ut_plans") == '"my ""scratch"""."ut_plans"'

@@ -1,0 +1,157 @@
+"""The scheduler loop of ``undertow serve``: every ``interval`` seconds (of its clock) it
+polls the upstream signals, starts every due sync, and checks the SLAs.
+
+It calls the :class:`~undertow.project.Project` facade only. Syncs run in a small thread
+pool (``workers``), never two runs of one sync at once. :meth:`Scheduler.tick` is one pass,
+so tests drive the scheduler with a :class:`~undertow.orchestration.schedule.ManualClock`
+and ``inline=True`` (runs happen inside ``tick``) without sleeping.
+
+On :meth:`Scheduler.shutdown` no new run starts; runs in progress stop after their batches
+in flight (recorded as ``cancelled``) and are queued again, so the next start finishes them.
+A run killed without warning (kill -9, power loss) stays unfinished in the state store and
+the next start resumes it from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from undertow.errors import SyncLockedError, UndertowError
+from undertow.orchestration.schedule import Clock, SystemClock
+from undertow.redact import redact
+from undertow.state.store import RunRecord, RunStatus
+
+if TYPE_CHECKING:
+    from undertow.orchestration.service import Due
+    from undertow.project import Project
+
+log = logging.getLogger("undertow.scheduler")
+
+
+class Scheduler:
+    def __init__(
+        self,
+        project: Project,
+        *,
+        clock: Clock | None = None,
+        interval: float = 5.0,
+        workers: int = 2,
+        inline: bool = False,
+    ) -> None:
+        self.project = project
+        self.clock: Clock = clock or SystemClock()
+        project.orchestration.clock = self.clock
+        self.interval = interval
+        self.inline = inline
+        self.stop = threading.Event()
+        """Set to end the loop; set ``halt`` too to stop the runs in progress."""
+        self.halt = threading.Event()
+        self.running: dict[str, Future[list[RunRecord]] | None] = {}
+        self._lock = threading.Lock()
+        self._pool = None if inline else ThreadPoolExecutor(workers, thread_name_prefix="sync")
+        self.records: list[RunRecord] = []
+        """Every run this scheduler finished (newest last)."""
+        self.errors: list[str] = []
+
+    # -- one pass ---------------------------------------------------------------------------
+
+    def tick(self) -> list[str]:
+        """Poll signals, start every due sync, check SLAs; return the syncs started."""
+        started: list[str] = []
+        try:
+            self.project.poll_signals()
+        except UndertowError as exc:
+            self._error(f"reading upstream signals failed: {exc}")
+        if self.stop.is_set():
+            return started
+        with self._lock:
+            running = set(self.running)
+        for due in self.project.due(running):
+            if self.stop.is_set():
+                break
+            self.project.launched(due)
+            started.append(due.sync)
+            if self._pool is None:
+                with self._lock:
+                    self.running[due.sync] = None
+                self._run(due)
+            else:
+                with self._lock:
+                    self.running[due.sync] = self._pool.submit(self._run, due)
+        try:
+            self.project.check_slas()
+        except UndertowError as exc:
+            self._error(f"checking SLAs failed: {exc}")
+        return started
+
+    def _run(self, due: Due) -> list[RunRecord]:
+        records: list[RunRecord] = []
+        try:
+            records = self.project.run(
+                [due.sync], full=due.full, trigger=due.reason[:40], chain=False, halt=self.halt
+            )
+            self.records.extend(records)
+            if self.halt.is_set() and any(r.status == RunStatus.CANCELLED for r in records):
+                # stopped by a shutdown: finish it at the next start
+                self.project.trigger(due.sync, reason="resume after shutdown")
+        except SyncLockedError:
+            pass  # `undertow run` in another process has it: the next tick looks again
+        except UndertowError as exc:
+            self._error(f"sync {due.sync}: {exc}")
+        except Exception as exc:  # a bug must not kill the scheduler
+            log.exception("sync %s crashed", due.sync)
+            self._error(f"sync {due.sync}: {type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self.running.pop(due.sync, None)
+        return records
+
+    def _error(self, text: str) -> None:
+        text = redact(text)
+        self.errors.append(text)
+        log.error("%s", text)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # the state store blinked: try again next tick
+                log.exception("scheduler tick failed")
+                self._error(f"scheduler tick failed: {type(exc).__name__}: {exc}")
+            if self.clock.wait(self.interval, self.stop):
+                break
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run_forever, name="undertow-scheduler", daemon=True)
+        thread.start()
+        return thread
+
+    def shutdown(self, *, grace: float = 30.0) -> None:
+        """Start nothing new; stop runs in progress after their batches in flight."""
+        self.stop.set()
+        self.halt.set()
+        if self._pool is not None:
+            with self._lock:
+                futures = [f for f in self.running.values() if f is not None]
+            for future in futures:
+                try:
+                    future.result(timeout=grace)
+                except Exception:  # already logged by _run, or the grace period ran out
+                    log.warning("a run did not stop within %.0fs of the shutdown", grace)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until no run is in progress (tests)."""
+        with self._lock:
+            futures = [f for f in self.running.values() if f is not None]
+        for future in futures:
+            try:
+                future.result(timeout=timeout)
+            except Exception:
+                return False
+        return True

@@ -1,0 +1,780 @@
+"""The ``warehouse`` diff engine: the snapshot and the diff SQL live in the source.
+
+Per sync, in a scratch schema the user names (default ``undertow``)::
+
+    ut_snap_<sync>        (pk..., match columns..., _ut_hash, _ut_fp, _ut_synced_at)
+    ut_plan_<sync>_<run>  the run's change set: _ut_seq, _ut_batch, _ut_key, _ut_fp,
+                          _ut_op, _ut_kind, the model's mapped columns, _ut_hash
+    ut_inv_<sync>_<run>   rows rejected for a NULL or duplicate primary key
+    ut_snapshots          one row per sync: hash algorithm, key and match columns, types
+    ut_plans              one row per live change set (written with it, in one transaction)
+
+Only the change set leaves the warehouse: the planned rows (added, changed, removed) with
+their mapped columns, read batch by batch by ``chunks()``. The model itself never does.
+
+**The snapshot keeps a hash, not the values** (unlike the ``local`` engine). A value-keeping
+snapshot would double the model's size inside the warehouse and make the diff join wide
+rows; a hash keeps it to the key plus 32 characters. What it costs:
+
+- the hash is stored, so its definition is frozen: :data:`HASH_ALGORITHM` names it, is
+  recorded with the snapshot, and a snapshot written by another algorithm is refused (the
+  remedy is ``--full`` or ``undertow reset``) rather than silently resending everything;
+- ``plan`` cannot show old -> new values of a changed row (only that it changed);
+- a removed row's old payload is gone, so the snapshot also keeps the values of the
+  sync's ``match`` columns: the destination needs them to find the record it deletes.
+  Other mapped columns of a removed row arrive as NULL;
+- a mapped column whose type changes cannot be compared under the new type: a change that
+  keeps the text form (integer widening, text <-> varchar) is accepted, any other fails the
+  run before sending, naming the column, with the ``--full`` / reset remedy.
+
+The hash (see :func:`row_hash_sql`) is MD5 over a canonical encoding of the mapped
+non-key values, computed by the same SQL on the model and (at fold time, through the
+plan table) for the snapshot: each value becomes ``<length>:<text>`` (NULL becomes ``~``,
+which no length starts with) and the values are joined with ``|``. So ``NULL`` differs
+from ``''`` and ``('a,b', 'c')`` from ``('a', 'b,c')``. The text of a value is the
+warehouse's own cast to text, under a fixed session (UTC, ISO dates).
+
+SQL is written once (PostgreSQL syntax), every identifier quoted by sqlglot, and
+transpiled by sqlglot to the source's dialect. The model's own SQL is never re-rendered:
+it replaces a sentinel table name after transpiling.
+
+The change set is kept in the warehouse until the run ends (``discard``), so a resumed run
+reads the same plan; ``fold`` replays idempotently from the state store's checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from undertow.destinations.base import Operation
+from undertow.errors import ModelError, PlanError, PrimaryKeyError, StateError, UndertowError
+from undertow.pipeline.diff import ChangeStats, DiffEngine, DiffSpec, PlannedChunk
+from undertow.pipeline.plan import Plan
+from undertow.redact import redact
+from undertow.sources.base import Source, SqlSession
+
+HASH_ALGORITHM = "md5-lenprefix-v1"
+"""Recorded with every snapshot. Change it only with a migration: see the module docstring."""
+
+_T = "postgres"  # the dialect the templates below are written in
+_MODEL = "__ut_model__"  # sentinel replaced by the model's SQL after transpiling
+_META = ("_ut_seq", "_ut_batch", "_ut_key", "_ut_op", "_ut_kind")
+_VALUES_PER_INSERT = 1000
+
+
+def ident(name: str) -> str:
+    """An identifier quoted by sqlglot (template dialect); never pasted unquoted."""
+    return exp.to_identifier(name, quoted=True).sql(_T)
+
+
+def lit(value: str) -> str:
+    return exp.Literal.string(value).sql(_T)
+
+
+def text_of(column: str) -> str:
+    return f"CAST({column} AS TEXT)"
+
+
+def row_hash_sql(columns: Sequence[str], alias: str) -> str:
+    """MD5 of the NULL-aware, length-prefixed encoding of ``columns`` (template dialect)."""
+    if not columns:
+        return "MD5('')"
+    parts = []
+    for c in columns:
+        col = f"{alias}.{ident(c)}"
+        parts.append(
+            f"COALESCE(CAST(LENGTH({text_of(col)}) AS TEXT) || ':' || {text_of(col)}, '~')"
+        )
+    return "MD5(" + " || '|' || ".join(parts) + ")"
+
+
+def key_text_sql(keys: Sequence[str], alias: str) -> str:
+    """The row key as text, as the local engine writes it (``id`` or ``a=1, b=x``)."""
+    if len(keys) == 1:
+        return f"COALESCE({text_of(alias + '.' + ident(keys[0]))}, 'NULL')"
+    return " || ', ' || ".join(
+        f"{lit(k + '=')} || COALESCE({text_of(alias + '.' + ident(k))}, 'NULL')" for k in keys
+    )
+
+
+def _slug(text: str, size: int) -> str:
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    return re.sub(r"[^a-z0-9_]", "_", text.lower())[:size] + "_" + digest
+
+
+def _int_types_compatible(old: str, new: str) -> bool:
+    """A type change whose values keep their text form (so their hashes)."""
+    ints = re.compile(r"^u?int(8|16|32|64)$")
+    texts = {"string", "large_string", "string_view"}
+    return bool(ints.match(old) and ints.match(new)) or (old in texts and new in texts)
+
+
+class WarehouseDiffEngine(DiffEngine):
+    """The diff run inside the source; see the module docstring for the tables it keeps."""
+
+    name = "warehouse"
+    pulls_model = False
+
+    def __init__(
+        self,
+        source: Source,
+        sync: str,
+        *,
+        sql: str,
+        model: str,
+        schema: str = "undertow",
+        match_columns: Sequence[str] = (),
+        dry_run: bool = False,
+    ) -> None:
+        if source.sql_dialect is None:
+            source.session()  # raises the source's "cannot run the warehouse engine" error
+        self.source = source
+        self.sync = sync
+        self.model_sql = re.sub(r"[\s;]+$", "", sql)
+        self.model = model
+        self.schema = schema
+        self.match_columns = list(match_columns)
+        self.dry_run = dry_run
+        self.dialect: str = source.sql_dialect or _T
+        base = _slug(sync, 24)
+        self._snap = f"ut_snap_{base}"
+        self._base = base
+        self._previews: set[str] = set()
+        # work tables live for one build or fold: PostgreSQL need not WAL-log them
+        self._work_table = "CREATE UNLOGGED TABLE" if self.dialect == "postgres" else "CREATE TABLE"
+
+    # -- SQL --------------------------------------------------------------------------------
+
+    def _t(self, table: str) -> str:
+        return f"{ident(self.schema)}.{ident(table)}"
+
+    def _plan_name(self, run_id: str) -> str:
+        return f"ut_plan_{self._base}_{hashlib.sha1(run_id.encode()).hexdigest()[:10]}"
+
+    def _inv_name(self, run_id: str) -> str:
+        return f"ut_inv_{self._base}_{hashlib.sha1(run_id.encode()).hexdigest()[:10]}"
+
+    def _work_name(self, run_id: str, what: str) -> str:
+        return f"ut_work_{self._base}_{hashlib.sha1(run_id.encode()).hexdigest()[:10]}_{what}"
+
+    def render(self, template: str, columns: Sequence[str] | None = None) -> str:
+        """Transpile ``template`` to the source's dialect; splice in the projected model."""
+        out: str = sqlglot.transpile(template, read=_T, write=self.dialect)[0]
+        sentinel = exp.to_identifier(_MODEL, quoted=True).sql(self.dialect)
+        if sentinel in out:
+            cols = ", ".join(
+                exp.to_identifier(c, quoted=True).sql(self.dialect) for c in columns or ()
+            )
+            inner = exp.to_identifier("_ut_src", quoted=True).sql(self.dialect)
+            model = f"(SELECT {cols} FROM (\n{self.model_sql}\n) AS {inner})"
+            out = out.replace(sentinel, model)
+        return out
+
+    @contextmanager
+    def _session(self) -> Iterator[_Runner]:
+        session = self.source.session()
+        try:
+            yield _Runner(self, session)
+        finally:
+            session.close()
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def _ensure_schema(self, run: _Runner) -> None:
+        found = run.rows(
+            "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = "
+            + lit(self.schema)
+        )
+        if not found[0][0]:
+            run.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(self.schema)}")
+        run.execute(
+            f"""CREATE TABLE IF NOT EXISTS {self._t("ut_snapshots")} (
+                    sync VARCHAR(255), snapshot_table VARCHAR(255), hash_algorithm VARCHAR(64),
+                    key_columns TEXT, match_columns TEXT, column_types TEXT,
+                    created_at TIMESTAMP)"""
+        )
+        run.execute(
+            f"""CREATE TABLE IF NOT EXISTS {self._t("ut_plans")} (
+                    sync VARCHAR(255), run_id VARCHAR(255), plan_table VARCHAR(255),
+                    invalid_table VARCHAR(255), created_at TIMESTAMP)"""
+        )
+
+    def _has_table(self, run: _Runner, table: str) -> bool:
+        rows = run.rows(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = "
+            f"{lit(self.schema)} AND table_name = {lit(table)}"
+        )
+        return bool(rows[0][0])
+
+    def _meta(self, run: _Runner) -> dict[str, Any] | None:
+        if not self._has_table(run, "ut_snapshots"):
+            return None
+        rows = run.rows(
+            f"""SELECT hash_algorithm, key_columns, match_columns, column_types
+                FROM {self._t("ut_snapshots")} WHERE sync = {lit(self.sync)}"""
+        )
+        if not rows or not self._has_table(run, self._snap):
+            return None
+        alg, keys, match, types = rows[0]
+        return {
+            "hash_algorithm": alg,
+            "keys": json.loads(keys),
+            "match": json.loads(match),
+            "types": json.loads(types),
+        }
+
+    def _write_meta(
+        self, run: _Runner, keys: list[str], carry: list[str], types: dict[str, str]
+    ) -> None:
+        run.execute(f"DELETE FROM {self._t('ut_snapshots')} WHERE sync = {lit(self.sync)}")
+        values = ", ".join(
+            lit(v)
+            for v in (
+                self.sync,
+                self._snap,
+                HASH_ALGORITHM,
+                json.dumps(keys),
+                json.dumps(carry),
+                json.dumps(types, sort_keys=True),
+            )
+        )
+        run.execute(f"INSERT INTO {self._t('ut_snapshots')} VALUES ({values}, CURRENT_TIMESTAMP)")
+
+    # -- build ------------------------------------------------------------------------------
+
+    def build(
+        self,
+        run_id: str,
+        reader: pa.RecordBatchReader | None,
+        spec: DiffSpec,
+        plan: Plan,
+        batch_size: int,
+        *,
+        only_keys: Collection[str] | None = None,
+        watch_keys: Collection[str] | None = None,
+    ) -> ChangeStats:
+        if reader is not None:
+            reader.close()  # this engine reads the model inside the warehouse
+        keys, values = spec.keys, spec.values
+        columns = keys + values
+        carry = [c for c in self.match_columns if c in values]
+        described = self.source.describe(
+            self.render(f"SELECT * FROM {ident(_MODEL)} AS m", columns), model=self.model
+        )
+        missing = [k for k in keys if k not in described.names]
+        if missing:
+            raise PrimaryKeyError(
+                f"sync {spec.sync!r}: primary key column(s) {', '.join(map(repr, missing))} "
+                f"not in the model's columns ({', '.join(described.names)})",
+                hint="fix `primary_key:` of the model or add the column to its SQL",
+            )
+        types = {f.name: str(f.type) for f in described}
+        if self.dry_run:
+            self._previews.add(run_id)
+        with self._session() as run:
+            self._ensure_schema(run)
+            meta = self._meta(run)
+            if meta is not None:
+                self._check_snapshot(meta, spec, types, plan)
+            try:
+                return self._build(
+                    run, run_id, spec, plan, batch_size, meta, carry, types, only_keys, watch_keys
+                )
+            except UndertowError:
+                raise
+            except Exception as exc:
+                run.rollback_quietly()
+                raise ModelError(
+                    redact(str(exc)).strip().splitlines()[0],
+                    model=self.model,
+                    source=self.source.instance_name,
+                    hint="fix the model's SQL; nothing was sent and the snapshot is unchanged",
+                ) from exc
+
+    def _check_snapshot(
+        self, meta: dict[str, Any], spec: DiffSpec, types: dict[str, str], plan: Plan
+    ) -> None:
+        remedy = (
+            f"run `undertow run {spec.sync} --full` to resend every row (the snapshot is "
+            f"rebuilt as the destination accepts them), or `undertow reset {spec.sync}`"
+        )
+        if meta["keys"] != spec.keys:
+            raise StateError(
+                f"sync {spec.sync!r}: the model's primary key changed from "
+                f"{', '.join(meta['keys'])} to {', '.join(spec.keys)} since the snapshot in "
+                f"schema {self.schema!r} was written; nothing was sent",
+                hint=f"run `undertow reset {spec.sync}` (the next run is a first run)",
+            )
+        if plan.full:
+            return  # every row is planned: the snapshot is rewritten under the new types
+        if meta["hash_algorithm"] != HASH_ALGORITHM:
+            raise StateError(
+                f"sync {spec.sync!r}: the snapshot in schema {self.schema!r} was hashed with "
+                f"{meta['hash_algorithm']!r}, this version uses {HASH_ALGORITHM!r}; its rows "
+                "cannot be compared, and nothing was sent",
+                hint=remedy,
+            )
+        for column, old in meta["types"].items():
+            new = types.get(column)
+            if new is None or new == old or column not in spec.values:
+                continue
+            if not _int_types_compatible(old, new):
+                raise PlanError(
+                    f"sync {spec.sync!r}: mapped column {column!r} changed type from {old} to "
+                    f"{new} since the last run; the warehouse diff engine keeps a hash of the "
+                    "accepted values, not the values, so it cannot compare them under the new "
+                    "type; nothing was sent",
+                    hint=remedy,
+                )
+
+    def _build(
+        self,
+        run: _Runner,
+        run_id: str,
+        spec: DiffSpec,
+        plan: Plan,
+        batch_size: int,
+        meta: dict[str, Any] | None,
+        carry: list[str],
+        types: dict[str, str],
+        only_keys: Collection[str] | None,
+        watch_keys: Collection[str] | None,
+    ) -> ChangeStats:
+        keys, values = spec.keys, spec.values
+        columns = keys + values
+        stats = ChangeStats()
+        plan_t, inv_t = self._t(self._plan_name(run_id)), self._t(self._inv_name(run_id))
+        cur = self._t(self._work_name(run_id, "cur"))
+        dup = self._t(self._work_name(run_id, "dup"))
+        chg = self._t(self._work_name(run_id, "chg"))
+        only_t = self._t(self._work_name(run_id, "only"))
+        watch_t = self._t(self._work_name(run_id, "watch"))
+        work = [cur, dup, chg, only_t, watch_t]
+        self._drop(run, [plan_t, inv_t, *work])
+        run.execute(
+            f"DELETE FROM {self._t('ut_plans')} WHERE sync = {lit(self.sync)} "
+            f"AND run_id = {lit(run_id)}"
+        )
+        fp = int(spec.fingerprint)
+        snap = self._t(self._snap)
+        snapshot_exists = meta is not None
+        if not snapshot_exists and not self.dry_run:
+            run.execute(
+                f"""CREATE TABLE {snap} AS SELECT {", ".join(f"m.{ident(c)}" for c in keys + carry)},
+                        MD5('') AS _ut_hash, CAST(0 AS BIGINT) AS _ut_fp,
+                        CURRENT_TIMESTAMP AS _ut_synced_at
+                    FROM {ident(_MODEL)} AS m WHERE 1 = 0""",
+                columns,
+            )
+            self._write_meta(run, keys, carry, {c: types[c] for c in columns})
+            snapshot_exists = True
+        elif snapshot_exists and meta is not None and meta["match"] != carry:
+            self._recarry(run, spec, meta["match"], carry, columns)
+        if snapshot_exists and not self.dry_run:
+            self._write_meta(run, keys, carry, {c: types[c] for c in columns})
+        if snapshot_exists and (self.dry_run and meta is not None and meta["match"] != carry):
+            old = set(meta["match"])
+            picks = [f"s.{ident(k)}" for k in keys] + [
+                f"s.{ident(c)}" if c in old else f"CAST(NULL AS TEXT) AS {ident(c)}" for c in carry
+            ]
+            snap_rel = f"(SELECT {', '.join(picks)}, s._ut_hash, s._ut_fp FROM {snap} AS s)"
+        elif snapshot_exists:
+            snap_rel = snap
+        else:  # a dry run before any run: an empty snapshot shaped like the model
+            picks = [f"m.{ident(c)}" for c in keys + carry]
+            snap_rel = (
+                f"(SELECT {', '.join(picks)}, MD5('') AS _ut_hash, CAST(0 AS BIGINT) AS _ut_fp "
+                f"FROM {ident(_MODEL)} AS m WHERE 1 = 0)"
+            )
+
+        key_sel = ", ".join(f"m.{ident(c)}" for c in columns)
+        run.execute(
+            f"""{self._work_table} {cur} AS SELECT {key_sel}, {row_hash_sql(values, "m")} AS _ut_hash,
+                       {key_text_sql(keys, "m")} AS _ut_key
+                FROM {ident(_MODEL)} AS m""",
+            columns,
+        )
+        stats.extracted = run.scalar(f"SELECT COUNT(*) FROM {cur}")
+        for table, wanted in ((only_t, only_keys), (watch_t, watch_keys)):
+            run.execute(f"CREATE TABLE {table} (k TEXT)")
+            run.insert_values(table, sorted(wanted or ()))
+        if only_keys is not None:
+            run.execute(f"DELETE FROM {cur} WHERE _ut_key NOT IN (SELECT k FROM {only_t})")
+            stats.extracted = run.scalar(f"SELECT COUNT(*) FROM {cur}")
+        stats.snapshot = run.scalar(f"SELECT COUNT(*) FROM {snap_rel} AS s")
+
+        def on(a: str, b: str) -> str:
+            return " AND ".join(f"{a}.{ident(k)} = {b}.{ident(k)}" for k in keys)
+
+        key_cols = ", ".join(ident(k) for k in keys)
+        not_null = " AND ".join(f"{ident(k)} IS NOT NULL" for k in keys)
+        any_null = " OR ".join(f"c.{ident(k)} IS NULL" for k in keys)
+        run.execute(
+            f"""{self._work_table} {dup} AS SELECT {key_cols}, COUNT(*) AS _ut_n FROM {cur}
+                WHERE {not_null} GROUP BY {key_cols} HAVING COUNT(*) > 1"""
+        )
+        run.execute(
+            f"""CREATE TABLE {inv_t} AS
+                SELECT c._ut_key AS _ut_key,
+                       {lit("NULL primary key (" + ", ".join(keys) + ")")} AS reason
+                FROM {cur} AS c WHERE {any_null}
+                UNION ALL
+                SELECT {key_text_sql(keys, "d")} AS _ut_key,
+                       'duplicate primary key: ' || CAST(d._ut_n AS TEXT) || ' rows share it'
+                FROM {dup} AS d"""
+        )
+        null_rows = run.scalar(f"SELECT COUNT(*) FROM {cur} AS c WHERE {any_null}")
+        dup_rows = run.scalar(f"SELECT COALESCE(SUM(_ut_n), 0) FROM {dup}")
+        stats.invalid = null_rows + dup_rows
+
+        differs = f"(c._ut_hash <> s._ut_hash OR s._ut_fp <> {fp})"
+        valid = f"NOT ({any_null}) AND NOT EXISTS (SELECT 1 FROM {dup} AS d WHERE {on('d', 'c')})"
+        new_cols = ", ".join(f"c.{ident(c)}" for c in columns)
+        old_cols = ", ".join(
+            f"s.{ident(c)}" if c in keys or c in carry else f"NULL AS {ident(c)}" for c in columns
+        )
+        full = "unchanged" in plan.ops
+        only_snap = (
+            f" AND {key_text_sql(keys, 's')} IN (SELECT k FROM {only_t})"
+            if only_keys is not None
+            else ""
+        )
+        run.execute(
+            f"""{self._work_table} {chg} AS
+                SELECT CAST('added' AS TEXT) AS _ut_kind, c._ut_key, {new_cols}, c._ut_hash
+                FROM {cur} AS c
+                WHERE {valid} AND NOT EXISTS (SELECT 1 FROM {snap_rel} AS s WHERE {on("s", "c")})
+                UNION ALL
+                SELECT CASE WHEN {differs} THEN 'changed' ELSE 'unchanged' END, c._ut_key,
+                       {new_cols}, c._ut_hash
+                FROM {cur} AS c JOIN {snap_rel} AS s ON {on("s", "c")}
+                WHERE {valid}{"" if full else " AND " + differs}
+                UNION ALL
+                SELECT 'removed', {key_text_sql(keys, "s")}, {old_cols}, s._ut_hash
+                FROM {snap_rel} AS s
+                WHERE NOT EXISTS (SELECT 1 FROM {cur} AS c WHERE {on("c", "s")}){only_snap}"""
+        )
+        counts = dict(run.rows(f"SELECT _ut_kind, COUNT(*) FROM {chg} GROUP BY _ut_kind"))
+        counts = {str(k): int(v) for k, v in counts.items()}
+        stats.added = counts.get("added", 0)
+        stats.changed = counts.get("changed", 0)
+        stats.removed = counts.get("removed", 0)
+        stats.unchanged = stats.extracted - stats.invalid - stats.added - stats.changed
+
+        groups = _groups(plan, counts, batch_size)
+        stats.total_batches = groups.total_batches
+        stats.planned = groups.planned
+        stats.deletes = groups.deletes
+        meta_cols = (
+            "CAST(0 AS BIGINT) AS _ut_seq, CAST(0 AS BIGINT) AS _ut_batch, "
+            "CAST('' AS TEXT) AS _ut_op, CAST(0 AS BIGINT) AS _ut_fp"
+        )
+        body = f"_ut_kind, _ut_key, {', '.join(ident(c) for c in columns)}, _ut_hash"
+        run.execute(f"CREATE TABLE {plan_t} AS SELECT {meta_cols}, {body} FROM {chg} WHERE 1 = 0")
+        for first, op, kinds in groups.inserts:
+            run.execute(
+                f"""INSERT INTO {plan_t}
+                    SELECT {first * batch_size} + n._ut_rn,
+                           {first} + CAST(DIV(n._ut_rn, {int(batch_size)}) AS BIGINT),
+                           {lit(str(op))}, {fp}, {body}
+                    FROM (SELECT x.*, ROW_NUMBER() OVER () - 1 AS _ut_rn FROM {chg} AS x
+                          WHERE x._ut_kind IN ({", ".join(lit(k) for k in kinds)})) AS n"""
+            )
+        if watch_keys:
+            settled = run.rows(
+                f"""SELECT k FROM {watch_t}
+                    WHERE k NOT IN (SELECT _ut_key FROM {plan_t})
+                      AND k NOT IN (SELECT _ut_key FROM {inv_t}) ORDER BY k"""
+            )
+            stats.settled = [str(k) for (k,) in settled]
+        self._drop(run, work)
+        run.execute(
+            f"""INSERT INTO {self._t("ut_plans")} VALUES ({lit(self.sync)}, {lit(run_id)},
+                {lit(self._plan_name(run_id))}, {lit(self._inv_name(run_id))}, CURRENT_TIMESTAMP)"""
+        )
+        return stats
+
+    def _recarry(
+        self, run: _Runner, spec: DiffSpec, old: list[str], carry: list[str], columns: list[str]
+    ) -> None:
+        """The sync's match columns changed: rebuild the snapshot with the new ones.
+
+        Their values come from the model now (the fingerprint changed with ``match``, so
+        every row is planned again anyway); rows no longer in the model keep the old
+        columns' values where a column stayed, NULL otherwise.
+        """
+        keys = spec.keys
+        snap = self._t(self._snap)
+        tmp = self._t(self._snap + "_new")
+        on = " AND ".join(f"m.{ident(k)} = s.{ident(k)}" for k in keys)
+        picks = [f"s.{ident(k)}" for k in keys] + [
+            f"COALESCE(m.{ident(c)}, s.{ident(c)}) AS {ident(c)}" if c in old else f"m.{ident(c)}"
+            for c in carry
+        ]
+        self._drop(run, [tmp])
+        run.execute(
+            f"""CREATE TABLE {tmp} AS SELECT {", ".join(picks)}, s._ut_hash, s._ut_fp,
+                       s._ut_synced_at
+                FROM {snap} AS s LEFT JOIN {ident(_MODEL)} AS m ON {on}""",
+            columns,
+        )
+        self._drop(run, [snap])
+        run.execute(f"ALTER TABLE {tmp} RENAME TO {ident(self._snap)}")
+
+    def _drop(self, run: _Runner, tables: Iterable[str]) -> None:
+        for table in tables:
+            run.execute(f"DROP TABLE IF EXISTS {table}")
+
+    # -- reading the plan -------------------------------------------------------------------
+
+    def has_plan(self, run_id: str) -> bool:
+        with self._session() as run:
+            if not self._has_table(run, "ut_plans"):
+                return False
+            return bool(
+                run.scalar(
+                    f"""SELECT COUNT(*) FROM {self._t("ut_plans")}
+                        WHERE sync = {lit(self.sync)} AND run_id = {lit(run_id)}"""
+                )
+            )
+
+    def invalid_rows(self, run_id: str, limit: int | None = None) -> list[tuple[str, str]]:
+        with self._session() as run:
+            if not self._has_table(run, self._inv_name(run_id)):
+                return []
+            sql = f"SELECT _ut_key, reason FROM {self._t(self._inv_name(run_id))} ORDER BY _ut_key"
+            if limit is not None:
+                sql += f" LIMIT {int(limit)}"
+            return [(str(k), str(r)) for k, r in run.rows(sql)]
+
+    def _read(self, sql: str) -> pl.DataFrame:
+        """Read rows of the scratch schema through the source's own Arrow extraction."""
+        reader = self.source.extract(self.render(sql), model=f"{self.model} (change set)")
+        try:
+            table = reader.read_all()
+        finally:
+            reader.close()
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
+    def _plan_columns(self, run_id: str) -> list[str]:
+        with self._session() as run:
+            rows = run.rows(
+                f"""SELECT column_name FROM information_schema.columns
+                    WHERE table_schema = {lit(self.schema)}
+                      AND table_name = {lit(self._plan_name(run_id))}
+                    ORDER BY ordinal_position"""
+            )
+        return [str(r[0]) for r in rows]
+
+    def chunks(
+        self, run_id: str, *, skip: set[int], batches_per_chunk: int = 64
+    ) -> Iterator[PlannedChunk]:
+        table = self._t(self._plan_name(run_id))
+        with self._session() as run:
+            top = run.rows(f"SELECT MAX(_ut_batch) FROM {table}")[0][0]
+        if top is None:
+            return
+        cols = [c for c in self._plan_columns(run_id) if c not in ("_ut_fp", "_ut_hash")]
+        model_cols = [c for c in cols if c not in _META]
+        select = ", ".join(ident(c) for c in [*_META, *model_cols])
+        start, last = 0, int(top)
+        while start <= last:
+            todo = [
+                b for b in range(start, min(start + batches_per_chunk, last + 1)) if b not in skip
+            ]
+            start += batches_per_chunk
+            if not todo:
+                continue
+            frame = self._read(
+                f"SELECT {select} FROM {table} WHERE _ut_batch BETWEEN {int(todo[0])} "
+                f"AND {int(todo[-1])} ORDER BY _ut_seq"
+            )
+            if skip:
+                frame = frame.filter(pl.col("_ut_batch").is_in(todo))
+            if frame.is_empty():
+                continue
+            ops = frame.select("_ut_batch", "_ut_op").unique(
+                subset="_ut_batch", maintain_order=True
+            )
+            yield PlannedChunk(
+                frame=frame, batches=[(int(b), Operation(o)) for b, o in ops.iter_rows()]
+            )
+
+    def changed_rows(self, run_id: str, limit: int) -> pl.DataFrame:
+        """Changed rows, new values only: the snapshot keeps hashes, not old values."""
+        cols = [c for c in self._plan_columns(run_id) if c not in ("_ut_hash",)]
+        return self._read(
+            f"SELECT {', '.join(ident(c) for c in cols)} FROM {self._t(self._plan_name(run_id))} "
+            f"WHERE _ut_kind = 'changed' ORDER BY _ut_seq LIMIT {int(limit)}"
+        )
+
+    # -- record -----------------------------------------------------------------------------
+
+    def fold(self, run_id: str, spec: DiffSpec, done: set[int], not_accepted: Sequence[int]) -> int:
+        if not done or self.dry_run or not self.has_plan(run_id):
+            return 0
+        keys = spec.keys
+        plan_t, snap = self._t(self._plan_name(run_id)), self._t(self._snap)
+        done_t = self._t(self._work_name(run_id, "done"))
+        bad_t = self._t(self._work_name(run_id, "bad"))
+        acc_t = self._t(self._work_name(run_id, "acc"))
+        with self._session() as run:
+            meta = self._meta(run)
+            carry = list(meta["match"]) if meta else []
+            self._drop(run, [done_t, bad_t, acc_t])
+            run.execute(f"CREATE TABLE {done_t} (n BIGINT)")
+            run.execute(f"CREATE TABLE {bad_t} (n BIGINT)")
+            run.insert_values(done_t, sorted(done))
+            run.insert_values(bad_t, sorted(set(not_accepted)))
+            snap_cols = [*keys, *carry]
+            run.execute(
+                f"""{self._work_table} {acc_t} AS
+                    SELECT {", ".join(f"p.{ident(c)}" for c in snap_cols)}, p._ut_kind,
+                           p._ut_hash, p._ut_fp
+                    FROM {plan_t} AS p
+                    WHERE p._ut_batch IN (SELECT n FROM {done_t})
+                      AND p._ut_seq NOT IN (SELECT n FROM {bad_t})"""
+            )
+            on = " AND ".join(f"a.{ident(k)} = {ident(self._snap)}.{ident(k)}" for k in keys)
+            try:
+                run.execute("BEGIN")
+                run.execute(
+                    f"DELETE FROM {snap} WHERE EXISTS (SELECT 1 FROM {acc_t} AS a WHERE {on})"
+                )
+                names = ", ".join(ident(c) for c in snap_cols)
+                run.execute(
+                    f"""INSERT INTO {snap} ({names}, _ut_hash, _ut_fp, _ut_synced_at)
+                        SELECT {names}, _ut_hash, _ut_fp, CURRENT_TIMESTAMP FROM {acc_t}
+                        WHERE _ut_kind <> 'removed'"""
+                )
+                run.execute("COMMIT")
+            except Exception:
+                run.rollback_quietly()
+                raise
+            folded = run.scalar(f"SELECT COUNT(*) FROM {acc_t}")
+            self._drop(run, [done_t, bad_t, acc_t])
+        return folded
+
+    def discard(self, run_id: str) -> None:
+        with self._session() as run:
+            self._discard(run, run_id)
+
+    def _discard(self, run: _Runner, run_id: str) -> None:
+        names = [self._plan_name(run_id), self._inv_name(run_id)]
+        names += [self._work_name(run_id, w) for w in ("cur", "dup", "chg", "only", "watch")]
+        names += [self._work_name(run_id, w) for w in ("done", "bad", "acc")]
+        self._drop(run, [self._t(n) for n in names])
+        if self._has_table(run, "ut_plans"):
+            run.execute(
+                f"""DELETE FROM {self._t("ut_plans")}
+                    WHERE sync = {lit(self.sync)} AND run_id = {lit(run_id)}"""
+            )
+
+    def discard_all_plans(self, keep: str | None = None) -> None:
+        with self._session() as run:
+            if not self._has_table(run, "ut_plans"):
+                return
+            for (run_id,) in run.rows(
+                f"SELECT run_id FROM {self._t('ut_plans')} WHERE sync = {lit(self.sync)}"
+            ):
+                if run_id != keep:
+                    self._discard(run, str(run_id))
+
+    def reset(self) -> None:
+        with self._session() as run:
+            self._drop(run, [self._t(self._snap)])
+            if self._has_table(run, "ut_snapshots"):
+                run.execute(f"DELETE FROM {self._t('ut_snapshots')} WHERE sync = {lit(self.sync)}")
+        self.discard_all_plans()
+
+    def snapshot_rows(self) -> int:
+        with self._session() as run:
+            if not self._has_table(run, self._snap):
+                return 0
+            return run.scalar(f"SELECT COUNT(*) FROM {self._t(self._snap)}")
+
+    def close(self) -> None:
+        previews, self._previews = self._previews, set()
+        if previews:
+            with self._session() as run:
+                for run_id in previews:
+                    self._discard(run, run_id)
+
+
+class _Runner:
+    """A session that renders each statement for the source's dialect before sending it."""
+
+    def __init__(self, engine: WarehouseDiffEngine, session: SqlSession) -> None:
+        self.engine = engine
+        self.session = session
+
+    def execute(self, template: str, columns: Sequence[str] | None = None) -> None:
+        if template in ("BEGIN", "COMMIT", "ROLLBACK"):
+            self.session.execute(template)
+            return
+        self.session.execute(self.engine.render(template, columns))
+
+    def rows(self, template: str) -> list[tuple[Any, ...]]:
+        return self.session.rows(self.engine.render(template))
+
+    def scalar(self, template: str) -> int:
+        value = self.rows(template)[0][0]
+        return int(value or 0)
+
+    def insert_values(self, table: str, values: Sequence[int | str]) -> None:
+        for start in range(0, len(values), _VALUES_PER_INSERT):
+            part = values[start : start + _VALUES_PER_INSERT]
+            rows = ", ".join(f"({lit(v) if isinstance(v, str) else int(v)})" for v in part)
+            self.execute(f"INSERT INTO {table} VALUES {rows}")
+
+    def rollback_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # nothing was open
+            self.session.execute("ROLLBACK")
+
+
+class _Groups:
+    def __init__(self) -> None:
+        self.inserts: list[tuple[int, Operation, list[str]]] = []
+        self.total_batches = 0
+        self.planned = 0
+        self.deletes = 0
+
+
+def _groups(plan: Plan, counts: dict[str, int], batch_size: int) -> _Groups:
+    """Batches per (operation, old-or-new values) group, as the local engine numbers them."""
+    out = _Groups()
+    order: list[tuple[str, Operation]] = []
+    sizes: dict[tuple[str, Operation], int] = {}
+    kinds_of: dict[tuple[str, Operation], list[str]] = {}
+    for kind in ("removed", "added", "changed", "unchanged"):
+        op = plan.ops.get(kind)
+        n = counts.get(kind, 0)
+        if op is None or not n:
+            continue
+        gid = ("old" if kind == "removed" else "new", op)
+        if gid not in sizes:
+            order.append(gid)
+            sizes[gid] = 0
+            kinds_of[gid] = []
+        sizes[gid] += n
+        kinds_of[gid].append(kind)
+        if op in (Operation.DELETE, Operation.REMOVE):
+            out.deletes += n
+    for gid in order:
+        out.inserts.append((out.total_batches, gid[1], kinds_of[gid]))
+        out.total_batches += -(-sizes[gid] // batch_size)
+    out.planned = sum(sizes.values())
+    return out

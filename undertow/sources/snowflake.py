@@ -1,0 +1,413 @@
+"""Snowflake as a source (``type: snowflake``), with snowflake-connector-python.
+
+``describe()`` sends the model as a *describe-only* request (``cursor.describe``): Snowflake
+compiles it and returns the result's column metadata without running it (no warehouse is
+resumed for it). ``extract()`` runs the model and streams the result chunks Snowflake
+prepared, as Arrow (``cursor.fetch_arrow_batches``): the connector downloads one chunk at a
+time, so memory stays bounded by a chunk (tens of MB) plus one batch of ``batch_rows``.
+Each batch is cast to the schema derived from the column metadata (see docs/sources/snowflake.md).
+
+Every session sets ``TIMEZONE = 'UTC'`` (LTZ timestamps come out in UTC) and
+``QUOTED_IDENTIFIERS_IGNORE_CASE = FALSE`` (the warehouse diff engine quotes every
+identifier and relies on quoted names keeping their case).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pyarrow as pa
+from pydantic import Field, SecretStr, model_validator
+
+from undertow.errors import ModelError, SourceError
+from undertow.redact import register_secret
+from undertow.sources import _cloud
+from undertow.sources.base import (
+    DEFAULT_BATCH_ROWS,
+    Source,
+    SourceConfig,
+    SqlSession,
+    closing_reader,
+)
+
+DIALECT = "snowflake"
+_SESSION_PARAMETERS: dict[str, Any] = {
+    "TIMEZONE": "UTC",
+    "QUOTED_IDENTIFIERS_IGNORE_CASE": False,
+    "QUERY_TAG": "undertow",
+}
+_AT = re.compile(r"line (\d+) at position (\d+)")
+
+# snowflake.connector.constants.FIELD_TYPES: type_code -> name
+_FIXED, _REAL, _TEXT, _DATE, _TIMESTAMP, _VARIANT = 0, 1, 2, 3, 4, 5
+_TIMESTAMP_LTZ, _TIMESTAMP_TZ, _TIMESTAMP_NTZ, _OBJECT, _ARRAY, _BINARY = 6, 7, 8, 9, 10, 11
+_TIME, _BOOLEAN, _GEOGRAPHY, _GEOMETRY, _VECTOR = 12, 13, 14, 15, 16
+
+
+class SnowflakeConfig(SourceConfig):
+    """``type: snowflake``: an account and a user, with a password, a key pair or another
+    authenticator; ``url`` (``snowflake://user:password@account/database/schema?warehouse=..``)
+    fills the keys it names."""
+
+    type: Literal["snowflake"] = "snowflake"
+    url: SecretStr | None = None
+    account: str | None = None
+    """The account identifier, ``orgname-account_name`` (or the legacy locator)."""
+    user: str | None = None
+    password: SecretStr | None = None
+    private_key: SecretStr | None = None
+    """A PEM private key (key-pair authentication), its text; or ``private_key_file``."""
+    private_key_file: str | None = None
+    private_key_passphrase: SecretStr | None = None
+    authenticator: str | None = None
+    """``snowflake`` (default), ``externalbrowser``, ``oauth`` (with ``token``), ..."""
+    token: SecretStr | None = None
+    warehouse: str | None = None
+    role: str | None = None
+    database: str | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+    host: str | None = None
+    """Only for a private-link host or a local emulator; derived from ``account`` otherwise."""
+    port: int | None = None
+    protocol: Literal["https", "http"] = "https"
+    login_timeout: int = 30
+    """Seconds to wait for the login."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> SnowflakeConfig:
+        if self.url is not None:
+            self._apply_url(self.url.get_secret_value())
+        if not self.account or not self.user:
+            raise ValueError("set `account` and `user` (or a `url` naming both)")
+        if self.private_key is not None and self.private_key_file is not None:
+            raise ValueError("set `private_key` or `private_key_file`, not both")
+        return self
+
+    def _apply_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "snowflake":
+            raise ValueError("`url` must start with snowflake://")
+        path = [unquote(p) for p in parts.path.strip("/").split("/") if p]
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        given = {
+            "account": parts.hostname,
+            "user": unquote(parts.username) if parts.username else None,
+            "database": path[0] if path else None,
+            "schema_": path[1] if len(path) > 1 else None,
+            "warehouse": query.get("warehouse"),
+            "role": query.get("role"),
+            "authenticator": query.get("authenticator"),
+        }
+        for key, value in given.items():
+            if value is not None and getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        if parts.password and self.password is None:
+            object.__setattr__(self, "password", SecretStr(unquote(parts.password)))
+
+
+class SnowflakeSource(Source):
+    """Runs models on Snowflake; one connection per call, closed when the call ends."""
+
+    name: ClassVar[str] = "snowflake"
+    Config: ClassVar[type[SourceConfig]] = SnowflakeConfig
+    sql_dialect: ClassVar[str | None] = DIALECT
+
+    config: SnowflakeConfig
+
+    def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
+        if not isinstance(config, SnowflakeConfig):
+            config = SnowflakeConfig.model_validate(config.model_dump(by_alias=True))
+        super().__init__(config, name=name, base_dir=base_dir)
+        for secret in (config.password, config.private_key, config.private_key_passphrase):
+            register_secret(secret.get_secret_value() if secret else None)
+        register_secret(config.token.get_secret_value() if config.token else None)
+        if config.url is not None:
+            register_secret(urlsplit(config.url.get_secret_value()).password)
+
+    def quote_identifier(self, name: str) -> str:
+        return _cloud.quote(name, DIALECT)
+
+    # -- the Source interface ---------------------------------------------------------------
+
+    def check(self) -> None:
+        sf = _snowflake()
+        conn = self._connect()
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute("SELECT 1").fetchall()
+            except sf.errors.Error as exc:
+                raise SourceError(
+                    f"source {self.instance_name!r} (snowflake account {self.config.account}) "
+                    f"cannot run a query: {_cloud.first_line(exc)}"
+                ) from None
+            try:
+                role, warehouse = cur.execute(
+                    "SELECT CURRENT_ROLE(), CURRENT_WAREHOUSE()"
+                ).fetchone()
+            except sf.errors.ProgrammingError:
+                return  # an emulator without these functions: nothing more to check
+        finally:
+            conn.close()
+        if not warehouse:
+            raise SourceError(
+                f"source {self.instance_name!r}: role {role!r} has no warehouse to run models on",
+                hint="set `warehouse:` in the source config, and grant it: GRANT USAGE ON "
+                f"WAREHOUSE <name> TO ROLE {role or '<role>'};",
+            )
+
+    def describe(self, sql: str, *, model: str) -> pa.Schema:
+        sf = _snowflake()
+        text = _cloud.model_text(sql)
+        conn = self._connect()
+        try:
+            metadata = conn.cursor().describe(text)
+        except sf.errors.ProgrammingError as exc:
+            raise self._model_error(exc, text, model=model) from None
+        finally:
+            conn.close()
+        return schema_of(metadata)
+
+    def extract(
+        self, sql: str, *, model: str, batch_rows: int = DEFAULT_BATCH_ROWS
+    ) -> pa.RecordBatchReader:
+        if batch_rows <= 0:
+            raise ValueError(f"batch_rows must be positive, got {batch_rows}")
+        sf = _snowflake()
+        text = _cloud.model_text(sql)
+        conn = self._connect()
+        try:
+            cur = conn.cursor()
+            cur.execute(text)
+            schema = schema_of(cur.description)
+            pieces = cur.fetch_arrow_batches()
+        except sf.errors.ProgrammingError as exc:
+            conn.close()
+            raise self._model_error(exc, text, model=model) from None
+        except BaseException:
+            conn.close()
+            raise
+        batches = _cloud.closing(
+            _cloud.conformed(
+                self._guarded(pieces, model), schema, batch_rows, self._cast_error(model)
+            ),
+            conn.close,
+        )
+        try:
+            first = next(batches, None)
+        except BaseException:
+            batches.close()  # type: ignore[attr-defined]
+            raise
+        return closing_reader(schema, first, batches)
+
+    # -- the warehouse diff engine --------------------------------------------------------
+
+    def session(self) -> SqlSession:
+        """A read-write connection (autocommit; ``BEGIN`` ... ``COMMIT`` for transactions)."""
+        return _SnowflakeSession(self._connect())
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``snowflake.connector.connect`` (secrets included)."""
+        c = self.config
+        kwargs: dict[str, Any] = {
+            "account": c.account,
+            "user": c.user,
+            "warehouse": c.warehouse,
+            "role": c.role,
+            "database": c.database,
+            "schema": c.schema_,
+            "login_timeout": c.login_timeout,
+            "session_parameters": dict(_SESSION_PARAMETERS),
+            "arrow_number_to_decimal": True,
+            "application": "undertow",
+        }
+        if c.password is not None:
+            kwargs["password"] = c.password.get_secret_value()
+        if c.authenticator:
+            kwargs["authenticator"] = c.authenticator
+        if c.token is not None:
+            kwargs["token"] = c.token.get_secret_value()
+        key = self._private_key()
+        if key is not None:
+            kwargs["private_key"] = key
+        if c.host:
+            kwargs.update(host=c.host, protocol=c.protocol)
+        if c.port:
+            kwargs["port"] = c.port
+        return {k: v for k, v in kwargs.items() if v is not None}
+
+    def _private_key(self) -> bytes | None:
+        """The PEM key as DER (PKCS#8), the form the connector takes."""
+        c = self.config
+        if c.private_key is None and c.private_key_file is None:
+            return None
+        if c.private_key is not None:
+            pem = c.private_key.get_secret_value().encode()
+        else:
+            path = Path(self.base_dir, str(c.private_key_file)).expanduser()
+            try:
+                pem = path.read_bytes()
+            except OSError as exc:
+                raise SourceError(
+                    f"source {self.instance_name!r}: cannot read private_key_file {path}: "
+                    f"{exc.strerror}",
+                    hint="fix `private_key_file` (relative paths start at the project folder)",
+                ) from None
+        serialization = _cloud.driver(
+            "cryptography.hazmat.primitives.serialization", "cryptography", "snowflake"
+        )
+        passphrase = c.private_key_passphrase
+        try:
+            key = serialization.load_pem_private_key(
+                pem, password=passphrase.get_secret_value().encode() if passphrase else None
+            )
+        except (ValueError, TypeError) as exc:
+            raise SourceError(
+                f"source {self.instance_name!r}: the private key cannot be loaded: {exc}",
+                hint="give the PEM text of a PKCS#8 key (-----BEGIN PRIVATE KEY-----, or "
+                "ENCRYPTED PRIVATE KEY with `private_key_passphrase`)",
+            ) from None
+        der: bytes = key.private_bytes(
+            encoding=serialization.Encoding.DER,
+            format=serialization.PrivateFormat.PKCS8,
+            encryption_algorithm=serialization.NoEncryption(),
+        )
+        return der
+
+    def _connect(self) -> Any:
+        sf = _snowflake()
+        try:
+            return sf.connect(**self.connect_kwargs())
+        except sf.errors.Error as exc:
+            raise self._connect_error(exc) from None
+
+    def _connect_error(self, exc: BaseException) -> SourceError:
+        text = _cloud.first_line(exc)
+        lowered = text.lower()
+        who = f"source {self.instance_name!r}"
+        where = f"snowflake account {self.config.account!r}"
+        errno = getattr(exc, "errno", None)
+        if errno in (250001, 390100, 390144) or "incorrect username or password" in lowered:
+            return SourceError(
+                f"{who}: {where} refused user {self.config.user!r}: {text}",
+                hint="check `user` and the password or key (never shown); for key-pair auth, "
+                "the public key must be set on the user: ALTER USER <user> SET RSA_PUBLIC_KEY='...';",
+            )
+        if "role" in lowered and ("not exist" in lowered or "not authorized" in lowered):
+            return SourceError(
+                f"{who}: {text}",
+                hint=f"grant the role to the user: GRANT ROLE {self.config.role} TO USER "
+                f"{self.config.user}; or fix `role`",
+            )
+        if errno in (250003, 251011, 251012) or "timed out" in lowered or "resolve" in lowered:
+            return SourceError(
+                f"{who}: cannot reach {where}: {text}",
+                hint="check `account` is the account identifier (orgname-account_name, as in "
+                "https://<account>.snowflakecomputing.com) and that this machine reaches it",
+            )
+        return SourceError(f"{who}: cannot connect to {where}: {text}")
+
+    def _model_error(self, exc: BaseException, text: str, *, model: str) -> ModelError:
+        message = " ".join(
+            line.strip() for line in str(getattr(exc, "msg", None) or exc).splitlines()
+        )
+        at = _AT.search(message)
+        where = _cloud.position(text, int(at.group(1)), int(at.group(2)), base=0) if at else None
+        hint = None
+        if "does not exist or not authorized" in message:
+            hint = (
+                "check the name, or grant the source's role read access: GRANT USAGE ON "
+                "DATABASE/SCHEMA and GRANT SELECT ON the table (see docs/sources/snowflake.md)"
+            )
+        elif "no active warehouse" in message.lower():
+            hint = "set `warehouse:` in the source config, and GRANT USAGE ON WAREHOUSE to its role"
+        return ModelError(
+            _cloud.first_line(message),
+            model=model,
+            source=self.instance_name,
+            position=where,
+            hint=hint,
+        )
+
+    def _guarded(self, pieces: Iterator[Any], model: str) -> Iterator[Any]:
+        sf = _snowflake()
+        try:
+            yield from pieces
+        except sf.errors.Error as exc:
+            raise ModelError(
+                f"cannot read the rows: {_cloud.first_line(exc)}",
+                model=model,
+                source=self.instance_name,
+            ) from None
+
+    def _cast_error(self, model: str) -> Any:
+        def error(exc: BaseException) -> BaseException:
+            return ModelError(
+                f"cannot convert the rows to Arrow: {_cloud.first_line(exc)}",
+                model=model,
+                source=self.instance_name,
+                hint="cast the column in the model (col::VARCHAR) if it holds values the "
+                "documented Arrow type cannot (NUMBER(38,0) beyond 64 bits, dates before 1677 "
+                "in a TIMESTAMP(9))",
+            )
+
+        return error
+
+
+def arrow_type(type_code: int, precision: int | None, scale: int | None) -> pa.DataType:
+    """The Arrow type of a Snowflake result column (docs/sources/snowflake.md, Types)."""
+    if type_code == _FIXED:
+        if not scale:  # NUMBER(38, 0) is how Snowflake declares every integer column
+            return pa.int64()
+        return pa.decimal128(precision or 38, scale)
+    fraction = 9 if scale is None else scale
+    unit: Literal["us", "ns"] = "ns" if fraction > 6 else "us"
+    simple: dict[int, pa.DataType] = {
+        _REAL: pa.float64(),
+        _TEXT: pa.string(),
+        _DATE: pa.date32(),
+        _TIMESTAMP: pa.timestamp(unit),
+        _TIMESTAMP_NTZ: pa.timestamp(unit),
+        _TIMESTAMP_LTZ: pa.timestamp(unit, tz="UTC"),
+        _TIMESTAMP_TZ: pa.timestamp(unit, tz="UTC"),
+        _BINARY: pa.binary(),
+        _TIME: pa.time64(unit),
+        _BOOLEAN: pa.bool_(),
+        _VECTOR: pa.list_(pa.float64()),
+    }
+    return simple.get(type_code, pa.string())  # VARIANT/OBJECT/ARRAY/GEO*: JSON or WKT text
+
+
+def schema_of(metadata: Any) -> pa.Schema:
+    """The Arrow schema of a cursor's ``description`` (``ResultMetadata`` items)."""
+    return pa.schema(
+        pa.field(m.name, arrow_type(m.type_code, m.precision, m.scale)) for m in metadata
+    )
+
+
+def _snowflake() -> Any:
+    sf = _cloud.driver("snowflake.connector", "snowflake-connector-python", "snowflake")
+    _cloud.driver("snowflake.connector.errors", "snowflake-connector-python", "snowflake")
+    return sf
+
+
+class _SnowflakeSession:
+    dialect = DIALECT
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str) -> None:
+        self.conn.cursor().execute(sql)
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.conn.cursor().execute(sql).fetchall()]
+
+    def close(self) -> None:
+        self.conn.close()
