@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import polars as pl
 
-from undertow.checks import source_access
 from undertow.config.loader import LoadedProject, load_project
 from undertow.config.models import SyncConfig
 from undertow.destinations.base import Batch, Destination, Operation
@@ -192,6 +191,8 @@ class Project:
                     src = self.source(name)
                     try:
                         src.check()
+                        from undertow.checks import source_access  # sqlglot: validate only
+
                         for missing in source_access(self.loaded, name, src):
                             grants = " ".join(missing.grants)
                             add(

@@ -336,57 +336,70 @@ class LocalDiffEngine(DiffEngine):
             return f"hash({', '.join(f'{alias}.{q(c)}' for c in values)})"
 
         kinds_wanted = set(plan.ops)
-        m_keys = ", ".join(f"m.{q(k)} AS {q(META + 'm_' + k)}" for k in keys)
-        s_keys = ", ".join(f"s.{q(k)} AS {q(META + 's_' + k)}" for k in keys)
-        joined = " AND ".join(f"m.{q(META + 'm_' + k)} = s.{q(META + 's_' + k)}" for k in keys)
-        key0 = keys[0]
-        kind = f"""CASE WHEN s.{q(META + "s_" + key0)} IS NULL THEN 'added'
-                        WHEN m.{q(META + "m_" + key0)} IS NULL THEN 'removed'
-                        WHEN m._ut_h <> s._ut_h OR s._ut_fp <> {spec.fingerprint}
-                        THEN 'changed' ELSE 'unchanged' END"""
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE kinds AS
-            SELECT * FROM (
-                SELECT {kind} AS _ut_kind,
-                       {", ".join(f"m.{q(META + 'm_' + k)}" for k in keys)},
-                       {", ".join(f"s.{q(META + 's_' + k)}" for k in keys)}
-                FROM (SELECT {m_keys}, {row_hash("m")} AS _ut_h FROM model m
-                      ANTI JOIN dups d ON {on("m", "d")}
-                      WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}) m
-                FULL OUTER JOIN (SELECT {s_keys}, {row_hash("s")} AS _ut_h, s._ut_fp
-                                 FROM {snap} s) s ON {joined}
-            ) x
-            -- a key that became duplicated is not removed
-            ANTI JOIN dups d ON {" AND ".join(f"x.{q(META + 's_' + k)} = d.{q(k)}" for k in keys)}
-            {"" if "unchanged" in kinds_wanted else "WHERE x._ut_kind <> 'unchanged'"}
-            """
-        )
-        valid = int(self._one("select count(*) from model")) - stats.invalid
+        if stats.snapshot == 0:
+            # a first sync: every valid row is added; no join with the empty snapshot
+            null_olds = ", ".join(f"NULL AS {q(META + 'old_' + c)}" for c in values)
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE changes AS
+                    SELECT 'added' AS _ut_kind, {", ".join(f"m.{q(c)}" for c in keys + values)}
+                           {", " + null_olds if null_olds else ""}
+                    FROM model m ANTI JOIN dups d ON {on("m", "d")}
+                    WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}"""
+            )
+            con.execute("DROP TABLE IF EXISTS dups")
+            valid = int(self._one("select count(*) from model")) - stats.invalid
+        else:
+            m_keys = ", ".join(f"m.{q(k)} AS {q(META + 'm_' + k)}" for k in keys)
+            s_keys = ", ".join(f"s.{q(k)} AS {q(META + 's_' + k)}" for k in keys)
+            joined = " AND ".join(f"m.{q(META + 'm_' + k)} = s.{q(META + 's_' + k)}" for k in keys)
+            key0 = keys[0]
+            kind = f"""CASE WHEN s.{q(META + "s_" + key0)} IS NULL THEN 'added'
+                            WHEN m.{q(META + "m_" + key0)} IS NULL THEN 'removed'
+                            WHEN m._ut_h <> s._ut_h OR s._ut_fp <> {spec.fingerprint}
+                            THEN 'changed' ELSE 'unchanged' END"""
+            con.execute(
+                f"""
+                CREATE OR REPLACE TEMP TABLE kinds AS
+                SELECT * FROM (
+                    SELECT {kind} AS _ut_kind,
+                           {", ".join(f"m.{q(META + 'm_' + k)}" for k in keys)},
+                           {", ".join(f"s.{q(META + 's_' + k)}" for k in keys)}
+                    FROM (SELECT {m_keys}, {row_hash("m")} AS _ut_h FROM model m
+                          ANTI JOIN dups d ON {on("m", "d")}
+                          WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}) m
+                    FULL OUTER JOIN (SELECT {s_keys}, {row_hash("s")} AS _ut_h, s._ut_fp
+                                     FROM {snap} s) s ON {joined}
+                ) x
+                -- a key that became duplicated is not removed
+                ANTI JOIN dups d ON {" AND ".join(f"x.{q(META + 's_' + k)} = d.{q(k)}" for k in keys)}
+                {"" if "unchanged" in kinds_wanted else "WHERE x._ut_kind <> 'unchanged'"}
+                """
+            )
+            valid = int(self._one("select count(*) from model")) - stats.invalid
 
-        # 2. values, for the planned keys only
-        new_cols = ", ".join(f"v.{q(c)}" for c in values)
-        old_cols = ", ".join(f"s.{q(c)} AS {q(META + 'old_' + c)}" for c in values)
-        null_new = ", ".join(f"NULL AS {q(c)}" for c in values)
-        null_old = ", ".join(f"NULL AS {q(META + 'old_' + c)}" for c in values)
-        sep = ", " if values else ""
-        by_m = " AND ".join(f"v.{q(k)} = k.{q(META + 'm_' + k)}" for k in keys)
-        by_s = " AND ".join(f"s.{q(k)} = k.{q(META + 's_' + k)}" for k in keys)
-        parts = [
-            f"""SELECT k._ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
-                       {sep}{null_old}
-                FROM kinds k JOIN model v ON {by_m} WHERE k._ut_kind = 'added'""",
-            f"""SELECT k._ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
-                       {sep}{old_cols}
-                FROM kinds k JOIN model v ON {by_m} JOIN {snap} s ON {by_s}
-                WHERE k._ut_kind IN ('changed', 'unchanged')""",
-            f"""SELECT k._ut_kind, {", ".join(f"s.{q(k)}" for k in keys)}
-                       {sep}{null_new}{sep}{old_cols}
-                FROM kinds k JOIN {snap} s ON {by_s} WHERE k._ut_kind = 'removed'
-                {only_snap.replace("WHERE", "AND", 1)}""",
-        ]
-        con.execute("CREATE OR REPLACE TEMP TABLE changes AS " + " UNION ALL ".join(parts))
-        con.execute("DROP TABLE IF EXISTS kinds; DROP TABLE IF EXISTS dups")
+            # 2. values, for the planned keys only
+            new_cols = ", ".join(f"v.{q(c)}" for c in values)
+            old_cols = ", ".join(f"s.{q(c)} AS {q(META + 'old_' + c)}" for c in values)
+            null_new = ", ".join(f"NULL AS {q(c)}" for c in values)
+            null_old = ", ".join(f"NULL AS {q(META + 'old_' + c)}" for c in values)
+            sep = ", " if values else ""
+            by_m = " AND ".join(f"v.{q(k)} = k.{q(META + 'm_' + k)}" for k in keys)
+            by_s = " AND ".join(f"s.{q(k)} = k.{q(META + 's_' + k)}" for k in keys)
+            parts = [
+                f"""SELECT k._ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
+                           {sep}{null_old}
+                    FROM kinds k JOIN model v ON {by_m} WHERE k._ut_kind = 'added'""",
+                f"""SELECT k._ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
+                           {sep}{old_cols}
+                    FROM kinds k JOIN model v ON {by_m} JOIN {snap} s ON {by_s}
+                    WHERE k._ut_kind IN ('changed', 'unchanged')""",
+                f"""SELECT k._ut_kind, {", ".join(f"s.{q(k)}" for k in keys)}
+                           {sep}{null_new}{sep}{old_cols}
+                    FROM kinds k JOIN {snap} s ON {by_s} WHERE k._ut_kind = 'removed'
+                    {only_snap.replace("WHERE", "AND", 1)}""",
+            ]
+            con.execute("CREATE OR REPLACE TEMP TABLE changes AS " + " UNION ALL ".join(parts))
+            con.execute("DROP TABLE IF EXISTS kinds; DROP TABLE IF EXISTS dups")
         counts = dict(con.execute("select _ut_kind, count(*) from changes group by 1").fetchall())
         stats.added = int(counts.get("added", 0))
         stats.changed = int(counts.get("changed", 0))
@@ -422,10 +435,19 @@ class LocalDiffEngine(DiffEngine):
         for kind, op, _ in groups:
             kinds_of[("old" if kind == "removed" else "new", op)].append(kind)
         plan_table = self._plan_table(run_id)
+        # old values exist only for changed, unchanged and removed rows: a plan of added rows
+        # only (a first sync) leaves those columns out, which halves what is written
+        olds = [f"{META}old_{c}" for c in values]
+        drop_olds = (
+            f"EXCLUDE ({', '.join(q(c) for c in olds)})"
+            if olds and not (stats.changed or stats.removed or "unchanged" in kinds_wanted)
+            else ""
+        )
         con.execute(
             f"""CREATE TABLE {plan_table} AS
                 SELECT 0::BIGINT AS _ut_seq, 0::BIGINT AS _ut_batch, ''::VARCHAR AS _ut_key,
-                       0::BIGINT AS _ut_fp, ''::VARCHAR AS _ut_op, * FROM changes LIMIT 0"""
+                       0::BIGINT AS _ut_fp, ''::VARCHAR AS _ut_op, * {drop_olds}
+                FROM changes LIMIT 0"""
         )
         for gid in order:
             first = base[gid]
@@ -439,7 +461,7 @@ class LocalDiffEngine(DiffEngine):
                            {self._key_text(keys, "n")} AS _ut_key,
                            {spec.fingerprint}::BIGINT AS _ut_fp,
                            {lit(str(gid[1]))} AS _ut_op,
-                           * EXCLUDE (rn)
+                           * EXCLUDE (rn{", " + ", ".join(q(c) for c in olds) if drop_olds else ""})
                     FROM (SELECT *, row_number() OVER () - 1 AS rn FROM changes
                           WHERE _ut_kind IN ({kinds})) n"""
             )
@@ -602,51 +624,80 @@ class LocalDiffEngine(DiffEngine):
     # -- record -----------------------------------------------------------------------------
 
     def fold(self, run_id: str, spec: DiffSpec, done: set[int], not_accepted: Sequence[int]) -> int:
-        if not done or not self.has_plan(run_id):
+        """Fold the accepted rows of done batches not folded before; return how many.
+
+        Each batch is folded once (``_ut_folded`` records it in the same transaction), so a
+        fold replayed after a crash, or a resumed run's second fold, changes nothing twice.
+        Rows *added* by the diff are not in the snapshot, so only the others are deleted
+        before the insert.
+        """
+        if not done or self.dry_run or not self.has_plan(run_id):
             return 0
         con = self.con
         keys = spec.keys
+        con.execute("CREATE TABLE IF NOT EXISTS _ut_folded (run_id VARCHAR, batch BIGINT)")
+        before = {
+            int(b)
+            for (b,) in con.execute(
+                "SELECT batch FROM _ut_folded WHERE run_id = ?", [run_id]
+            ).fetchall()
+        }
+        new = sorted(set(done) - before)
+        if not new:
+            return 0
+        bad = sorted(set(not_accepted))
         snap_cols = [r[0] for r in con.execute(f"DESCRIBE {self.snapshot}").fetchall()]
         value_cols = [c for c in snap_cols if c not in keys and c != "_ut_fp"]
         plan_cols = set(self._columns(run_id))
-        con.register("_ut_done", pa.table({"b": pa.array(sorted(done), pa.int64())}))
-        con.register("_ut_bad", pa.table({"s": pa.array(sorted(set(not_accepted)), pa.int64())}))
+        plan_table = self._plan_table(run_id)
+        total = int(self._one(f"SELECT count(DISTINCT _ut_batch) FROM {plan_table}") or 0)
+        filters = []
+        registered = []
+        if before or len(new) < total:
+            con.register("_ut_done", pa.table({"b": pa.array(new, pa.int64())}))
+            registered.append("_ut_done")
+            filters.append("SEMI JOIN _ut_done d ON p._ut_batch = d.b")
+        if bad:
+            con.register("_ut_bad", pa.table({"s": pa.array(bad, pa.int64())}))
+            registered.append("_ut_bad")
+            filters.append("ANTI JOIN _ut_bad x ON p._ut_seq = x.s")
+        accepted = f"{plan_table} p {' '.join(filters)}"
         on = " AND ".join(f"snap.{q(k)} = acc.{q(k)}" for k in keys)
         select = ", ".join(
-            [q(k) for k in keys]
-            + [q(c) if c in plan_cols else f"NULL AS {q(c)}" for c in value_cols]
-            + ["_ut_fp"]
+            [f"p.{q(k)}" for k in keys]
+            + [f"p.{q(c)}" if c in plan_cols else f"NULL AS {q(c)}" for c in value_cols]
+            + ["p._ut_fp"]
         )
+        # the same column order as `select` (a column added by _align_snapshot comes after
+        # _ut_fp in the table, so the table's own order would misalign them)
+        insert_cols = ", ".join(q(c) for c in [*keys, *value_cols, "_ut_fp"])
         try:
             con.execute("BEGIN")
             con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE acc AS
-                    SELECT p.* FROM {self._plan_table(run_id)} p
-                    SEMI JOIN _ut_done d ON p._ut_batch = d.b
-                    ANTI JOIN _ut_bad x ON p._ut_seq = x.s"""
+                f"DELETE FROM {self.snapshot} AS snap USING "
+                f"(SELECT {', '.join(f'p.{q(k)}' for k in keys)} FROM {accepted} "
+                f"WHERE p._ut_kind <> 'added') acc WHERE {on}"
             )
-            con.execute(f"DELETE FROM {self.snapshot} AS snap USING acc WHERE {on}")
-            # the same column order as `select` (a column added by _align_snapshot comes
-            # after _ut_fp in the table, so the table's own order would misalign them)
-            insert_cols = [*keys, *value_cols, "_ut_fp"]
             con.execute(
-                f"INSERT INTO {self.snapshot} ({', '.join(q(c) for c in insert_cols)}) "
-                f"SELECT {select} FROM acc WHERE _ut_kind <> 'removed'"
+                f"INSERT INTO {self.snapshot} ({insert_cols}) "
+                f"SELECT {select} FROM {accepted} WHERE p._ut_kind <> 'removed'"
             )
-            folded = int(self._one("SELECT count(*) FROM acc"))
-            con.execute("DROP TABLE acc")
+            folded = int(self._one(f"SELECT count(*) FROM {accepted}"))
+            con.execute("INSERT INTO _ut_folded SELECT ?, unnest(?::BIGINT[])", [run_id, new])
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")
             raise
         finally:
-            con.unregister("_ut_done")
-            con.unregister("_ut_bad")
+            for name in registered:
+                con.unregister(name)
         return folded
 
     def discard(self, run_id: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {self._plan_table(run_id)}")
         self.con.execute(f"DROP TABLE IF EXISTS {q('invalid_' + run_id)}")
+        if not self.dry_run and self._exists("_ut_folded"):
+            self.con.execute("DELETE FROM _ut_folded WHERE run_id = ?", [run_id])
 
     def discard_all_plans(self, keep: str | None = None) -> None:
         for (name,) in self.con.execute(

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from undertow.config.models import DiffConfig, SyncConfig
 from undertow.errors import UndertowError
 from undertow.pipeline.diff import DiffEngine, LocalDiffEngine
-from undertow.pipeline.diff_warehouse import WarehouseDiffEngine
 
 if TYPE_CHECKING:
     from undertow.pipeline.run import SyncContext
@@ -47,6 +46,8 @@ def _construct(
 ) -> DiffEngine:
     if label == "local":
         return LocalDiffEngine(state_dir, sync, dry_run=dry_run)
+    from undertow.pipeline.diff_warehouse import WarehouseDiffEngine  # sqlglot: on demand
+
     return WarehouseDiffEngine(
         source,
         sync,
