@@ -129,7 +129,12 @@ def _one(args: argparse.Namespace) -> dict[str, Any]:
     reader = None
     if engine.pulls_model:
         cols = ", ".join(f'"{c}"' for c in COLUMNS)
-        reader = source.extract(f"SELECT {cols} FROM ({sql}) AS m", model="users")
+        projected = f"SELECT {cols} FROM ({sql}) AS m"
+        # as `undertow run` does: a source DuckDB reads natively loads the model itself
+        native = (
+            source.load_into_duckdb(projected, model="users") if engine.name == "local" else None
+        )
+        reader = native or source.extract(projected, model="users")
     stats = engine.build(args.run_id, reader, spec, plan, 1000)
     seconds = time.perf_counter() - started
     if args.fold:

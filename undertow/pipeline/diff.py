@@ -31,6 +31,7 @@ import pyarrow as pa
 from undertow.destinations.base import Operation
 from undertow.errors import PlanError, PrimaryKeyError, StateError
 from undertow.pipeline.plan import Plan
+from undertow.sources.base import NativeLoad
 
 META = "_ut_"
 
@@ -109,7 +110,7 @@ class DiffEngine(ABC):
     def build(
         self,
         run_id: str,
-        reader: pa.RecordBatchReader | None,
+        reader: pa.RecordBatchReader | NativeLoad | None,
         spec: DiffSpec,
         plan: Plan,
         batch_size: int,
@@ -171,7 +172,7 @@ class LocalDiffEngine(DiffEngine):
     name = "local"
 
     def __init__(
-        self, state_dir: Path, sync: str, *, dry_run: bool = False, memory_limit: str = "1GB"
+        self, state_dir: Path, sync: str, *, dry_run: bool = False, memory_limit: str = "1536MB"
     ) -> None:
         folder = Path(state_dir) / "syncs"
         self.path = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", sync) + ".duckdb")
@@ -197,6 +198,7 @@ class LocalDiffEngine(DiffEngine):
                 "the state folder's permissions",
             ) from exc
         tmp = folder / "tmp"
+        self.memory_limit = memory_limit
         self.con.execute(f"SET memory_limit={lit(memory_limit)}")
         self.con.execute(f"SET temp_directory={lit(str(tmp))}")
 
@@ -238,7 +240,7 @@ class LocalDiffEngine(DiffEngine):
     def build(
         self,
         run_id: str,
-        reader: pa.RecordBatchReader | None,
+        reader: pa.RecordBatchReader | NativeLoad | None,
         spec: DiffSpec,
         plan: Plan,
         batch_size: int,
@@ -250,19 +252,22 @@ class LocalDiffEngine(DiffEngine):
             raise TypeError("the local diff engine diffs the model's rows: pass a reader")
         con = self.con
         keys, values = spec.keys, spec.values
-        missing = [k for k in keys if k not in reader.schema.names]
-        if missing:
-            raise PrimaryKeyError(
-                f"sync {spec.sync!r}: primary key column(s) {', '.join(map(repr, missing))} "
-                f"not in the model's columns ({', '.join(reader.schema.names)})",
-                hint="fix `primary_key:` of the model or add the column to its SQL",
-            )
         self.discard(run_id)
-        con.register("_ut_src", reader)
-        try:
-            con.execute("CREATE OR REPLACE TEMP TABLE model AS SELECT * FROM _ut_src")
-        finally:
-            con.unregister("_ut_src")
+        if isinstance(reader, pa.RecordBatchReader):
+            names = reader.schema.names
+            if any(k not in names for k in keys):
+                self._missing_keys(spec, names)
+            con.register("_ut_src", reader)
+            try:
+                con.execute("CREATE OR REPLACE TEMP TABLE model AS SELECT * FROM _ut_src")
+            finally:
+                con.unregister("_ut_src")
+        else:  # a source DuckDB reads natively loads the model itself (no Arrow round trip)
+            reader(con, "model")
+            con.execute(f"SET memory_limit={lit(self.memory_limit)}")
+            names = [r[0] for r in con.execute("DESCRIBE model").fetchall()]
+            if any(k not in names for k in keys):
+                self._missing_keys(spec, names)
         stats = ChangeStats()
         stats.extracted = int(self._one("select count(*) from model"))
         for name, wanted in (("only_keys", only_keys), ("watch_keys", watch_keys)):
@@ -479,6 +484,15 @@ class LocalDiffEngine(DiffEngine):
         con.execute("DROP TABLE IF EXISTS invalid")
         con.execute("CHECKPOINT") if not self.dry_run else None
         return stats
+
+    @staticmethod
+    def _missing_keys(spec: DiffSpec, names: list[str]) -> None:
+        missing = [k for k in spec.keys if k not in names]
+        raise PrimaryKeyError(
+            f"sync {spec.sync!r}: primary key column(s) {', '.join(map(repr, missing))} "
+            f"not in the model's columns ({', '.join(names)})",
+            hint="fix `primary_key:` of the model or add the column to its SQL",
+        )
 
     def _align_snapshot(self, values: list[str], sync: str = "", *, full: bool = False) -> None:
         """Add mapped columns the snapshot lacks (the mapping grew): NULL until accepted.

@@ -62,7 +62,7 @@ from undertow.errors import ModelError, PlanError, PrimaryKeyError, StateError, 
 from undertow.pipeline.diff import ChangeStats, DiffEngine, DiffSpec, PlannedChunk
 from undertow.pipeline.plan import Plan
 from undertow.redact import redact
-from undertow.sources.base import Source, SqlSession
+from undertow.sources.base import NativeLoad, Source, SqlSession
 
 HASH_ALGORITHM = "md5-lenprefix-v1"
 """Recorded with every snapshot. Change it only with a migration: see the module docstring."""
@@ -256,7 +256,7 @@ class WarehouseDiffEngine(DiffEngine):
     def build(
         self,
         run_id: str,
-        reader: pa.RecordBatchReader | None,
+        reader: pa.RecordBatchReader | NativeLoad | None,
         spec: DiffSpec,
         plan: Plan,
         batch_size: int,
@@ -264,7 +264,7 @@ class WarehouseDiffEngine(DiffEngine):
         only_keys: Collection[str] | None = None,
         watch_keys: Collection[str] | None = None,
     ) -> ChangeStats:
-        if reader is not None:
+        if isinstance(reader, pa.RecordBatchReader):
             reader.close()  # this engine reads the model inside the warehouse
         keys, values = spec.keys, spec.values
         columns = keys + values

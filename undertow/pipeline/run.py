@@ -37,7 +37,7 @@ from undertow.pipeline.map import CompiledMapping, compile_mapping
 from undertow.pipeline.plan import Plan, check_deletes, make_plan, percent
 from undertow.pipeline.record import Recorder, Work
 from undertow.redact import redact
-from undertow.sources.base import Source
+from undertow.sources.base import NativeLoad, Source
 from undertow.state.store import RowError, RunRecord, RunStatus, StateStore
 
 HEARTBEAT_SECONDS = 15.0
@@ -317,11 +317,15 @@ class SyncRun:
         ctx = self.ctx
         self.store.update_run(run, status=RunStatus.EXTRACTING)
         self.reporter.stage(ctx.name, "extract")
-        counting: pa.RecordBatchReader | None = None
+        counting: pa.RecordBatchReader | NativeLoad | None = None
         if engine.pulls_model:  # the warehouse engine reads the model inside the source
             sql = projected_sql(ctx.sql, spec.columns, ctx.source.quote_identifier)
-            reader = ctx.source.extract(sql, model=ctx.model_name)
-            counting = _CountingReader(reader, self.reporter, ctx.name).as_reader()
+            native = ctx.source.load_into_duckdb(sql, model=ctx.model_name)
+            if native is not None and engine.name == "local":
+                counting = native
+            else:
+                reader = ctx.source.extract(sql, model=ctx.model_name)
+                counting = _CountingReader(reader, self.reporter, ctx.name).as_reader()
         self.store.update_run(run, status=RunStatus.DIFFING)
         try:
             stats = engine.build(

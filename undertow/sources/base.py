@@ -8,7 +8,7 @@ a missing one raises :func:`missing_driver`, which prints the exact ``pip instal
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from undertow.errors import SourceError
 
 DEFAULT_BATCH_ROWS = 65_536
+
+NativeLoad = Callable[[Any, str], None]
+"""``load(con, table)``: create temp table ``table`` holding the model in DuckDB connection
+``con`` (see :meth:`Source.load_into_duckdb`)."""
 
 
 class SourceConfig(BaseModel):
@@ -93,6 +97,15 @@ class Source(ABC):
     def quote_identifier(self, name: str) -> str:
         """``name`` as a quoted identifier of this source's SQL (standard double quotes)."""
         return '"' + name.replace('"', '""') + '"'
+
+    def load_into_duckdb(self, sql: str, *, model: str) -> NativeLoad | None:
+        """A way to load the model straight into a DuckDB connection, or None.
+
+        Sources DuckDB reads natively (DuckDB files, Parquet, CSV) return one, and the local
+        diff engine then skips the Arrow round trip between two DuckDB instances; the
+        others return None and stream Arrow through :meth:`extract`.
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -9,6 +9,7 @@ against the project folder. Rows stream out of DuckDB as Arrow record batches of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from undertow.errors import ModelError, SourceError
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
     AccessProblem,
+    NativeLoad,
     Source,
     SourceConfig,
     SqlSession,
@@ -115,6 +117,41 @@ class DuckDBSource(Source):
             batches.close()
             raise
         return _closing_reader(reader.schema, first, batches)
+
+    def load_into_duckdb(self, sql: str, *, model: str) -> NativeLoad | None:
+        """Run the model inside the diff engine's DuckDB connection: the source's database
+        attached read-only (and its ``attach`` aliases, settings and file search path), so
+        the rows never go through Arrow between two DuckDB instances."""
+        path = self._db_path()
+        if "://" in path:
+            return None  # e.g. MotherDuck: stream Arrow as usual
+
+        def load(con: duckdb.DuckDBPyConnection, table: str) -> None:
+            ddb = _duckdb()
+            before = con.execute("SELECT current_database()").fetchall()[0][0]
+            attached: list[str] = []
+            try:
+                if path != MEMORY:
+                    if not os.path.isfile(path):
+                        self._connect().close()  # raises the SourceError with its fix
+                    con.execute(f"ATTACH {_literal(path)} AS _ut_source (READ_ONLY)")
+                    attached.append("_ut_source")
+                self._prepare(con, read_only=True)
+                attached.extend(self.config.attach)
+                if path != MEMORY:
+                    con.execute("USE _ut_source")
+                self._relation(con, sql, model=model)  # exactly one SELECT, or a ModelError
+                con.execute(f'CREATE OR REPLACE TEMP TABLE "{table}" AS {sql}')
+            except ddb.Error as exc:
+                raise self._model_error(exc, sql, model=model) from None
+            finally:
+                con.execute(f'USE "{before}"')
+                con.execute("SET errors_as_json = false")
+                for alias in attached:
+                    with contextlib.suppress(ddb.Error):
+                        con.execute(f"DETACH {alias}")
+
+        return load
 
     # -- helpers --------------------------------------------------------------------------
 
