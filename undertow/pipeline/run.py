@@ -337,6 +337,12 @@ class SyncRun:
                 only_keys=self.only_keys,
                 watch_keys=self.open_keys,
             )
+        except duckdb.InterruptException:
+            raise KeyboardInterrupt from None  # DuckDB stopped a query on Ctrl-C / SIGTERM
+        except RuntimeError as exc:
+            if "interrupted" in str(exc).lower():  # the same, as some DuckDB calls report it
+                raise KeyboardInterrupt from None
+            raise
         except (pa.ArrowException, duckdb.Error) as exc:
             # a failure while streaming the model (e.g. division by zero on row 3 million)
             raise ModelError(

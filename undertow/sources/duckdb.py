@@ -142,11 +142,18 @@ class DuckDBSource(Source):
                     con.execute("USE _ut_source")
                 self._relation(con, sql, model=model)  # exactly one SELECT, or a ModelError
                 con.execute(f'CREATE OR REPLACE TEMP TABLE "{table}" AS {sql}')
+            except ddb.InterruptException:
+                raise KeyboardInterrupt from None  # Ctrl-C / SIGTERM during the query
+            except RuntimeError as exc:
+                if "interrupted" in str(exc).lower():  # DuckDB's own Ctrl-C handling
+                    raise KeyboardInterrupt from None
+                raise
             except ddb.Error as exc:
                 raise self._model_error(exc, sql, model=model) from None
             finally:
-                con.execute(f'USE "{before}"')
-                con.execute("SET errors_as_json = false")
+                with contextlib.suppress(ddb.Error):
+                    con.execute(f'USE "{before}"')
+                    con.execute("SET errors_as_json = false")
                 for alias in attached:
                     with contextlib.suppress(ddb.Error):
                         con.execute(f"DETACH {alias}")
