@@ -14,7 +14,7 @@ import json
 import os
 import re
 import shlex
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -28,6 +28,7 @@ from undertow.sources.base import (
     Source,
     SourceConfig,
     SqlSession,
+    closing_reader,
     missing_driver,
 )
 
@@ -109,14 +110,14 @@ class DuckDBSource(Source):
             con.close()
             raise
         # Read the first batch now so that a query that fails as it starts raises a ModelError
-        # here; an error further into the stream comes out of the reader (see _closing_reader).
+        # here; an error further into the stream comes out of the reader (see closing_reader).
         batches = self._batches(con, reader, sql, model=model)
         try:
             first = next(batches, None)
         except BaseException:
             batches.close()
             raise
-        return _closing_reader(reader.schema, first, batches)
+        return closing_reader(reader.schema, first, batches)
 
     def load_into_duckdb(self, sql: str, *, model: str) -> NativeLoad | None:
         """Run the model inside the diff engine's DuckDB connection: the source's database
@@ -386,30 +387,6 @@ class _DuckDBSession:
 
     def close(self) -> None:
         self.con.close()
-
-
-def _closing_reader(
-    schema: pa.Schema, first: pa.RecordBatch | None, rest: Iterator[pa.RecordBatch]
-) -> pa.RecordBatchReader:
-    """A reader over ``first`` then ``rest`` whose ``close()`` also closes ``rest``.
-
-    ``from_batches`` alone ignores ``close()``; going through the Arrow C stream interface
-    makes ``close()`` release the iterator, which runs its ``finally`` (closing the
-    connection). The price: an exception raised while reading arrives as ``pa.ArrowInvalid``
-    carrying the original message.
-    """
-
-    def chain() -> Iterator[pa.RecordBatch]:
-        try:
-            if first is not None:
-                yield first
-                yield from rest
-        finally:
-            close = getattr(rest, "close", None)
-            if close is not None:
-                close()
-
-    return pa.RecordBatchReader.from_stream(pa.RecordBatchReader.from_batches(schema, chain()))
 
 
 def _duckdb() -> Any:

@@ -23,7 +23,7 @@ streams COPY output and never materialises the result.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -39,6 +39,7 @@ from undertow.sources.base import (
     Source,
     SourceConfig,
     SqlSession,
+    closing_reader,
     missing_driver,
 )
 
@@ -212,7 +213,7 @@ class PostgresSource(Source):
         except BaseException:
             batches.close()
             raise
-        return _closing_reader(_schema(columns), first, batches)
+        return closing_reader(_schema(columns), first, batches)
 
     # -- the warehouse diff engine and access checks ------------------------------------
 
@@ -585,28 +586,6 @@ def _typed(
 def _max_chunk_bytes(batch_rows: int) -> int:
     """COPY bytes parsed at once: about ``batch_rows`` rows of 256 bytes, within 1-64 MiB."""
     return max(1 << 20, min(64 << 20, batch_rows * 256))
-
-
-def _closing_reader(
-    schema: pa.Schema, first: pa.RecordBatch | None, rest: Generator[pa.RecordBatch, None, None]
-) -> pa.RecordBatchReader:
-    """A reader over ``first`` then ``rest`` whose ``close()`` also closes ``rest``.
-
-    ``from_batches`` alone ignores ``close()``; going through the Arrow C stream interface
-    makes ``close()`` release the iterator, which runs its ``finally`` (closing the
-    connection). The price: an exception raised while reading arrives as ``pa.ArrowInvalid``
-    carrying the original message.
-    """
-
-    def chain() -> Iterator[pa.RecordBatch]:
-        try:
-            if first is not None:
-                yield first
-                yield from rest
-        finally:
-            rest.close()
-
-    return pa.RecordBatchReader.from_stream(pa.RecordBatchReader.from_batches(schema, chain()))
 
 
 def _first_line(exc: BaseException) -> str:
