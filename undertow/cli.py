@@ -54,10 +54,10 @@ def _guard(console: TerminalConsole, debug: bool, fn: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
-def _load(project: Path) -> Any:
+def _load(project: Path, *, require_secrets: bool = True) -> Any:
     from undertow.project import Project
 
-    return Project.load(str(project))
+    return Project.load(str(project), require_secrets=require_secrets)
 
 
 def _counts_line(run: RunRecord) -> str:
@@ -297,7 +297,7 @@ def status(project: ProjectOpt = Path("."), json: JsonOpt = False, debug: DebugO
     console = TerminalConsole(json_mode=json)
 
     def work() -> list[dict[str, Any]]:
-        proj = _load(project)
+        proj = _load(project, require_secrets=False)
         try:
             return list(proj.status())
         finally:
@@ -355,7 +355,7 @@ def runs(
     console = TerminalConsole(json_mode=json)
 
     def work() -> list[RunRecord]:
-        proj = _load(project)
+        proj = _load(project, require_secrets=False)
         try:
             return list(proj.runs(sync, limit=limit))
         finally:
@@ -429,7 +429,7 @@ def errors(
         raise typer.Exit(2)
 
     def work() -> list[Any]:
-        proj = _load(project)
+        proj = _load(project, require_secrets=False)
         try:
             if sync is not None:
                 return list(proj.rejected_rows(sync, limit=limit))

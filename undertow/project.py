@@ -98,8 +98,14 @@ class Project:
         self._orchestration: Orchestration | None = None
 
     @classmethod
-    def load(cls, path: str = ".") -> Project:
-        return cls(load_project(path))
+    def load(cls, path: str = ".", *, require_secrets: bool = True) -> Project:
+        """Load a project; ``require_secrets=False`` for commands that only read history."""
+        return cls(load_project(path, require_secrets=require_secrets))
+
+    def _deferred(self, section: str, name: str) -> None:
+        error = self.loaded.deferred.get((section, name))
+        if error is not None:
+            raise error
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -143,10 +149,12 @@ class Project:
             ) from None
 
     def source(self, name: str) -> Source:
+        self._deferred("sources", name)
         cfg = self.loaded.sources[name]
         return source_class(cfg.type)(cfg, name=name, base_dir=str(self.root))
 
     def destination(self, name: str) -> Destination:
+        self._deferred("destinations", name)
         cfg = self.loaded.destinations[name]
         path = getattr(cfg, "path", None)
         if isinstance(path, str) and "://" not in path:

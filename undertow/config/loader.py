@@ -62,6 +62,8 @@ class LoadedProject:
     """The private state folder (snapshots, locks), absolute."""
     files: list[str] = field(default_factory=list)
     """The YAML files read, ``undertow.yml`` first."""
+    deferred: dict[tuple[str, str], ConfigError] = field(default_factory=dict)
+    """(section, name) of connectors left out for a missing ``${VAR}``, with that error."""
 
     def where(self, *path: str | int) -> tuple[str, int] | None:
         """File and line of a key, or of its closest parent that is written in a file."""
@@ -73,8 +75,13 @@ class LoadedProject:
         return ConfigError(message, file=file, line=line, key=dotted(path), hint=hint)
 
 
-def load_project(path: str | Path = ".") -> LoadedProject:
-    """Read, merge and validate the project in ``path`` (a folder, or its ``undertow.yml``)."""
+def load_project(path: str | Path = ".", *, require_secrets: bool = True) -> LoadedProject:
+    """Read, merge and validate the project in ``path`` (a folder, or its ``undertow.yml``).
+
+    With ``require_secrets=False`` (commands that only read history: status, runs, errors), a
+    source or destination whose ``${VAR}`` is not set is left out instead of failing the
+    load; using it later raises the missing-variable error (``LoadedProject.deferred``).
+    """
     given = Path(path)
     main = _find_main_file(given)
     root = main.parent
@@ -120,9 +127,13 @@ def load_project(path: str | Path = ".") -> LoadedProject:
         errors.extend(check_project(config, lambda path: _closest(locations, path)))
     model_sql = _model_sql(data, root, locations, errors)
 
+    deferred: dict[tuple[str, str], ConfigError] = {}
+    if not require_secrets:
+        errors = _defer_missing_secrets(errors, deferred, sources, destinations)
     if errors or config is None:
         raise _combined(errors, files)
     return LoadedProject(
+        deferred=deferred,
         root=root,
         config=config,
         sources=typing.cast(dict[str, SourceConfig], sources),
@@ -133,6 +144,32 @@ def load_project(path: str | Path = ".") -> LoadedProject:
         state_dir=_absolute(config.state_dir, root),
         files=files,
     )
+
+
+def _defer_missing_secrets(
+    errors: list[ConfigError],
+    deferred: dict[tuple[str, str], ConfigError],
+    sources: dict[str, BaseModel],
+    destinations: dict[str, BaseModel],
+) -> list[ConfigError]:
+    """Move a connector's missing-``${VAR}`` error (and what follows from it) aside."""
+    for error in errors:
+        parts = (error.key or "").split(".")
+        if (
+            len(parts) >= 2
+            and parts[0] in ("sources", "destinations")
+            and error.detail.startswith("environment variable")
+        ):
+            deferred.setdefault((parts[0], parts[1]), error)
+    kept = []
+    for error in errors:
+        parts = (error.key or "").split(".")
+        if len(parts) >= 2 and (parts[0], parts[1]) in deferred:
+            continue
+        kept.append(error)
+    for section, name in deferred:
+        (sources if section == "sources" else destinations).pop(name, None)
+    return kept
 
 
 # -- finding and reading files --------------------------------------------------------------
