@@ -42,6 +42,10 @@ _PROBE = "PREPARE undertow_probe AS "
 _LOCATION = re.compile(r"^LINE (\d+): (\.\.\.)?(.*)$")
 
 
+SESSION_MEMORY_LIMIT = "1536MB"
+"""DuckDB's memory limit for the warehouse diff engine's session, unless ``settings`` sets one."""
+
+
 class DuckDBConfig(SourceConfig):
     """``type: duckdb``: a database file (or ``:memory:`` to read only files)."""
 
@@ -340,7 +344,11 @@ class DuckDBSource(Source):
         writable = DuckDBSource(
             self.config.model_copy(update=update), name=self.instance_name, base_dir=self.base_dir
         )
-        return _DuckDBSession(writable._connect())
+        con = writable._connect()
+        if "memory_limit" not in self.config.settings:
+            # the diff works on whole models: bound it (it spills to disk past the limit)
+            con.execute(f"SET memory_limit = {_literal(SESSION_MEMORY_LIMIT)}")
+        return _DuckDBSession(con)
 
     def check_access(
         self, relations: Sequence[str], *, scratch_schema: str | None = None
