@@ -137,6 +137,19 @@ def missing_driver(package: str, extra: str) -> SourceError:
     )
 
 
+def stream_reader(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader:
+    """Read the first batch now, so a query that fails as it starts raises here (with the
+    source's own error), then stream the rest; ``close()`` closes ``batches``."""
+    try:
+        first = next(batches, None)
+    except BaseException:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+        raise
+    return closing_reader(schema, first, batches)
+
+
 def closing_reader(
     schema: pa.Schema, first: pa.RecordBatch | None, rest: Iterator[pa.RecordBatch]
 ) -> pa.RecordBatchReader:

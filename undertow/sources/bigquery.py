@@ -30,7 +30,7 @@ from undertow.sources.base import (
     Source,
     SourceConfig,
     SqlSession,
-    closing_reader,
+    stream_reader,
 )
 
 DIALECT = "bigquery"
@@ -183,12 +183,7 @@ class BigQuerySource(Source):
             close_storage,
             client.close,
         )
-        try:
-            first = next(batches, None)
-        except BaseException:
-            batches.close()  # type: ignore[attr-defined]
-            raise
-        return closing_reader(schema, first, batches)
+        return stream_reader(schema, batches)
 
     # -- the warehouse diff engine ----------------------------------------------------------
 

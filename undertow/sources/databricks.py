@@ -25,7 +25,7 @@ from undertow.sources.base import (
     Source,
     SourceConfig,
     SqlSession,
-    closing_reader,
+    stream_reader,
 )
 
 DIALECT = "databricks"
@@ -153,12 +153,7 @@ class DatabricksSource(Source):
             cur.close,
             conn.close,
         )
-        try:
-            first = next(batches, None)
-        except BaseException:
-            batches.close()  # type: ignore[attr-defined]
-            raise
-        return closing_reader(schema, first, batches)
+        return stream_reader(schema, batches)
 
     # -- the warehouse diff engine ----------------------------------------------------------
 

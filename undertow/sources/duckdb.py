@@ -28,8 +28,8 @@ from undertow.sources.base import (
     Source,
     SourceConfig,
     SqlSession,
-    closing_reader,
     missing_driver,
+    stream_reader,
 )
 
 if TYPE_CHECKING:
@@ -114,14 +114,9 @@ class DuckDBSource(Source):
             con.close()
             raise
         # Read the first batch now so that a query that fails as it starts raises a ModelError
-        # here; an error further into the stream comes out of the reader (see closing_reader).
+        # here; an error further into the stream comes out of the reader (see stream_reader).
         batches = self._batches(con, reader, sql, model=model)
-        try:
-            first = next(batches, None)
-        except BaseException:
-            batches.close()
-            raise
-        return closing_reader(reader.schema, first, batches)
+        return stream_reader(reader.schema, batches)
 
     def load_into_duckdb(self, sql: str, *, model: str) -> NativeLoad | None:
         """Run the model inside the diff engine's DuckDB connection: the source's database

@@ -37,8 +37,8 @@ from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
     Source,
     SourceConfig,
-    closing_reader,
     missing_driver,
+    stream_reader,
 )
 
 _TRAILING = re.compile(r"[\s;]+$")
@@ -191,12 +191,7 @@ class MySQLSource(Source):
             _reraise_interrupts(exc)
             raise self._stream_error(exc, model=model) from None
         batches = self._batches(reader, columns, tag, model=model)
-        try:
-            first = next(batches, None)
-        except BaseException:
-            batches.close()
-            raise
-        return closing_reader(_schema(columns), first, batches)
+        return stream_reader(_schema(columns), batches)
 
     # -- connecting -----------------------------------------------------------------------
 

@@ -39,8 +39,8 @@ from undertow.sources.base import (
     Source,
     SourceConfig,
     SqlSession,
-    closing_reader,
     missing_driver,
+    stream_reader,
 )
 
 _CURSOR = "undertow_model"
@@ -208,12 +208,7 @@ class PostgresSource(Source):
             batches = self._adbc_batches(sql, columns, model=model, batch_rows=batch_rows)
         else:
             batches = self._batches(conn, sql, columns, model=model, batch_rows=batch_rows)
-        try:
-            first = next(batches, None)
-        except BaseException:
-            batches.close()
-            raise
-        return closing_reader(_schema(columns), first, batches)
+        return stream_reader(_schema(columns), batches)
 
     # -- the warehouse diff engine and access checks ------------------------------------
 

@@ -31,7 +31,7 @@ from undertow.sources.base import (
     Source,
     SourceConfig,
     SqlSession,
-    closing_reader,
+    stream_reader,
 )
 
 DIALECT = "snowflake"
@@ -197,12 +197,7 @@ class SnowflakeSource(Source):
             ),
             conn.close,
         )
-        try:
-            first = next(batches, None)
-        except BaseException:
-            batches.close()  # type: ignore[attr-defined]
-            raise
-        return closing_reader(schema, first, batches)
+        return stream_reader(schema, batches)
 
     # -- the warehouse diff engine --------------------------------------------------------
 

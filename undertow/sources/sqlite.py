@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from undertow.errors import ModelError, SourceError
-from undertow.sources.base import DEFAULT_BATCH_ROWS, Source, SourceConfig, closing_reader
+from undertow.sources.base import DEFAULT_BATCH_ROWS, Source, SourceConfig, stream_reader
 
 _TRAILING = re.compile(r"[\s;]+$")
 _DECIMAL = re.compile(r"^\s*(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)", re.I)
@@ -114,12 +114,7 @@ class SQLiteSource(Source):
             conn.close()
             raise
         batches = self._batches(conn, cursor, columns, model=model, batch_rows=batch_rows)
-        try:
-            first = next(batches, None)
-        except BaseException:
-            batches.close()
-            raise
-        return closing_reader(_schema(columns), first, batches)
+        return stream_reader(_schema(columns), batches)
 
     # -- helpers --------------------------------------------------------------------------
 
