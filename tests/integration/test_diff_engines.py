@@ -25,8 +25,11 @@ from undertow.config.models import Mode
 from undertow.destinations.base import Capabilities, Operation
 from undertow.errors import PlanError
 from undertow.pipeline.diff import ChangeStats, DiffEngine, DiffSpec, LocalDiffEngine
+from undertow.errors import StateError
 from undertow.pipeline.diff_warehouse import (
     HASH_ALGORITHM,
+    MD5_LENPREFIX,
+    PG_HASH_RECORD,
     WarehouseDiffEngine,
     row_hash_sql,
 )
@@ -307,6 +310,36 @@ def test_a_key_that_becomes_duplicated_is_not_deleted(backend: Backend, engine: 
     backend.load([*users(3), {"id": 1, "email": "dup@x.com", "plan": "free", "extra": 0}])
     stats = backend.build(engine, "r2", spec(), plan())
     assert (stats.removed, stats.invalid, stats.planned) == (0, 2, 0)
+
+
+def test_an_exact_duplicate_of_an_unchanged_row_is_rejected(
+    backend: Backend, engine: DiffEngine
+) -> None:
+    accept_all(backend, engine, users(3))
+    backend.load([*users(3), users(3)[1]])
+    stats = backend.build(engine, "r2", spec(), plan())
+    assert (stats.extracted, stats.invalid, stats.unchanged, stats.planned) == (4, 2, 2, 0)
+    assert dict(engine.invalid_rows("r2")) == {"1": "duplicate primary key: 2 rows share it"}
+
+
+def test_duplicates_among_added_rows_beside_a_snapshot(
+    backend: Backend, engine: DiffEngine
+) -> None:
+    accept_all(backend, engine, users(3))
+    extra = {"id": 7, "email": "a@x.com", "plan": "free", "extra": 0}
+    backend.load([*users(3, **{"0": {"plan": "pro"}}), extra, {**extra, "email": "b@x.com"}])
+    stats = backend.build(engine, "r2", spec(), plan())
+    assert (stats.invalid, stats.added, stats.changed, stats.unchanged) == (2, 0, 1, 2)
+    assert kinds(engine, "r2") == {"0": "changed"}
+    assert dict(engine.invalid_rows("r2")) == {"7": "duplicate primary key: 2 rows share it"}
+
+
+def test_only_keys_with_a_duplicated_key(backend: Backend, engine: DiffEngine) -> None:
+    accept_all(backend, engine, users(4))
+    backend.load([*users(4, **{"2": {"plan": "pro"}}), users(4)[1]])
+    stats = backend.build(engine, "r2", spec(), plan(), only_keys={"1", "2"})
+    assert (stats.extracted, stats.invalid, stats.changed, stats.unchanged) == (5, 2, 1, 0)
+    assert kinds(engine, "r2") == {"2": "changed"}
 
 
 # -- the snapshot holds only accepted rows -------------------------------------------------------
@@ -606,3 +639,84 @@ def test_generated_sql_quotes_every_identifier(tmp_path: Path) -> None:
     sql = engine.render(f"SELECT {hashed} FROM t AS m")
     assert '"a b"' in sql and '"x""y"' in sql
     assert engine._t("ut_plans") == '"my ""scratch"""."ut_plans"'
+
+
+PG_VECTORS = [
+    # hash_record_extended over the text of (a, b), as PostgreSQL 14-17 compute it
+    (("a,b", "c"), -8659616788579205581),
+    (("a", "b,c"), 765145434846504496),
+    ((None, ""), -6939563903564495251),
+    (("", None), 6234447874015266611),
+    (("é", "|"), 3881483780411758907),
+]
+
+
+def test_the_postgres_row_hash_matches_fixed_vectors(pg_database: str, tmp_path: Path) -> None:
+    """A PostgreSQL upgrade that changed these would make every row look changed."""
+    backend = _postgres_backend("warehouse", tmp_path, pg_database)
+    schema = pa.schema([("id", pa.int64()), ("a", pa.string()), ("b", pa.string())])
+    backend.load([{"id": i, "a": a, "b": b} for i, ((a, b), _) in enumerate(PG_VECTORS)], schema)
+    engine = backend.engine()
+    assert isinstance(engine, WarehouseDiffEngine)
+    types = {"a": "string", "b": "string"}
+    hashed = row_hash_sql(["a", "b"], "u", algorithm=PG_HASH_RECORD, types=types)
+    sql = engine.render(f"SELECT u.id, {hashed} AS h FROM users AS u ORDER BY 1")
+    rows = backend.source.extract(sql, model="t").read_all().to_pylist()
+    assert [r["h"] for r in rows] == [h for _, h in PG_VECTORS]
+    # typed values are hashed as values: an integer widened to bigint, or 1.5 written
+    # 1.50, hashes the same
+    with psycopg.connect(pg_database, autocommit=True) as con:
+        narrow, wide = con.execute(
+            """SELECT hash_record_extended(ROW(42::int, 1.5::numeric, true, date '2024-02-29',
+                          timestamp '2024-01-01 12:00:00', 0.25::float8), 0),
+                      hash_record_extended(ROW(42::bigint, 1.50::numeric, true, date '2024-02-29',
+                          timestamp '2024-01-01 12:00:00', 0.25::float8), 0)"""
+        ).fetchone() or (None, None)
+    assert narrow == wide == 6923316692771810064
+    backend.source.close()
+
+
+def _snapshot_algorithm(url: str) -> str:
+    with psycopg.connect(url, autocommit=True) as con:
+        row = con.execute("SELECT hash_algorithm FROM undertow.ut_snapshots").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_postgres_snapshots_use_the_record_hash_and_keep_their_algorithm(
+    pg_database: str, tmp_path: Path
+) -> None:
+    backend = _postgres_backend("warehouse", tmp_path, pg_database)
+    engine = backend.engine()
+    accept_all(backend, engine, users(3))
+    assert _snapshot_algorithm(pg_database) == PG_HASH_RECORD
+    # a snapshot written by the portable algorithm (an older version) is read with it
+    engine.reset()
+    with psycopg.connect(pg_database, autocommit=True) as con:
+        con.execute("DROP SCHEMA undertow CASCADE")
+    old = backend.engine()
+    assert isinstance(old, WarehouseDiffEngine)
+    old._best_algorithm = lambda run: MD5_LENPREFIX  # type: ignore[method-assign]
+    accept_all(backend, old, users(3))
+    assert _snapshot_algorithm(pg_database) == MD5_LENPREFIX
+    backend.load(users(3, **{"1": {"plan": "pro"}}))
+    stats = backend.build(engine, "r2", spec(), plan())
+    assert (stats.changed, stats.unchanged) == (1, 2)
+    assert _snapshot_algorithm(pg_database) == MD5_LENPREFIX
+    backend.source.close()
+
+
+def test_an_unknown_hash_algorithm_is_refused_with_the_remedy(
+    pg_database: str, tmp_path: Path
+) -> None:
+    backend = _postgres_backend("warehouse", tmp_path, pg_database)
+    engine = backend.engine()
+    accept_all(backend, engine, users(2))
+    with psycopg.connect(pg_database, autocommit=True) as con:
+        con.execute("UPDATE undertow.ut_snapshots SET hash_algorithm = 'sha3-v9'")
+    for full in (False, True):
+        with pytest.raises(StateError, match="'sha3-v9'") as caught:
+            backend.build(engine, "r2", spec(), plan(full=full))
+        assert f"undertow reset {SYNC}" in str(caught.value)
+    assert engine.snapshot_rows() == 2
+    backend.source.close()

@@ -60,7 +60,7 @@ def undertow_sync_asset(
 ) -> dg.AssetsDefinition:
     """An asset that runs sync ``sync`` after ``deps`` (e.g. the dbt assets it reads)."""
 
-    @dg.asset(
+    @dg.asset(  # type: ignore[untyped-decorator,unused-ignore]
         name=sync,
         deps=list(deps),
         required_resource_keys={resource_key},

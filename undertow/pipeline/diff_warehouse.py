@@ -50,6 +50,7 @@ import json
 import re
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -64,13 +65,28 @@ from undertow.pipeline.plan import Plan
 from undertow.redact import redact
 from undertow.sources.base import NativeLoad, Source, SqlSession
 
-HASH_ALGORITHM = "md5-lenprefix-v1"
-"""Recorded with every snapshot. Change it only with a migration: see the module docstring."""
+MD5_LENPREFIX = "md5-lenprefix-v1"
+"""Portable: MD5 over the length-prefixed text of each value (any dialect with MD5)."""
+PG_HASH_RECORD = "pg-hash-record-v1"
+"""PostgreSQL 14+: ``hash_record_extended`` over the row, no text conversion of typed values."""
+HASH_ALGORITHMS = (MD5_LENPREFIX, PG_HASH_RECORD)
+HASH_ALGORITHM = MD5_LENPREFIX
+"""The algorithm of dialects without a faster one. Recorded with every snapshot, which keeps
+the algorithm it was written with until it is reset: see the module docstring."""
+
+# Arrow types whose PostgreSQL type has an extended hash function; others are hashed as text.
+_PG_NATIVE_HASH = re.compile(r"^(u?int\d+|float|double|halffloat|decimal|bool|date|timestamp|time)")
 
 _T = "postgres"  # the dialect the templates below are written in
 _MODEL = "__ut_model__"  # sentinel replaced by the model's SQL after transpiling
 _META = ("_ut_seq", "_ut_batch", "_ut_key", "_ut_op", "_ut_kind")
 _VALUES_PER_INSERT = 1000
+_WORK_TABLES = ("chg", "dup", "only", "watch", "done", "bad", "acc")
+_BEGIN = {
+    # every statement of a build reads the same model; DDL is transactional in both
+    "postgres": "BEGIN ISOLATION LEVEL REPEATABLE READ",
+    "duckdb": "BEGIN TRANSACTION",
+}
 
 
 def ident(name: str) -> str:
@@ -86,8 +102,32 @@ def text_of(column: str) -> str:
     return f"CAST({column} AS TEXT)"
 
 
-def row_hash_sql(columns: Sequence[str], alias: str) -> str:
-    """MD5 of the NULL-aware, length-prefixed encoding of ``columns`` (template dialect)."""
+def row_hash_sql(
+    columns: Sequence[str],
+    alias: str,
+    *,
+    algorithm: str = MD5_LENPREFIX,
+    types: dict[str, str] | None = None,
+) -> str:
+    """The row hash of ``columns`` under ``algorithm`` (template dialect).
+
+    ``md5-lenprefix-v1``: MD5 of the NULL-aware, length-prefixed encoding of the values.
+    ``pg-hash-record-v1``: PostgreSQL's ``hash_record_extended`` of the row; a column whose
+    Arrow type (``types``) is not a number, boolean, date or time is hashed as its text.
+    """
+    if algorithm == PG_HASH_RECORD:
+        if not columns:
+            return "CAST(0 AS BIGINT)"
+        kinds = types or {}
+        parts = [
+            f"{alias}.{ident(c)}"
+            if _PG_NATIVE_HASH.match(kinds.get(c, ""))
+            else text_of(f"{alias}.{ident(c)}")
+            for c in columns
+        ]
+        return f"HASH_RECORD_EXTENDED(ROW({', '.join(parts)}), 0)"
+    if algorithm != MD5_LENPREFIX:
+        raise ValueError(f"unknown row hash algorithm {algorithm!r}")
     if not columns:
         return "MD5('')"
     parts = []
@@ -97,6 +137,11 @@ def row_hash_sql(columns: Sequence[str], alias: str) -> str:
             f"COALESCE(CAST(LENGTH({text_of(col)}) AS TEXT) || ':' || {text_of(col)}, '~')"
         )
     return "MD5(" + " || '|' || ".join(parts) + ")"
+
+
+def empty_hash_sql(algorithm: str) -> str:
+    """A constant of the algorithm's hash type (for an empty, typed snapshot)."""
+    return row_hash_sql([], "m", algorithm=algorithm)
 
 
 def key_text_sql(keys: Sequence[str], alias: str) -> str:
@@ -235,7 +280,12 @@ class WarehouseDiffEngine(DiffEngine):
         }
 
     def _write_meta(
-        self, run: _Runner, keys: list[str], carry: list[str], types: dict[str, str]
+        self,
+        run: _Runner,
+        keys: list[str],
+        carry: list[str],
+        types: dict[str, str],
+        algorithm: str,
     ) -> None:
         run.execute(f"DELETE FROM {self._t('ut_snapshots')} WHERE sync = {lit(self.sync)}")
         values = ", ".join(
@@ -243,7 +293,7 @@ class WarehouseDiffEngine(DiffEngine):
             for v in (
                 self.sync,
                 self._snap,
-                HASH_ALGORITHM,
+                algorithm,
                 json.dumps(keys),
                 json.dumps(carry),
                 json.dumps(types, sort_keys=True),
@@ -287,11 +337,22 @@ class WarehouseDiffEngine(DiffEngine):
             meta = self._meta(run)
             if meta is not None:
                 self._check_snapshot(meta, spec, types, plan)
+                algorithm = str(meta["hash_algorithm"])
+            else:
+                algorithm = self._best_algorithm(run)
             try:
                 return self._build(
-                    run, run_id, spec, plan, batch_size, meta, carry, types, only_keys, watch_keys
+                    run,
+                    run_id,
+                    spec,
+                    plan,
+                    batch_size,
+                    _Shape(meta, carry, types, algorithm),
+                    only_keys,
+                    watch_keys,
                 )
             except UndertowError:
+                run.rollback_quietly()
                 raise
             except Exception as exc:
                 run.rollback_quietly()
@@ -301,6 +362,14 @@ class WarehouseDiffEngine(DiffEngine):
                     source=self.source.instance_name,
                     hint="fix the model's SQL; nothing was sent and the snapshot is unchanged",
                 ) from exc
+
+    def _best_algorithm(self, run: _Runner) -> str:
+        """The fastest row hash this warehouse offers, for a new snapshot."""
+        if self.dialect == "postgres" and run.scalar(
+            "SELECT COUNT(*) FROM pg_catalog.pg_proc WHERE proname = 'hash_record_extended'"
+        ):
+            return PG_HASH_RECORD  # PostgreSQL 14+ (not Redshift)
+        return MD5_LENPREFIX
 
     def _check_snapshot(
         self, meta: dict[str, Any], spec: DiffSpec, types: dict[str, str], plan: Plan
@@ -316,15 +385,16 @@ class WarehouseDiffEngine(DiffEngine):
                 f"schema {self.schema!r} was written; nothing was sent",
                 hint=f"run `undertow reset {spec.sync}` (the next run is a first run)",
             )
-        if plan.full:
-            return  # every row is planned: the snapshot is rewritten under the new types
-        if meta["hash_algorithm"] != HASH_ALGORITHM:
+        if meta["hash_algorithm"] not in HASH_ALGORITHMS:
             raise StateError(
                 f"sync {spec.sync!r}: the snapshot in schema {self.schema!r} was hashed with "
-                f"{meta['hash_algorithm']!r}, this version uses {HASH_ALGORITHM!r}; its rows "
-                "cannot be compared, and nothing was sent",
-                hint=remedy,
+                f"{meta['hash_algorithm']!r}, which this version does not know "
+                f"({', '.join(HASH_ALGORITHMS)}); its rows cannot be compared, and nothing "
+                "was sent",
+                hint=f"run `undertow reset {spec.sync}` (the next run is a first run)",
             )
+        if plan.full:
+            return  # every row is planned: the snapshot is rewritten under the new types
         for column, old in meta["types"].items():
             new = types.get(column)
             if new is None or new == old or column not in spec.values:
@@ -345,22 +415,35 @@ class WarehouseDiffEngine(DiffEngine):
         spec: DiffSpec,
         plan: Plan,
         batch_size: int,
-        meta: dict[str, Any] | None,
-        carry: list[str],
-        types: dict[str, str],
+        shape: _Shape,
         only_keys: Collection[str] | None,
         watch_keys: Collection[str] | None,
     ) -> ChangeStats:
+        """The change set in one pass over the model: a full join with the snapshot.
+
+        Statements, in one transaction where the warehouse has them (so every statement
+        reads the same model):
+
+        1. count the model's rows and the snapshot's;
+        2. ``chg``: the model (with each row's hash) FULL JOIN the snapshot on the key,
+           keeping the rows that were added, removed or whose hash or fingerprint differs
+           (every row under ``--full``); an unchanged row is never written;
+        3. duplicate keys. Inside a transaction, when the model's rows that met a snapshot
+           row are as many as the snapshot rows they met, no met key is duplicated, so only
+           the added rows are grouped; otherwise the model's keys are grouped;
+        4. the invalid rows (NULL or duplicate key) leave ``chg`` for ``ut_inv_*``;
+        5. the plan table numbers ``chg``'s rows into batches, as the local engine does.
+        """
         keys, values = spec.keys, spec.values
         columns = keys + values
+        meta, carry, types, algorithm = shape.meta, shape.carry, shape.types, shape.algorithm
         stats = ChangeStats()
         plan_t, inv_t = self._t(self._plan_name(run_id)), self._t(self._inv_name(run_id))
-        cur = self._t(self._work_name(run_id, "cur"))
-        dup = self._t(self._work_name(run_id, "dup"))
-        chg = self._t(self._work_name(run_id, "chg"))
+        chg_name = self._work_name(run_id, "chg")
+        chg, dup = self._t(chg_name), self._t(self._work_name(run_id, "dup"))
         only_t = self._t(self._work_name(run_id, "only"))
         watch_t = self._t(self._work_name(run_id, "watch"))
-        work = [cur, dup, chg, only_t, watch_t]
+        work = [chg, dup, only_t, watch_t]
         self._drop(run, [plan_t, inv_t, *work])
         run.execute(
             f"DELETE FROM {self._t('ut_plans')} WHERE sync = {lit(self.sync)} "
@@ -368,21 +451,21 @@ class WarehouseDiffEngine(DiffEngine):
         )
         fp = int(spec.fingerprint)
         snap = self._t(self._snap)
+        empty = empty_hash_sql(algorithm)
         snapshot_exists = meta is not None
         if not snapshot_exists and not self.dry_run:
             run.execute(
                 f"""CREATE TABLE {snap} AS SELECT {", ".join(f"m.{ident(c)}" for c in keys + carry)},
-                        MD5('') AS _ut_hash, CAST(0 AS BIGINT) AS _ut_fp,
+                        {empty} AS _ut_hash, CAST(0 AS BIGINT) AS _ut_fp,
                         CURRENT_TIMESTAMP AS _ut_synced_at
                     FROM {ident(_MODEL)} AS m WHERE 1 = 0""",
                 columns,
             )
-            self._write_meta(run, keys, carry, {c: types[c] for c in columns})
             snapshot_exists = True
         elif snapshot_exists and meta is not None and meta["match"] != carry:
             self._recarry(run, spec, meta["match"], carry, columns)
         if snapshot_exists and not self.dry_run:
-            self._write_meta(run, keys, carry, {c: types[c] for c in columns})
+            self._write_meta(run, keys, carry, {c: types[c] for c in columns}, algorithm)
         if snapshot_exists and (self.dry_run and meta is not None and meta["match"] != carry):
             old = set(meta["match"])
             picks = [f"s.{ident(k)}" for k in keys] + [
@@ -394,83 +477,102 @@ class WarehouseDiffEngine(DiffEngine):
         else:  # a dry run before any run: an empty snapshot shaped like the model
             picks = [f"m.{ident(c)}" for c in keys + carry]
             snap_rel = (
-                f"(SELECT {', '.join(picks)}, MD5('') AS _ut_hash, CAST(0 AS BIGINT) AS _ut_fp "
+                f"(SELECT {', '.join(picks)}, {empty} AS _ut_hash, CAST(0 AS BIGINT) AS _ut_fp "
                 f"FROM {ident(_MODEL)} AS m WHERE 1 = 0)"
             )
-
-        key_sel = ", ".join(f"m.{ident(c)}" for c in columns)
-        run.execute(
-            f"""{self._work_table} {cur} AS SELECT {key_sel}, {row_hash_sql(values, "m")} AS _ut_hash,
-                       {key_text_sql(keys, "m")} AS _ut_key
-                FROM {ident(_MODEL)} AS m""",
-            columns,
-        )
-        stats.extracted = run.scalar(f"SELECT COUNT(*) FROM {cur}")
         for table, wanted in ((only_t, only_keys), (watch_t, watch_keys)):
             run.execute(f"CREATE TABLE {table} (k TEXT)")
             run.insert_values(table, sorted(wanted or ()))
-        if only_keys is not None:
-            run.execute(f"DELETE FROM {cur} WHERE _ut_key NOT IN (SELECT k FROM {only_t})")
-            stats.extracted = run.scalar(f"SELECT COUNT(*) FROM {cur}")
-        stats.snapshot = run.scalar(f"SELECT COUNT(*) FROM {snap_rel} AS s")
+
+        def scope(alias: str) -> str:
+            if only_keys is None:
+                return ""
+            return f" WHERE {key_text_sql(keys, alias)} IN (SELECT k FROM {only_t})"
 
         def on(a: str, b: str) -> str:
             return " AND ".join(f"{a}.{ident(k)} = {b}.{ident(k)}" for k in keys)
 
+        consistent = run.begin()
+        in_scope = run.scalar(f"SELECT COUNT(*) FROM {ident(_MODEL)} AS m{scope('m')}", columns)
+        stats.extracted = in_scope  # as the local engine counts: the whole model's rows
+        if only_keys is not None:
+            stats.extracted = run.scalar(f"SELECT COUNT(*) FROM {ident(_MODEL)} AS m", columns)
+        stats.snapshot = run.scalar(f"SELECT COUNT(*) FROM {snap_rel} AS s", columns)
+        met_snapshot = stats.snapshot
+        if only_keys is not None:
+            met_snapshot = run.scalar(f"SELECT COUNT(*) FROM {snap_rel} AS s{scope('s')}", columns)
+
+        gone, new = "c._ut_in IS NULL", "s._ut_fp IS NULL"
+        differs = f"(c._ut_hash <> s._ut_hash OR s._ut_fp <> {fp})"
+        picks = [
+            f"CASE WHEN {gone} THEN s.{ident(c)} ELSE c.{ident(c)} END AS {ident(c)}"
+            if c in keys or c in carry
+            else f"c.{ident(c)}"
+            for c in columns
+        ]
+        hashed = row_hash_sql(values, "m", algorithm=algorithm, types=types)
+        full = "unchanged" in plan.ops
+        run.execute(
+            f"""{self._work_table} {chg} AS
+                SELECT CAST(CASE WHEN {gone} THEN 'removed' WHEN {new} THEN 'added'
+                                 WHEN {differs} THEN 'changed' ELSE 'unchanged' END
+                            AS TEXT) AS _ut_kind,
+                       CASE WHEN {gone} THEN {key_text_sql(keys, "s")}
+                            ELSE {key_text_sql(keys, "c")} END AS _ut_key,
+                       {", ".join(picks)},
+                       CASE WHEN {gone} THEN s._ut_hash ELSE c._ut_hash END AS _ut_hash
+                FROM (SELECT m.*, {hashed} AS _ut_hash, 1 AS _ut_in
+                      FROM {ident(_MODEL)} AS m{scope("m")}) AS c
+                FULL OUTER JOIN (SELECT * FROM {snap_rel} AS s{scope("s")}) AS s
+                  ON {on("c", "s")}
+                {"" if full else f"WHERE {gone} OR {new} OR {differs}"}""",
+            columns,
+        )
+
+        def kind_counts() -> dict[str, int]:
+            rows = run.rows(f"SELECT _ut_kind, COUNT(*) FROM {chg} GROUP BY _ut_kind")
+            return {str(k): int(v) for k, v in rows}
+
+        counts = kind_counts()
         key_cols = ", ".join(ident(k) for k in keys)
         not_null = " AND ".join(f"{ident(k)} IS NOT NULL" for k in keys)
-        any_null = " OR ".join(f"c.{ident(k)} IS NULL" for k in keys)
+        any_null = " OR ".join(f"{ident(k)} IS NULL" for k in keys)
+        met_rows = in_scope - counts.get("added", 0)
+        if consistent and met_rows == met_snapshot - counts.get("removed", 0):
+            # no key that met the snapshot is duplicated: only added keys can be
+            grouped, model_cols = f"{chg} WHERE _ut_kind = 'added' AND {not_null}", None
+        else:
+            grouped = f"{ident(_MODEL)} AS m WHERE {not_null}"
+            if only_keys is not None:
+                grouped += f" AND {key_text_sql(keys, 'm')} IN (SELECT k FROM {only_t})"
+            model_cols = columns
         run.execute(
-            f"""{self._work_table} {dup} AS SELECT {key_cols}, COUNT(*) AS _ut_n FROM {cur}
-                WHERE {not_null} GROUP BY {key_cols} HAVING COUNT(*) > 1"""
+            f"""{self._work_table} {dup} AS SELECT {key_cols}, COUNT(*) AS _ut_n
+                FROM {grouped} GROUP BY {key_cols} HAVING COUNT(*) > 1""",
+            model_cols,
         )
         run.execute(
             f"""CREATE TABLE {inv_t} AS
-                SELECT c._ut_key AS _ut_key,
-                       {lit("NULL primary key (" + ", ".join(keys) + ")")} AS reason
-                FROM {cur} AS c WHERE {any_null}
+                SELECT _ut_key, {lit("NULL primary key (" + ", ".join(keys) + ")")} AS reason
+                FROM {chg} WHERE _ut_kind = 'added' AND ({any_null})
                 UNION ALL
                 SELECT {key_text_sql(keys, "d")} AS _ut_key,
                        'duplicate primary key: ' || CAST(d._ut_n AS TEXT) || ' rows share it'
                 FROM {dup} AS d"""
         )
-        null_rows = run.scalar(f"SELECT COUNT(*) FROM {cur} AS c WHERE {any_null}")
+        null_rows = run.scalar(f"SELECT COUNT(*) FROM {chg} WHERE {any_null}")
         dup_rows = run.scalar(f"SELECT COALESCE(SUM(_ut_n), 0) FROM {dup}")
         stats.invalid = null_rows + dup_rows
-
-        differs = f"(c._ut_hash <> s._ut_hash OR s._ut_fp <> {fp})"
-        valid = f"NOT ({any_null}) AND NOT EXISTS (SELECT 1 FROM {dup} AS d WHERE {on('d', 'c')})"
-        new_cols = ", ".join(f"c.{ident(c)}" for c in columns)
-        old_cols = ", ".join(
-            f"s.{ident(c)}" if c in keys or c in carry else f"NULL AS {ident(c)}" for c in columns
-        )
-        full = "unchanged" in plan.ops
-        only_snap = (
-            f" AND {key_text_sql(keys, 's')} IN (SELECT k FROM {only_t})"
-            if only_keys is not None
-            else ""
-        )
-        run.execute(
-            f"""{self._work_table} {chg} AS
-                SELECT CAST('added' AS TEXT) AS _ut_kind, c._ut_key, {new_cols}, c._ut_hash
-                FROM {cur} AS c
-                WHERE {valid} AND NOT EXISTS (SELECT 1 FROM {snap_rel} AS s WHERE {on("s", "c")})
-                UNION ALL
-                SELECT CASE WHEN {differs} THEN 'changed' ELSE 'unchanged' END, c._ut_key,
-                       {new_cols}, c._ut_hash
-                FROM {cur} AS c JOIN {snap_rel} AS s ON {on("s", "c")}
-                WHERE {valid}{"" if full else " AND " + differs}
-                UNION ALL
-                SELECT 'removed', {key_text_sql(keys, "s")}, {old_cols}, s._ut_hash
-                FROM {snap_rel} AS s
-                WHERE NOT EXISTS (SELECT 1 FROM {cur} AS c WHERE {on("c", "s")}){only_snap}"""
-        )
-        counts = dict(run.rows(f"SELECT _ut_kind, COUNT(*) FROM {chg} GROUP BY _ut_kind"))
-        counts = {str(k): int(v) for k, v in counts.items()}
+        if stats.invalid:
+            run.execute(
+                f"""DELETE FROM {chg} WHERE {" OR ".join(f"{ident(k)} IS NULL" for k in keys)}
+                    OR EXISTS (SELECT 1 FROM {dup} AS d WHERE {on("d", ident(chg_name))})"""
+            )
+            counts = kind_counts()
         stats.added = counts.get("added", 0)
         stats.changed = counts.get("changed", 0)
         stats.removed = counts.get("removed", 0)
-        stats.unchanged = stats.extracted - stats.invalid - stats.added - stats.changed
+        stats.unchanged = in_scope - stats.invalid - stats.added - stats.changed
 
         groups = _groups(plan, counts, batch_size)
         stats.total_batches = groups.total_batches
@@ -503,6 +605,7 @@ class WarehouseDiffEngine(DiffEngine):
             f"""INSERT INTO {self._t("ut_plans")} VALUES ({lit(self.sync)}, {lit(run_id)},
                 {lit(self._plan_name(run_id))}, {lit(self._inv_name(run_id))}, CURRENT_TIMESTAMP)"""
         )
+        run.commit()
         return stats
 
     def _recarry(
@@ -650,7 +753,7 @@ class WarehouseDiffEngine(DiffEngine):
             )
             on = " AND ".join(f"a.{ident(k)} = {ident(self._snap)}.{ident(k)}" for k in keys)
             try:
-                run.execute("BEGIN")
+                run.begin()
                 run.execute(
                     f"DELETE FROM {snap} WHERE EXISTS (SELECT 1 FROM {acc_t} AS a WHERE {on})"
                 )
@@ -660,7 +763,7 @@ class WarehouseDiffEngine(DiffEngine):
                         SELECT {names}, _ut_hash, _ut_fp, CURRENT_TIMESTAMP FROM {acc_t}
                         WHERE _ut_kind <> 'removed'"""
                 )
-                run.execute("COMMIT")
+                run.commit()
             except Exception:
                 run.rollback_quietly()
                 raise
@@ -674,8 +777,7 @@ class WarehouseDiffEngine(DiffEngine):
 
     def _discard(self, run: _Runner, run_id: str) -> None:
         names = [self._plan_name(run_id), self._inv_name(run_id)]
-        names += [self._work_name(run_id, w) for w in ("cur", "dup", "chg", "only", "watch")]
-        names += [self._work_name(run_id, w) for w in ("done", "bad", "acc")]
+        names += [self._work_name(run_id, w) for w in _WORK_TABLES]
         self._drop(run, [self._t(n) for n in names])
         if self._has_table(run, "ut_plans"):
             run.execute(
@@ -720,18 +822,16 @@ class _Runner:
     def __init__(self, engine: WarehouseDiffEngine, session: SqlSession) -> None:
         self.engine = engine
         self.session = session
+        self.in_transaction = False
 
     def execute(self, template: str, columns: Sequence[str] | None = None) -> None:
-        if template in ("BEGIN", "COMMIT", "ROLLBACK"):
-            self.session.execute(template)
-            return
         self.session.execute(self.engine.render(template, columns))
 
-    def rows(self, template: str) -> list[tuple[Any, ...]]:
-        return self.session.rows(self.engine.render(template))
+    def rows(self, template: str, columns: Sequence[str] | None = None) -> list[tuple[Any, ...]]:
+        return self.session.rows(self.engine.render(template, columns))
 
-    def scalar(self, template: str) -> int:
-        value = self.rows(template)[0][0]
+    def scalar(self, template: str, columns: Sequence[str] | None = None) -> int:
+        value = self.rows(template, columns)[0][0]
         return int(value or 0)
 
     def insert_values(self, table: str, values: Sequence[int | str]) -> None:
@@ -740,9 +840,41 @@ class _Runner:
             rows = ", ".join(f"({lit(v) if isinstance(v, str) else int(v)})" for v in part)
             self.execute(f"INSERT INTO {table} VALUES {rows}")
 
+    def begin(self) -> bool:
+        """Open a transaction where the dialect has them; False where each statement commits.
+
+        Without one (ClickHouse, BigQuery, Databricks) a build's statements may read
+        different states of a changing model, and a fold is two statements; a fold is
+        replayed from the checkpoints by the next run, so an interrupted one is repaired.
+        """
+        statement = _BEGIN.get(self.engine.dialect)
+        if statement is None:
+            return False
+        self.session.execute(statement)
+        self.in_transaction = True
+        return True
+
+    def commit(self) -> None:
+        if self.in_transaction:
+            self.session.execute("COMMIT")
+            self.in_transaction = False
+
     def rollback_quietly(self) -> None:
-        with contextlib.suppress(Exception):  # nothing was open
+        if not self.in_transaction:
+            return
+        self.in_transaction = False
+        with contextlib.suppress(Exception):  # the connection may be gone
             self.session.execute("ROLLBACK")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a build knows of the snapshot before it starts."""
+
+    meta: dict[str, Any] | None
+    carry: list[str]
+    types: dict[str, str]
+    algorithm: str
 
 
 class _Groups:
