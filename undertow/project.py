@@ -203,9 +203,8 @@ class Project:
 
                         for missing in source_access(self.loaded, name, src):
                             grants = " ".join(missing.grants)
-                            add(
-                                SourceError(missing.message, hint=f"run: {grants}"), "sources", name
-                            )
+                            hint = f"run: {grants}" if grants else None
+                            add(SourceError(missing.message, hint=hint), "sources", name)
                     finally:
                         src.close()
                 except UndertowError as exc:

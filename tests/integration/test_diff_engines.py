@@ -14,18 +14,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import duckdb
 import polars as pl
 import psycopg
 import pyarrow as pa
+import pymysql
 import pytest
 
 from undertow.config.models import Mode
 from undertow.destinations.base import Capabilities, Operation
-from undertow.errors import PlanError
+from undertow.errors import PlanError, StateError
 from undertow.pipeline.diff import ChangeStats, DiffEngine, DiffSpec, LocalDiffEngine
-from undertow.errors import StateError
 from undertow.pipeline.diff_warehouse import (
     HASH_ALGORITHM,
     MD5_LENPREFIX,
@@ -36,6 +37,7 @@ from undertow.pipeline.diff_warehouse import (
 from undertow.pipeline.plan import Plan, make_plan
 from undertow.sources.base import Source
 from undertow.sources.duckdb import DuckDBConfig, DuckDBSource
+from undertow.sources.mysql import MySQLConfig, MySQLSource
 from undertow.sources.postgres import PostgresConfig, PostgresSource
 
 pytestmark = pytest.mark.integration
@@ -93,7 +95,7 @@ class Backend:
     ) -> ChangeStats:
         reader = None
         if engine.pulls_model:
-            cols = ", ".join('"' + c + '"' for c in s.columns)
+            cols = ", ".join(self.source.quote_identifier(c) for c in s.columns)
             reader = self.source.extract(f"SELECT {cols} FROM ({SQL}) AS m", model="users")
         return engine.build(run_id, reader, s, p, batch_size, **kwargs)
 
@@ -128,7 +130,49 @@ def _postgres_backend(kind: str, tmp_path: Path, url: str) -> Backend:
     return Backend(kind, source, load, tmp_path / "state")
 
 
-BACKENDS = ["local-duckdb", "warehouse-duckdb", "local-postgres", "warehouse-postgres"]
+_MARIADB_TYPES = {
+    pa.int64(): "bigint",
+    pa.int32(): "int",
+    pa.string(): "text",
+    pa.float64(): "double",
+    pa.date32(): "date",
+    pa.bool_(): "boolean",
+}
+
+
+def _mariadb_backend(kind: str, tmp_path: Path, url: str) -> Backend:
+    parts = urlsplit(url)
+    database = parts.path.lstrip("/")
+
+    def connect() -> Any:
+        return pymysql.connect(
+            host=parts.hostname, port=parts.port, user=parts.username, database=database
+        )
+
+    def load(table: pa.Table) -> None:
+        cols = ", ".join(f"`{f.name}` {_MARIADB_TYPES[f.type]}" for f in table.schema)
+        with connect() as con, con.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS users")
+            cur.execute(f"CREATE TABLE users ({cols})")
+            rows = [tuple(r.values()) for r in table.to_pylist()]
+            if rows:
+                marks = ", ".join(["%s"] * len(table.schema))
+                cur.executemany(f"INSERT INTO users VALUES ({marks})", rows)
+            con.commit()
+
+    source = MySQLSource(MySQLConfig(url=url), name="maria")
+    # the scratch schema is a database: one per test, dropped with it (see the fixture)
+    return Backend(kind, source, load, tmp_path / "state", schema=f"{database}_scratch")
+
+
+BACKENDS = [
+    "local-duckdb",
+    "warehouse-duckdb",
+    "local-postgres",
+    "warehouse-postgres",
+    "local-mariadb",
+    "warehouse-mariadb",
+]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -136,10 +180,16 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     kind, where = request.param.split("-")
     if where == "duckdb":
         made = _duckdb_backend(kind, tmp_path)
-    else:
+    elif where == "postgres":
         made = _postgres_backend(kind, tmp_path, request.getfixturevalue("pg_database"))
+    else:
+        made = _mariadb_backend(kind, tmp_path, request.getfixturevalue("mariadb_database"))
     yield made
     made.source.close()
+    if where == "mariadb":
+        url = urlsplit(request.getfixturevalue("mariadb_database"))
+        with pymysql.connect(host=url.hostname, port=url.port, user=url.username) as con:
+            con.cursor().execute(f"DROP DATABASE IF EXISTS `{made.schema}`")
 
 
 @pytest.fixture
@@ -239,6 +289,38 @@ def test_second_run_sees_exactly_the_changes(backend: Backend, engine: DiffEngin
     assert rows["1"]["plan"] == "pro"
     # a removed row carries its key and the destination's identifier (match: email)
     assert (rows["3"]["id"], rows["3"]["email"]) == (3, "u3@x.com")
+
+
+def test_new_match_columns_are_carried_for_removed_rows(backend: Backend) -> None:
+    first = backend.engine()
+    accept_all(backend, first, users(3))
+    first.close()
+    backend.match = ["email", "plan"]  # the destination now finds records by plan as well
+    engine = backend.engine()
+    backend.load(users(2, **{"0": {"plan": "pro"}}))
+    s = spec(fingerprint=FP + 1)  # `match` is part of the mapping
+    stats = backend.build(engine, "r2", s, plan())
+    assert (stats.changed, stats.removed, stats.planned) == (2, 1, 3)
+    rows = by_key(planned(engine, "r2"))
+    assert (rows["2"]["_ut_kind"], rows["2"]["id"], rows["2"]["email"]) == (
+        "removed",
+        2,
+        "u2@x.com",
+    )
+    assert rows["0"]["plan"] == "pro"
+    engine.fold("r2", s, everything(stats), [])
+    engine.discard("r2")
+    assert engine.snapshot_rows() == 2
+    backend.load(users(1, **{"0": {"plan": "pro"}}))
+    stats = backend.build(engine, "r3", s, plan())
+    rows = by_key(planned(engine, "r3"))
+    # the removed row carries the match values it was accepted with
+    assert (rows["1"]["_ut_kind"], rows["1"]["email"], rows["1"]["plan"]) == (
+        "removed",
+        "u1@x.com",
+        "free",
+    )
+    engine.close()
 
 
 def test_only_mapped_columns_are_compared(backend: Backend, engine: DiffEngine) -> None:
@@ -424,7 +506,8 @@ def test_a_resumed_run_reads_the_same_plan(backend: Backend) -> None:
 
 
 def _reader(backend: Backend) -> pa.RecordBatchReader:
-    return backend.source.extract('SELECT "id", "email", "plan" FROM users', model="users")
+    cols = ", ".join(backend.source.quote_identifier(c) for c in ("id", "email", "plan"))
+    return backend.source.extract(f"SELECT {cols} FROM users", model="users")
 
 
 def test_batches_are_contiguous_per_operation_and_exact(

@@ -7,6 +7,7 @@ import decimal
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -14,7 +15,7 @@ import pymysql
 import pytest
 from pydantic import SecretStr
 
-from tests.conftest import MARIADB_HOST, MARIADB_PORT
+from tests.conftest import MARIADB_HOST, MARIADB_PORT, MARIADB_USER
 from undertow.errors import ModelError, SourceError
 from undertow.pipeline.run import projected_sql
 from undertow.registry import source_class
@@ -264,3 +265,160 @@ def test_config_needs_url_or_host() -> None:
         MySQLConfig.model_validate({"type": "mysql"})
     with pytest.raises(ValueError, match="mysql://"):
         MySQLConfig.model_validate({"type": "mysql", "url": "postgresql://x@y/z"})
+
+
+# -- check_access: least-privilege checks for `undertow validate` ----------------------------
+
+
+def admin_run(*statements: str) -> None:
+    conn = pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user=MARIADB_USER)
+    with conn, conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+
+
+@pytest.fixture
+def limited(mariadb_database: str) -> Iterator[tuple[str, str, str]]:
+    """A user 'ut_ro_<hex>'@'%' with SELECT on table `users` only (`orders` next to it);
+    yields its name, the database and a URL connecting as it. The user is dropped after."""
+    dbname = urlsplit(mariadb_database).path.lstrip("/")
+    name = f"ut_ro_{uuid.uuid4().hex[:10]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    run(mariadb_database, "create table users (id int)", "create table orders (id int)")
+    admin_run(f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'")
+    try:
+        admin_run(f"GRANT SELECT ON `{dbname}`.`users` TO '{name}'@'%'")
+        url = f"mysql://{name}:{password}@{MARIADB_HOST}:{MARIADB_PORT}/{dbname}"
+        yield name, dbname, url
+    finally:
+        admin_run(f"DROP USER IF EXISTS '{name}'@'%'")
+
+
+@pytest.fixture
+def scratch() -> Iterator[str]:
+    """A unique scratch database name (with `_`, a wildcard in grants); dropped after."""
+    name = f"ut_scr_{uuid.uuid4().hex[:10]}"
+    try:
+        yield name
+    finally:
+        admin_run(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def test_check_access_root_has_no_problems(mariadb_database: str, scratch: str) -> None:
+    dbname = urlsplit(mariadb_database).path.lstrip("/")
+    run(mariadb_database, "create table users (id int)")
+    src = make_source(mariadb_database)
+    assert src.check_access(["users", f"{dbname}.users"], scratch_schema=scratch) == []
+    assert src.check_access([], scratch_schema=dbname) == []  # an existing database too
+
+
+def test_check_access_names_a_missing_table(mariadb_database: str) -> None:
+    dbname = urlsplit(mariadb_database).path.lstrip("/")
+    problems = make_source(mariadb_database).check_access(["nope", "other_db_nope.t"])
+    assert [p.message for p in problems] == [
+        f"source 'shop': table or view {dbname}.nope does not exist",
+        "source 'shop': table or view other_db_nope.t does not exist",
+    ]
+    assert all(p.grants == () for p in problems)
+
+
+def test_check_access_gives_the_select_grant(limited: tuple[str, str, str]) -> None:
+    name, dbname, url = limited
+    src = make_source(url)
+    src.check()
+    problems = src.check_access(["users", "orders", f"{dbname}.orders", "nope"])
+    assert len(problems) == 2  # `orders` and `<db>.orders` are one table: one problem
+    orders, nope = problems
+    assert orders.grants == (f"GRANT SELECT ON `{dbname}`.`orders` TO '{name}'@'%';",)
+    assert f"user '{name}'@'%' cannot read {dbname}.orders (missing SELECT" in orders.message
+    # a table this user may not read and one that does not exist look the same to it
+    assert f"cannot read {dbname}.nope" in nope.message
+    assert "no such table" in nope.message
+
+    admin_run(*[g for g in orders.grants])
+    assert src.check_access(["users", "orders", f"{dbname}.orders"]) == []
+    assert src.extract("select id from orders", model="m").read_all().num_rows == 0
+
+
+def test_check_access_lists_the_scratch_privileges(
+    limited: tuple[str, str, str], scratch: str
+) -> None:
+    name, dbname, url = limited
+    src = make_source(url)
+    escaped = scratch.replace("_", "\\_")
+    grant = f"GRANT CREATE, DROP, SELECT, INSERT, DELETE, ALTER ON `{escaped}`.* TO '{name}'@'%';"
+    [problem] = src.check_access([], scratch_schema=scratch)
+    assert problem.grants == (grant,)
+    assert problem.message == (
+        f"source 'shop': the warehouse diff engine keeps its tables in database {scratch!r} "
+        "(not there yet, the engine creates it, or not visible to this user), where user "
+        f"'{name}'@'%' lacks CREATE, DROP, SELECT, INSERT, DELETE and ALTER"
+    )
+
+    # some of them, on the database once it exists: only the others are missing
+    admin_run(
+        f"CREATE DATABASE `{scratch}`", f"GRANT SELECT, INSERT ON `{escaped}`.* TO '{name}'@'%'"
+    )
+    [problem] = src.check_access([], scratch_schema=scratch)
+    assert problem.message.endswith(f"'{name}'@'%' lacks CREATE, DROP, DELETE and ALTER")
+    assert f"database {scratch!r}, where" in problem.message
+    assert problem.grants == (grant,)
+
+    admin_run(f"DROP DATABASE `{scratch}`", *problem.grants)
+    assert src.check_access(["users"], scratch_schema=scratch) == []
+    # and they are enough for what the warehouse engine does there
+    parts = urlsplit(url)
+    conn = pymysql.connect(
+        host=parts.hostname, port=parts.port, user=parts.username, password=parts.password
+    )
+    with conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS `{scratch}`")
+        cur.execute(f"CREATE TABLE `{scratch}`.a AS SELECT id FROM `{dbname}`.users")
+        cur.execute(f"INSERT INTO `{scratch}`.a VALUES (1)")
+        cur.execute(f"DELETE FROM `{scratch}`.a WHERE id = 1")
+        cur.execute(f"ALTER TABLE `{scratch}`.a RENAME TO `{scratch}`.b")
+        cur.execute(f"DROP TABLE `{scratch}`.b")
+    # a lookalike database (`_` is a wildcard unless escaped) gets nothing
+    lookalike = scratch.replace("_", "x", 1)
+    [problem] = src.check_access([], scratch_schema=lookalike)
+    assert "lacks CREATE, DROP, SELECT, INSERT, DELETE and ALTER" in problem.message
+
+
+def test_check_access_sees_grants_through_a_default_role(
+    limited: tuple[str, str, str], scratch: str
+) -> None:
+    name, dbname, url = limited
+    role = f"ut_role_{uuid.uuid4().hex[:10]}"
+    inner = f"ut_role_{uuid.uuid4().hex[:10]}"
+    admin_run(f"CREATE ROLE `{role}`", f"CREATE ROLE `{inner}`")
+    try:
+        admin_run(
+            f"GRANT SELECT ON `{dbname}`.`orders` TO `{role}`",
+            f"GRANT CREATE, DROP, SELECT ON `{scratch}`.* TO `{role}`",
+            f"GRANT INSERT, DELETE, ALTER ON `{scratch}`.* TO `{inner}`",
+            f"GRANT `{inner}` TO `{role}`",
+            f"GRANT `{role}` TO '{name}'@'%'",
+        )
+        src = make_source(url)
+        read, write = src.check_access(["orders"], scratch_schema=scratch)  # role not enabled
+        assert f"cannot read {dbname}.orders" in read.message
+        assert "lacks CREATE, DROP, SELECT, INSERT, DELETE and ALTER" in write.message
+        admin_run(f"SET DEFAULT ROLE `{role}` FOR '{name}'@'%'")
+        assert src.check_access(["users", "orders"], scratch_schema=scratch) == []
+    finally:
+        admin_run(f"DROP ROLE IF EXISTS `{role}`", f"DROP ROLE IF EXISTS `{inner}`")
+
+
+def test_check_access_global_grants_count(limited: tuple[str, str, str], scratch: str) -> None:
+    name, _, url = limited
+    admin_run(f"GRANT ALL PRIVILEGES ON *.* TO '{name}'@'%'")
+    assert make_source(url).check_access(["orders"], scratch_schema=scratch) == []
+
+
+def test_check_access_connection_error_is_a_source_error() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = make_source(f"mysql://root@127.0.0.1:{port}/test", connect_timeout=2)
+    with pytest.raises(SourceError, match="mysqladmin ping"):
+        src.check_access(["users"], scratch_schema="undertow")

@@ -145,11 +145,17 @@ def empty_hash_sql(algorithm: str) -> str:
 
 
 def key_text_sql(keys: Sequence[str], alias: str) -> str:
-    """The row key as text, as the local engine writes it (``id`` or ``a=1, b=x``)."""
+    """The row key as text, as the local engine writes it (``id`` or ``a=1, b=x``).
+
+    ``alias`` qualifies the key columns; ``""`` leaves them unqualified."""
+
+    def col(k: str) -> str:
+        return f"{alias}.{ident(k)}" if alias else ident(k)
+
     if len(keys) == 1:
-        return f"COALESCE({text_of(alias + '.' + ident(keys[0]))}, 'NULL')"
+        return f"COALESCE({text_of(col(keys[0]))}, 'NULL')"
     return " || ', ' || ".join(
-        f"{lit(k + '=')} || COALESCE({text_of(alias + '.' + ident(k))}, 'NULL')" for k in keys
+        f"{lit(k + '=')} || COALESCE({text_of(col(k))}, 'NULL')" for k in keys
     )
 
 
@@ -439,8 +445,7 @@ class WarehouseDiffEngine(DiffEngine):
         meta, carry, types, algorithm = shape.meta, shape.carry, shape.types, shape.algorithm
         stats = ChangeStats()
         plan_t, inv_t = self._t(self._plan_name(run_id)), self._t(self._inv_name(run_id))
-        chg_name = self._work_name(run_id, "chg")
-        chg, dup = self._t(chg_name), self._t(self._work_name(run_id, "dup"))
+        chg, dup = self._t(self._work_name(run_id, "chg")), self._t(self._work_name(run_id, "dup"))
         only_t = self._t(self._work_name(run_id, "only"))
         watch_t = self._t(self._work_name(run_id, "watch"))
         work = [chg, dup, only_t, watch_t]
@@ -566,7 +571,7 @@ class WarehouseDiffEngine(DiffEngine):
         if stats.invalid:
             run.execute(
                 f"""DELETE FROM {chg} WHERE {" OR ".join(f"{ident(k)} IS NULL" for k in keys)}
-                    OR EXISTS (SELECT 1 FROM {dup} AS d WHERE {on("d", ident(chg_name))})"""
+                    OR {self._keys_in(keys, dup)}"""
             )
             counts = kind_counts()
         stats.added = counts.get("added", 0)
@@ -580,7 +585,7 @@ class WarehouseDiffEngine(DiffEngine):
         stats.deletes = groups.deletes
         meta_cols = (
             "CAST(0 AS BIGINT) AS _ut_seq, CAST(0 AS BIGINT) AS _ut_batch, "
-            "CAST('' AS TEXT) AS _ut_op, CAST(0 AS BIGINT) AS _ut_fp"
+            "CAST('' AS VARCHAR(16)) AS _ut_op, CAST(0 AS BIGINT) AS _ut_fp"
         )
         body = f"_ut_kind, _ut_key, {', '.join(ident(c) for c in columns)}, _ut_hash"
         run.execute(f"CREATE TABLE {plan_t} AS SELECT {meta_cols}, {body} FROM {chg} WHERE 1 = 0")
@@ -633,7 +638,34 @@ class WarehouseDiffEngine(DiffEngine):
             columns,
         )
         self._drop(run, [snap])
-        run.execute(f"ALTER TABLE {tmp} RENAME TO {ident(self._snap)}")
+        run.session.execute(self._rename_sql(self._snap + "_new", self._snap))
+
+    def _keys_in(self, keys: Sequence[str], table: str) -> str:
+        """The (unqualified) key of the row is among ``table``'s keys: an uncorrelated IN,
+        which ClickHouse accepts (it has no correlated subqueries); BigQuery, which has no
+        tuple IN, compares a composite key as text."""
+        cols = ", ".join(ident(k) for k in keys)
+        if len(keys) == 1:
+            return f"{cols} IN (SELECT {cols} FROM {table})"
+        if self.dialect == "bigquery":
+            return (
+                f"{key_text_sql(keys, '')} IN (SELECT {key_text_sql(keys, 'k')} FROM {table} AS k)"
+            )
+        return f"({cols}) IN (SELECT {cols} FROM {table})"
+
+    def _rename_sql(self, old: str, new: str) -> str:
+        """Rename a scratch table within the scratch schema (written in the source's dialect:
+        MySQL's ``ALTER TABLE ... RENAME`` moves an unqualified name to the default database)."""
+
+        def q(name: str) -> str:
+            return exp.to_identifier(name, quoted=True).sql(self.dialect)
+
+        schema = q(self.schema)
+        if self.dialect in ("mysql", "clickhouse"):
+            return f"RENAME TABLE {schema}.{q(old)} TO {schema}.{q(new)}"
+        if self.dialect in ("snowflake", "databricks"):
+            return f"ALTER TABLE {schema}.{q(old)} RENAME TO {schema}.{q(new)}"
+        return f"ALTER TABLE {schema}.{q(old)} RENAME TO {q(new)}"
 
     def _drop(self, run: _Runner, tables: Iterable[str]) -> None:
         for table in tables:
@@ -751,12 +783,9 @@ class WarehouseDiffEngine(DiffEngine):
                     WHERE p._ut_batch IN (SELECT n FROM {done_t})
                       AND p._ut_seq NOT IN (SELECT n FROM {bad_t})"""
             )
-            on = " AND ".join(f"a.{ident(k)} = {ident(self._snap)}.{ident(k)}" for k in keys)
             try:
                 run.begin()
-                run.execute(
-                    f"DELETE FROM {snap} WHERE EXISTS (SELECT 1 FROM {acc_t} AS a WHERE {on})"
-                )
+                run.execute(f"DELETE FROM {snap} WHERE {self._keys_in(keys, acc_t)}")
                 names = ", ".join(ident(c) for c in snap_cols)
                 run.execute(
                     f"""INSERT INTO {snap} ({names}, _ut_hash, _ut_fp, _ut_synced_at)
