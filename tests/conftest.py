@@ -3,9 +3,11 @@ command that starts the server when it is down; they never skip."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -84,3 +86,19 @@ def mariadb_database() -> Iterator[str]:
     finally:
         with admin() as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture(scope="session")
+def fakesnow_server() -> Iterator[dict[str, Any]]:
+    """One fakesnow server per test process (``fakesnow.server`` can start only once: its
+    submodule of the same name replaces the function once imported)."""
+    try:
+        fakesnow = importlib.import_module("fakesnow")
+    except ImportError:
+        pytest.fail(
+            'fakesnow is not installed: run `make test-warehouses`, or `pip install -e ".[dev,'
+            'snowflake,warehouse-emulators]"` in this virtualenv',
+            pytrace=False,
+        )
+    with fakesnow.server() as kwargs:
+        yield kwargs

@@ -165,6 +165,102 @@ def _mariadb_backend(kind: str, tmp_path: Path, url: str) -> Backend:
     return Backend(kind, source, load, tmp_path / "state", schema=f"{database}_scratch")
 
 
+# fakesnow reads results through DuckDB's DB-API Arrow output, which warns
+_FAKESNOW_COPY = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+_SNOWFLAKE_TYPES = {
+    pa.int64(): "NUMBER(38, 0)",
+    pa.int32(): "NUMBER(10, 0)",
+    pa.string(): "VARCHAR",
+    pa.float64(): "FLOAT",
+    pa.date32(): "DATE",
+    pa.bool_(): "BOOLEAN",
+}
+
+
+def _snowflake_backend(kind: str, tmp_path: Path, server: dict[str, Any]) -> Backend:
+    from undertow.sources.snowflake import SnowflakeConfig, SnowflakeSource
+
+    schema = f"T_{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:10].upper()}"
+    config = {
+        "type": "snowflake",
+        "account": server["account"],
+        "host": server["host"],
+        "port": server["port"],
+        "protocol": "http",
+        "user": "UNDERTOW",
+        "password": "sf-password-000",
+        "database": "ANALYTICS",
+        "schema": schema,
+    }
+    source = SnowflakeSource(SnowflakeConfig.model_validate(config), name="sf")
+    session = source.session()
+    try:
+        session.execute("CREATE DATABASE IF NOT EXISTS ANALYTICS")
+        session.execute(f"CREATE SCHEMA IF NOT EXISTS ANALYTICS.{schema}")
+    finally:
+        session.close()
+
+    def load(table: pa.Table) -> None:
+        cols = ", ".join(f'"{f.name}" {_SNOWFLAKE_TYPES[f.type]}' for f in table.schema)
+        session = source.session()
+        try:
+            session.execute(f"CREATE OR REPLACE TABLE users ({cols})")
+            rows = table.to_pylist()
+            if rows:
+                values = ", ".join(
+                    "(" + ", ".join(_sql_literal(v) for v in row.values()) + ")" for row in rows
+                )
+                session.execute(f"INSERT INTO users VALUES {values}")
+        finally:
+            session.close()
+
+    return Backend(kind, source, load, tmp_path / "state", schema=f"ut_{schema.lower()}")
+
+
+_CLICKHOUSE_TYPES = {
+    pa.int64(): "Int64",
+    pa.int32(): "Int32",
+    pa.string(): "String",
+    pa.float64(): "Float64",
+    pa.date32(): "Date",
+    pa.bool_(): "Bool",
+}
+
+
+def _clickhouse_backend(kind: str, tmp_path: Path) -> Backend:
+    from undertow.sources.clickhouse import ClickHouseConfig, ClickHouseSource
+
+    config = {"type": "clickhouse", "path": str(tmp_path / "ch")}
+    source = ClickHouseSource(ClickHouseConfig.model_validate(config), name="ch")
+
+    def load(table: pa.Table) -> None:
+        cols = ", ".join(f"`{f.name}` Nullable({_CLICKHOUSE_TYPES[f.type]})" for f in table.schema)
+        session = source.session()
+        try:
+            session.execute("DROP TABLE IF EXISTS users")
+            session.execute(f"CREATE TABLE users ({cols}) ENGINE = MergeTree ORDER BY tuple()")
+            rows = table.to_pylist()
+            if rows:
+                values = ", ".join(
+                    "(" + ", ".join(_sql_literal(v) for v in row.values()) + ")" for row in rows
+                )
+                session.execute(f"INSERT INTO users VALUES {values}")
+        finally:
+            session.close()
+
+    return Backend(kind, source, load, tmp_path / "state")
+
+
+def _sql_literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 BACKENDS = [
     "local-duckdb",
     "warehouse-duckdb",
@@ -172,6 +268,11 @@ BACKENDS = [
     "warehouse-postgres",
     "local-mariadb",
     "warehouse-mariadb",
+    # in-process emulators, in their own virtualenv (make test-warehouses)
+    pytest.param("local-snowflake", marks=[pytest.mark.warehouses, _FAKESNOW_COPY]),
+    pytest.param("warehouse-snowflake", marks=[pytest.mark.warehouses, _FAKESNOW_COPY]),
+    pytest.param("local-clickhouse", marks=pytest.mark.warehouses),
+    pytest.param("warehouse-clickhouse", marks=pytest.mark.warehouses),
 ]
 
 
@@ -182,6 +283,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         made = _duckdb_backend(kind, tmp_path)
     elif where == "postgres":
         made = _postgres_backend(kind, tmp_path, request.getfixturevalue("pg_database"))
+    elif where == "snowflake":
+        made = _snowflake_backend(kind, tmp_path, request.getfixturevalue("fakesnow_server"))
+    elif where == "clickhouse":
+        made = _clickhouse_backend(kind, tmp_path)
     else:
         made = _mariadb_backend(kind, tmp_path, request.getfixturevalue("mariadb_database"))
     yield made

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import importlib
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -121,20 +119,6 @@ def test_missing_driver_says_the_pip_command(monkeypatch: pytest.MonkeyPatch) ->
 # -- against fakesnow ---------------------------------------------------------------------------
 
 FAKESNOW_COPY = "ignore:Arrow output on a DB-API result:UserWarning"
-
-
-@pytest.fixture(scope="module")
-def fakesnow_server() -> Iterator[dict[str, Any]]:
-    try:
-        fakesnow = importlib.import_module("fakesnow")
-    except ImportError:
-        pytest.fail(
-            'fakesnow is not installed: run `make test-warehouses`, or `pip install -e ".[dev,'
-            'snowflake,warehouse-emulators]"` in this virtualenv',
-            pytrace=False,
-        )
-    with fakesnow.server() as kwargs:
-        yield kwargs
 
 
 @pytest.fixture

@@ -80,6 +80,7 @@ _PG_NATIVE_HASH = re.compile(r"^(u?int\d+|float|double|halffloat|decimal|bool|da
 _T = "postgres"  # the dialect the templates below are written in
 _MODEL = "__ut_model__"  # sentinel replaced by the model's SQL after transpiling
 _META = ("_ut_seq", "_ut_batch", "_ut_key", "_ut_op", "_ut_kind")
+_ALL_META = (*_META, "_ut_fp", "_ut_hash")
 _VALUES_PER_INSERT = 1000
 _WORK_TABLES = ("chg", "dup", "only", "watch", "done", "bad", "acc")
 _BEGIN = {
@@ -248,7 +249,15 @@ class WarehouseDiffEngine(DiffEngine):
             + lit(self.schema)
         )
         if not found[0][0]:
+            current = None
+            if self.dialect == "snowflake":  # CREATE SCHEMA makes it the session's schema
+                current = run.session.rows("SELECT CURRENT_DATABASE(), CURRENT_SCHEMA()")[0]
             run.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(self.schema)}")
+            if current is not None and current[1] is not None:
+                path = ".".join(
+                    exp.to_identifier(str(p), quoted=True).sql("snowflake") for p in current
+                )
+                run.session.execute(f"USE SCHEMA {path}")
         run.execute(
             f"""CREATE TABLE IF NOT EXISTS {self._t("ut_snapshots")} (
                     sync VARCHAR(255), snapshot_table VARCHAR(255), hash_algorithm VARCHAR(64),
@@ -702,9 +711,11 @@ class WarehouseDiffEngine(DiffEngine):
             reader.close()
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
-        return frame
+        upper = {c: c.lower() for c in frame.columns if c.lower() in _ALL_META and c != c.lower()}
+        return frame.rename(upper) if upper else frame
 
     def _plan_columns(self, run_id: str) -> list[str]:
+        """The model's columns in the plan table, in order (the ``_ut_*`` ones left out)."""
         with self._session() as run:
             rows = run.rows(
                 f"""SELECT column_name FROM information_schema.columns
@@ -712,7 +723,13 @@ class WarehouseDiffEngine(DiffEngine):
                       AND table_name = {lit(self._plan_name(run_id))}
                     ORDER BY ordinal_position"""
             )
-        return [str(r[0]) for r in rows]
+        # the _ut_* names are written unquoted: Snowflake keeps them upper-case
+        return [str(r[0]) for r in rows if str(r[0]).lower() not in _ALL_META]
+
+    @staticmethod
+    def _select_meta(names: Sequence[str]) -> str:
+        """The ``_ut_*`` columns by their unquoted names (``_read`` names them lower-case)."""
+        return ", ".join(names)
 
     def chunks(
         self, run_id: str, *, skip: set[int], batches_per_chunk: int = 64
@@ -722,9 +739,8 @@ class WarehouseDiffEngine(DiffEngine):
             top = run.rows(f"SELECT MAX(_ut_batch) FROM {table}")[0][0]
         if top is None:
             return
-        cols = [c for c in self._plan_columns(run_id) if c not in ("_ut_fp", "_ut_hash")]
-        model_cols = [c for c in cols if c not in _META]
-        select = ", ".join(ident(c) for c in [*_META, *model_cols])
+        model_cols = self._plan_columns(run_id)
+        select = ", ".join([self._select_meta(_META), *(ident(c) for c in model_cols)])
         start, last = 0, int(top)
         while start <= last:
             todo = [
@@ -750,9 +766,16 @@ class WarehouseDiffEngine(DiffEngine):
 
     def changed_rows(self, run_id: str, limit: int) -> pl.DataFrame:
         """Changed rows, new values only: the snapshot keeps hashes, not old values."""
-        cols = [c for c in self._plan_columns(run_id) if c not in ("_ut_hash",)]
+        select = ", ".join(
+            [
+                self._select_meta(
+                    ("_ut_seq", "_ut_batch", "_ut_op", "_ut_fp", "_ut_kind", "_ut_key")
+                ),
+                *(ident(c) for c in self._plan_columns(run_id)),
+            ]
+        )
         return self._read(
-            f"SELECT {', '.join(ident(c) for c in cols)} FROM {self._t(self._plan_name(run_id))} "
+            f"SELECT {select} FROM {self._t(self._plan_name(run_id))} "
             f"WHERE _ut_kind = 'changed' ORDER BY _ut_seq LIMIT {int(limit)}"
         )
 

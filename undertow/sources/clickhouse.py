@@ -37,6 +37,14 @@ DIALECT = "clickhouse"
 DESCRIBE_HEAD = "DESCRIBE (\n"
 DESCRIBE_TAIL = "\n)"
 _SETTINGS = {"output_format_arrow_string_as_string": 1, "session_timezone": "UTC"}
+# The warehouse diff engine's session: an outer join fills a missing side with NULLs (not
+# the type's default), and the work tables it creates with CREATE TABLE ... AS SELECT are
+# MergeTree tables (lightweight DELETE needs them) without a sorting key.
+_ENGINE_SETTINGS: dict[str, object] = {
+    "join_use_nulls": 1,
+    "default_table_engine": "MergeTree",
+    "create_table_empty_primary_key_by_default": 1,
+}
 _POSITION = re.compile(r"failed at position (\d+)")
 _WRAPPER = re.compile(r"^(Nullable|LowCardinality)\((.*)\)$")
 _DECIMAL = re.compile(r"^Decimal(32|64|128|256)?\((\d+)(?:,\s*(\d+))?\)$")
@@ -185,9 +193,11 @@ class ClickHouseSource(Source):
     # -- the warehouse diff engine ----------------------------------------------------------
 
     def session(self) -> SqlSession:
-        """Statements through one client; ClickHouse has no multi-statement transactions,
-        so ``BEGIN`` fails (see docs/sources/clickhouse.md)."""
-        return _ClickHouseSession(self._client())
+        """Statements through one client, with the settings of ``_ENGINE_SETTINGS``.
+
+        ClickHouse has no multi-statement transactions: the engine runs without them
+        (see docs/sources/clickhouse.md)."""
+        return _ClickHouseSession(self._client(_ENGINE_SETTINGS))
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -199,14 +209,17 @@ class ClickHouseSource(Source):
     def _port(self) -> int:
         return self.config.port or (8443 if self.config.secure else 8123)
 
-    def _client(self) -> _Client:
+    def _client(self, extra: dict[str, object] | None = None) -> _Client:
         c = self.config
         if c.path is not None:
             chdb = _cloud.driver("chdb", "chdb", "warehouse-emulators")
             path = c.path
             if path != ":memory:":
                 path = os.path.join(self.base_dir, os.path.expanduser(path))
-            return _ChdbClient(chdb.connect(path))
+            client = _ChdbClient(chdb.connect(path))
+            for key, value in (extra or {}).items():
+                client.execute(f"SET {key} = {_literal(value)}")
+            return client
         cc = _cloud.driver("clickhouse_connect", "clickhouse-connect", "clickhouse")
         try:
             client = cc.get_client(
@@ -217,7 +230,7 @@ class ClickHouseSource(Source):
                 database=c.database,
                 secure=c.secure,
                 connect_timeout=c.connect_timeout,
-                settings=dict(_SETTINGS),
+                settings={**_SETTINGS, **(extra or {})},
             )
         except Exception as exc:
             raise self._connect_error(exc) from None
