@@ -24,9 +24,10 @@ from pydantic import SecretStr, model_validator
 
 from undertow.errors import ModelError, SourceError
 from undertow.redact import register_secret
-from undertow.sources import _cloud
+from undertow.sources import _access, _cloud
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
+    AccessProblem,
     Source,
     SourceConfig,
     SqlSession,
@@ -191,6 +192,12 @@ class BigQuerySource(Source):
         """Statements in one BigQuery session (created by the first statement), so that
         ``BEGIN TRANSACTION`` ... ``COMMIT TRANSACTION`` span several calls."""
         return _BigQuerySession(self, self._client())
+
+    def check_access(
+        self, relations: Sequence[str], *, scratch_schema: str | None = None
+    ) -> list[AccessProblem]:
+        """Probed with dry runs and the engine's session (see :mod:`undertow.sources._access`)."""
+        return _access.check_access(BigQueryAccess(self), relations, scratch_schema)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -365,3 +372,87 @@ class _BigQuerySession:
                 self._run("CALL BQ.ABORT_SESSION()")
         finally:
             self.client.close()
+
+
+class BigQueryAccess(_access.WarehouseAccess):
+    """BigQuery's privileges are IAM roles, granted per dataset with its DCL ``GRANT``, to
+    the service account of the key file (``client_email``); with Application Default
+    Credentials the account is unknown here: ``<member>`` stands for it."""
+
+    warehouse = "BigQuery"
+    source: BigQuerySource
+
+    def find_principal(self) -> _access.Principal:
+        config = self.source.config
+        email = self._client_email()
+        notes = []
+        if email is None:
+            grantee, who = '"<member>"', "the account of the Application Default Credentials"
+            notes.append(
+                "<member>: that account, as user:name@example.com or "
+                "serviceAccount:name@project.iam.gserviceaccount.com"
+            )
+        else:
+            grantee, who = f'"serviceAccount:{email}"', f"service account {email!r}"
+        if config.project is None:
+            notes.append("<project>: the project of the credentials (set `project`)")
+        return _access.Principal(
+            grantee,
+            who,
+            (config.project or "<project>", config.dataset or "<dataset>"),
+            "; ".join(notes) or None,
+        )
+
+    def _client_email(self) -> str | None:
+        config = self.source.config
+        try:
+            if config.credentials_json is not None:
+                info = json.loads(config.credentials_json.get_secret_value())
+            elif config.credentials_file is not None:
+                path = os.path.join(
+                    self.source.base_dir, os.path.expanduser(config.credentials_file)
+                )
+                with open(path, encoding="utf-8") as file:
+                    info = json.load(file)
+            else:
+                return None
+        except (OSError, ValueError):
+            return None
+        email = info.get("client_email") if isinstance(info, dict) else None
+        return str(email) if email else None
+
+    def reason(self, said: str) -> str:
+        if "Access Denied" in said or said.startswith("403"):
+            return (
+                "missing roles/bigquery.dataViewer, or no such table: BigQuery answers the "
+                "same for both"
+            )
+        if "Not found" in said or said.startswith("404"):
+            return "the server says it does not exist (in this location)"
+        return super().reason(said)
+
+    def read_grants(self, qualified: tuple[str, ...]) -> tuple[str, ...]:
+        dataset = self.dotted(qualified[:-1]) if len(qualified) > 1 else self.dotted(qualified)
+        return (
+            f"GRANT `roles/bigquery.dataViewer` ON SCHEMA {dataset} TO {self.principal.grantee};",
+        )
+
+    def scratch_grants(self, schema: str) -> tuple[str, ...]:
+        return (
+            f"GRANT `roles/bigquery.dataEditor` ON SCHEMA "
+            f"{self.dotted(self.scratch_parts(schema))} TO {self.principal.grantee};",
+        )
+
+    def create_schema_grants(self, schema: str) -> tuple[str, ...]:
+        location = self.source.config.location
+        options = f" OPTIONS (location = '{location}')" if location else ""
+        return (f"CREATE SCHEMA IF NOT EXISTS {self.dotted(self.scratch_parts(schema))}{options};",)
+
+    def schema_exists_sql(self, schema: str) -> str:
+        """Non-zero when the dataset exists, a "Not found" error when it does not.
+
+        The dataset's own ``INFORMATION_SCHEMA.TABLES`` needs only a role on the dataset;
+        the project's ``SCHEMATA`` view would need ``bigquery.datasets.get`` on the project,
+        which a least-privilege account lacks."""
+        parts = [p for p in self.scratch_parts(schema) if not _access.placeholder(p)]
+        return f"SELECT COUNT(*) + 1 FROM {self.dotted(parts)}.INFORMATION_SCHEMA.TABLES"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -24,9 +24,10 @@ from pydantic import SecretStr, model_validator
 
 from undertow.errors import ModelError, SourceError
 from undertow.redact import register_secret
-from undertow.sources import _cloud
+from undertow.sources import _access, _cloud
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
+    AccessProblem,
     Source,
     SourceConfig,
     SqlSession,
@@ -198,6 +199,12 @@ class ClickHouseSource(Source):
         ClickHouse has no multi-statement transactions: the engine runs without them
         (see docs/sources/clickhouse.md)."""
         return _ClickHouseSession(self._client(_ENGINE_SETTINGS))
+
+    def check_access(
+        self, relations: Sequence[str], *, scratch_schema: str | None = None
+    ) -> list[AccessProblem]:
+        """Probed as the source's user (see :mod:`undertow.sources._access`)."""
+        return _access.check_access(ClickHouseAccess(self), relations, scratch_schema)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -432,3 +439,71 @@ class _ClickHouseSession:
 
     def close(self) -> None:
         self.client.close()
+
+
+class ClickHouseAccess(_access.WarehouseAccess):
+    """ClickHouse's grants go to the configured ``user`` (``default`` unless set)."""
+
+    warehouse = "ClickHouse"
+    source: ClickHouseSource
+
+    def find_principal(self) -> _access.Principal:
+        user = self.source.config.user
+        database = self.source.config.database
+        if database is None:
+            try:
+                session = self.source.session()
+                try:
+                    database = str(session.rows("SELECT currentDatabase()")[0][0])
+                finally:
+                    session.close()
+            except Exception:
+                database = "default"
+        return _access.Principal(self.name(user), f"user {user!r}", (database,))
+
+    def name(self, part: str) -> str:
+        """Bare when plain: ClickHouse reads a keyword as a name there (``TO default``)."""
+        if _access.PLAIN.fullmatch(part) or _access.placeholder(part):
+            return part
+        return self.source.quote_identifier(part)
+
+    def reason(self, said: str) -> str:
+        if "ACCESS_DENIED" in said or "Code: 497" in said or "Not enough privileges" in said:
+            return "missing SELECT: the server says so"
+        if any(code in said for code in ("UNKNOWN_TABLE", "UNKNOWN_DATABASE", "Code: 60.")):
+            return "no such table or database: the server says it does not exist"
+        return super().reason(said)
+
+    def scratch_refusal(self, said: str) -> str:
+        if "READONLY" in said or "Code: 164." in said:
+            return (
+                " (a `readonly` user may not write whatever its grants: the engine needs a "
+                f"user without it, e.g. ALTER USER {self.principal.grantee} SETTINGS "
+                "readonly = 0)"
+            )
+        return ""
+
+    def read_grants(self, qualified: tuple[str, ...]) -> tuple[str, ...]:
+        return (f"GRANT SELECT ON {self.dotted(qualified)} TO {self.principal.grantee};",)
+
+    def scratch_grants(self, schema: str) -> tuple[str, ...]:
+        return (
+            f"GRANT {', '.join(SCRATCH_PRIVILEGES)} ON {self.name(schema)}.* "
+            f"TO {self.principal.grantee};",
+        )
+
+    def create_schema_grants(self, schema: str) -> tuple[str, ...]:
+        return ()  # CREATE DATABASE on it is among the scratch grants
+
+
+SCRATCH_PRIVILEGES = (
+    "SELECT",
+    "INSERT",
+    "ALTER DELETE",
+    "CREATE TABLE",
+    "DROP TABLE",
+    "CREATE DATABASE",
+)
+"""What the warehouse diff engine does in its database: read and write its tables,
+lightweight ``DELETE`` (ALTER DELETE), ``RENAME TABLE`` (SELECT and DROP TABLE on the old
+name, CREATE TABLE and INSERT on the new), and create the database when it is missing."""

@@ -10,7 +10,7 @@ large ones), so memory stays bounded by a download chunk plus one batch.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -19,9 +19,10 @@ from pydantic import Field, SecretStr, model_validator
 
 from undertow.errors import ModelError, SourceError
 from undertow.redact import register_secret
-from undertow.sources import _cloud
+from undertow.sources import _access, _cloud
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
+    AccessProblem,
     Source,
     SourceConfig,
     SqlSession,
@@ -161,6 +162,12 @@ class DatabricksSource(Source):
         """Statements on one connection (Databricks SQL autocommits each statement)."""
         return _DatabricksSession(self._connect())
 
+    def check_access(
+        self, relations: Sequence[str], *, scratch_schema: str | None = None
+    ) -> list[AccessProblem]:
+        """Probed as the token's principal (see :mod:`undertow.sources._access`)."""
+        return _access.check_access(DatabricksAccess(self), relations, scratch_schema)
+
     # -- helpers ----------------------------------------------------------------------------
 
     def connect_kwargs(self) -> dict[str, Any]:
@@ -259,3 +266,71 @@ class _DatabricksSession:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class DatabricksAccess(_access.WarehouseAccess):
+    """Unity Catalog grants go to the principal the token belongs to (``current_user()``:
+    a user's e-mail, a service principal's application ID); ``<principal>`` when the
+    warehouse does not say."""
+
+    warehouse = "Databricks"
+    source: DatabricksSource
+
+    def find_principal(self) -> _access.Principal:
+        config = self.source.config
+        user, catalog, schema = None, config.catalog, config.schema_
+        try:
+            session = self.source.session()
+            try:
+                row = session.rows("SELECT current_user(), current_catalog(), current_schema()")
+            finally:
+                session.close()
+            user = row[0][0] or None
+            catalog, schema = row[0][1] or catalog, row[0][2] or schema
+        except Exception:
+            pass
+        missing = [
+            k for k, v in (("principal", user), ("catalog", catalog), ("schema", schema)) if not v
+        ]
+        note = None
+        if missing:
+            note = (
+                ", ".join(f"<{k}>" for k in missing)
+                + ": the warehouse did not say (current_user(), current_catalog(), "
+                "current_schema()); replace them with the token's user, service principal "
+                "or group, and the catalog and schema (or set `catalog` and `schema`)"
+            )
+        grantee = "`<principal>`" if user is None else self.source.quote_identifier(str(user))
+        who = "the token's principal" if user is None else f"principal {str(user)!r}"
+        return _access.Principal(grantee, who, (catalog or "<catalog>", schema or "<schema>"), note)
+
+    def reason(self, said: str) -> str:
+        if any(w in said for w in ("PERMISSION_DENIED", "INSUFFICIENT_PERMISSIONS")):
+            return "missing a privilege: the server says so"
+        if any(w in said for w in ("TABLE_OR_VIEW_NOT_FOUND", "SCHEMA_NOT_FOUND", "NOT_FOUND")):
+            return (
+                "not found: no such table, or one hidden from a principal without USE "
+                "CATALOG / USE SCHEMA"
+            )
+        return super().reason(said)
+
+    def read_grants(self, qualified: tuple[str, ...]) -> tuple[str, ...]:
+        to = f"TO {self.principal.grantee}"
+        if len(qualified) != 3:
+            return (f"GRANT SELECT ON TABLE {self.dotted(qualified)} {to};",)
+        catalog, schema, table = (self.name(p) for p in qualified)
+        return (
+            f"GRANT USE CATALOG ON CATALOG {catalog} {to};",
+            f"GRANT USE SCHEMA ON SCHEMA {catalog}.{schema} {to};",
+            f"GRANT SELECT ON TABLE {catalog}.{schema}.{table} {to};",
+        )
+
+    def scratch_grants(self, schema: str) -> tuple[str, ...]:
+        to = f"TO {self.principal.grantee}"
+        parts = self.scratch_parts(schema)
+        grants = [
+            f"GRANT USE SCHEMA, CREATE TABLE, SELECT, MODIFY ON SCHEMA {self.dotted(parts)} {to};"
+        ]
+        if len(parts) == 2:
+            grants.insert(0, f"GRANT USE CATALOG ON CATALOG {self.name(parts[0])} {to};")
+        return tuple(grants)

@@ -15,7 +15,7 @@ identifier and relies on quoted names keeping their case).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -25,9 +25,10 @@ from pydantic import Field, SecretStr, model_validator
 
 from undertow.errors import ModelError, SourceError
 from undertow.redact import register_secret
-from undertow.sources import _cloud
+from undertow.sources import _access, _cloud
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
+    AccessProblem,
     Source,
     SourceConfig,
     SqlSession,
@@ -204,6 +205,12 @@ class SnowflakeSource(Source):
     def session(self) -> SqlSession:
         """A read-write connection (autocommit; ``BEGIN`` ... ``COMMIT`` for transactions)."""
         return _SnowflakeSession(self._connect())
+
+    def check_access(
+        self, relations: Sequence[str], *, scratch_schema: str | None = None
+    ) -> list[AccessProblem]:
+        """Probed as the source's role (see :mod:`undertow.sources._access`)."""
+        return _access.check_access(SnowflakeAccess(self), relations, scratch_schema)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -406,3 +413,86 @@ class _SnowflakeSession:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class SnowflakeAccess(_access.WarehouseAccess):
+    """Snowflake's grants go to a role: the configured ``role``, else ``CURRENT_ROLE()``."""
+
+    warehouse = "Snowflake"
+    source: SnowflakeSource
+
+    def find_principal(self) -> _access.Principal:
+        config = self.source.config
+        role = _upper(config.role)
+        database, schema = _upper(config.database), _upper(config.schema_)
+        try:
+            session = self.source.session()
+            try:
+                row = session.rows("SELECT CURRENT_ROLE(), CURRENT_DATABASE(), CURRENT_SCHEMA()")
+            finally:
+                session.close()
+            current_role, current_database, current_schema = row[0]
+            role = role or current_role
+            database = current_database or database
+            schema = current_schema or schema
+        except Exception:  # an emulator without these functions, a refused query
+            pass
+        given = (("role", role), ("database", database), ("schema", schema))
+        missing = [key for key, value in given if not value]
+        note = None
+        if missing:
+            note = (
+                ", ".join(f"<{k}>" for k in missing)
+                + ": set `role`, `database` and `schema` in the source config, or replace them"
+            )
+        role = role or "<role>"
+        return _access.Principal(
+            grantee=f"ROLE {self.name(role)}",
+            who=f"role {self.name(role)}",
+            namespace=(database or "<database>", schema or "<schema>"),
+            note=note,
+        )
+
+    def spellings(self, parts: Sequence[str]) -> list[tuple[str, ...]]:
+        """Unquoted, Snowflake resolves a name upper-case; quoted, as written. The relation
+        list does not say which the model did: upper-case first, then as written."""
+        upper = tuple(p.upper() if _access.PLAIN.fullmatch(p) else p for p in parts)
+        return [upper] if upper == tuple(parts) else [upper, tuple(parts)]
+
+    def name(self, part: str) -> str:
+        if part != part.upper() and not _access.placeholder(part):
+            return self.source.quote_identifier(part)  # lower case survives only quoted
+        return super().name(part)
+
+    def reason(self, said: str) -> str:
+        if "insufficient privileges" in said.lower():
+            return "missing a privilege on it"
+        if "does not exist" in said or "002003" in said:
+            return "no such object, or the role may not see it: Snowflake answers the same for both"
+        return super().reason(said)
+
+    def read_grants(self, qualified: tuple[str, ...]) -> tuple[str, ...]:
+        to = f"TO {self.principal.grantee}"
+        if len(qualified) != 3:
+            return (f"GRANT SELECT ON TABLE {self.dotted(qualified)} {to};",)
+        database, schema, table = (self.name(p) for p in qualified)
+        return (
+            f"GRANT USAGE ON DATABASE {database} {to};",
+            f"GRANT USAGE ON SCHEMA {database}.{schema} {to};",
+            f"GRANT SELECT ON TABLE {database}.{schema}.{table} {to};",
+        )
+
+    def scratch_grants(self, schema: str) -> tuple[str, ...]:
+        to = f"TO {self.principal.grantee}"
+        database, scratch = self.scratch_parts(schema)
+        return (
+            f"GRANT USAGE ON DATABASE {self.name(database)} {to};",
+            f"GRANT USAGE, CREATE TABLE ON SCHEMA {self.dotted((database, scratch))} {to};",
+        )
+
+
+def _upper(name: str | None) -> str | None:
+    """A name given in the config, as Snowflake resolves it (unquoted: upper-case)."""
+    if name is None or not _access.PLAIN.fullmatch(name):
+        return name
+    return name.upper()

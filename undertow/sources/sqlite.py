@@ -26,7 +26,7 @@ import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 from urllib.parse import quote
@@ -35,7 +35,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from undertow.errors import ModelError, SourceError
-from undertow.sources.base import DEFAULT_BATCH_ROWS, Source, SourceConfig, stream_reader
+from undertow.redact import redact
+from undertow.sources import _access
+from undertow.sources.base import (
+    DEFAULT_BATCH_ROWS,
+    AccessProblem,
+    Source,
+    SourceConfig,
+    stream_reader,
+)
 
 _TRAILING = re.compile(r"[\s;]+$")
 _DECIMAL = re.compile(r"^\s*(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)", re.I)
@@ -115,6 +123,25 @@ class SQLiteSource(Source):
             raise
         batches = self._batches(conn, cursor, columns, model=model, batch_rows=batch_rows)
         return stream_reader(_schema(columns), batches)
+
+    def check_access(
+        self, relations: Sequence[str], *, scratch_schema: str | None = None
+    ) -> list[AccessProblem]:
+        """SQLite has no grants: the file must be there and readable (opened read-only, its
+        schema read) and each relation must exist in it; the warehouse diff engine cannot
+        run on SQLite, so a scratch schema is a problem too."""
+        try:
+            self.check()
+        except SourceError as exc:
+            hint = f"; {exc.hint}" if exc.hint else ""
+            problems = [AccessProblem(redact(exc.raw_message + hint))]
+        else:
+            problems = _access.check_access(SQLiteAccess(self), relations, None)
+        if scratch_schema is not None:
+            problem = _access.scratch_problem(SQLiteAccess(self), scratch_schema)
+            if problem is not None:
+                problems.append(problem)
+        return problems
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -321,3 +348,25 @@ def _position(message: str, sql: str) -> int | None:
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+class SQLiteAccess(_access.WarehouseAccess):
+    """The read probe of :mod:`undertow.sources._access` without grants: the file's own
+    permissions, checked by opening it, are the only privilege."""
+
+    warehouse = "SQLite"
+    source: SQLiteSource
+
+    def find_principal(self) -> _access.Principal:
+        return _access.Principal(grantee="", who="this user")
+
+    def refusal(self, shown: str, said: str) -> str:
+        if said.startswith("no such table"):
+            return f"table or view {shown} does not exist in {self.source._path()} ({said})"
+        return f"cannot read {shown} from {self.source._path()}: {said}"
+
+    def read_grants(self, qualified: tuple[str, ...]) -> tuple[str, ...]:
+        return ()
+
+    def scratch_grants(self, schema: str) -> tuple[str, ...]:
+        return ()
