@@ -237,6 +237,14 @@ class LocalDiffEngine(DiffEngine):
 
     # -- build ------------------------------------------------------------------------------
 
+    @staticmethod
+    def _row_hash(values: Sequence[str], alias: str) -> str:
+        """DuckDB's ``hash()`` of the mapped values: computed on both sides at diff time
+        (the snapshot keeps values, so no stored hash can go stale across DuckDB versions)."""
+        if not values:
+            return "0::UBIGINT"
+        return f"hash({', '.join((f'{alias}.' if alias else '') + q(c) for c in values)})"
+
     def build(
         self,
         run_id: str,
@@ -253,17 +261,21 @@ class LocalDiffEngine(DiffEngine):
         con = self.con
         keys, values = spec.keys, spec.values
         self.discard(run_id)
+        # each model row's hash is computed as the model is loaded, in the same pass
+        hashed = f"{self._row_hash(values, '')} AS _ut_h"
         if isinstance(reader, pa.RecordBatchReader):
             names = reader.schema.names
             if any(k not in names for k in keys):
                 self._missing_keys(spec, names)
             con.register("_ut_src", reader)
             try:
-                con.execute("CREATE OR REPLACE TEMP TABLE model AS SELECT * FROM _ut_src")
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE model AS SELECT *, {hashed} FROM _ut_src"
+                )
             finally:
                 con.unregister("_ut_src")
         else:  # a source DuckDB reads natively loads the model itself (no Arrow round trip)
-            reader(con, "model")
+            reader(con, "model", hashed)
             con.execute(f"SET memory_limit={lit(self.memory_limit)}")
             names = [r[0] for r in con.execute("DESCRIBE model").fetchall()]
             if any(k not in names for k in keys):
@@ -309,39 +321,39 @@ class LocalDiffEngine(DiffEngine):
         def on(a: str, b: str) -> str:
             return " AND ".join(f"{a}.{q(k)} = {b}.{q(k)}" for k in keys)
 
-        # duplicated keys, once: the invalid rows, their count and the valid rows come from it
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE dups AS
-                SELECT {key_cols}, count(*) AS _ut_n FROM model WHERE {key_not_null}
-                GROUP BY {key_cols} HAVING count(*) > 1"""
-        )
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE invalid AS
-            SELECT {self._key_text(keys, "m")} AS _ut_key,
-                   'NULL primary key (' || {lit(", ".join(keys))} || ')' AS reason
-            FROM model m WHERE {key_null}
-            UNION ALL
-            SELECT {self._key_text(keys, "d")} AS _ut_key,
-                   'duplicate primary key: ' || d._ut_n || ' rows share it' AS reason
-            FROM dups d
-            """
-        )
-        # rows (not keys) rejected: NULL-key rows plus every copy of a duplicated key
-        dup_rows = self._one("SELECT coalesce(sum(_ut_n), 0) FROM dups")
+        def find_dups(grouped: str) -> None:
+            """The duplicated keys, once: the invalid rows and their count come from them."""
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE dups AS
+                    SELECT {key_cols}, count(*) AS _ut_n FROM {grouped}
+                    GROUP BY {key_cols} HAVING count(*) > 1"""
+            )
+            con.execute(
+                f"""
+                CREATE OR REPLACE TEMP TABLE invalid AS
+                SELECT {self._key_text(keys, "m")} AS _ut_key,
+                       'NULL primary key (' || {lit(", ".join(keys))} || ')' AS reason
+                FROM model m WHERE {key_null}
+                UNION ALL
+                SELECT {self._key_text(keys, "d")} AS _ut_key,
+                       'duplicate primary key: ' || d._ut_n || ' rows share it' AS reason
+                FROM dups d
+                """
+            )
+            # rows (not keys) rejected: NULL-key rows plus every copy of a duplicated key
+            dup_rows = self._one("SELECT coalesce(sum(_ut_n), 0) FROM dups")
+            stats.invalid = int(dup_rows) + int(null_rows)
+
         null_rows = self._one(f"select count(*) from model m where {key_null}")
-        stats.invalid = int(dup_rows) + int(null_rows)
 
         # 1. kinds, on narrow rows: the key and a hash of the mapped values, computed on both
         #    sides now with the same function (the snapshot keeps values, so no stored hash
         #    can go stale); only the keys to plan are kept
-        def row_hash(alias: str) -> str:
-            if not values:
-                return "0::UBIGINT"
-            return f"hash({', '.join(f'{alias}.{q(c)}' for c in values)})"
 
         kinds_wanted = set(plan.ops)
+        in_scope = int(self._one("select count(*) from model"))  # after only_keys
         if stats.snapshot == 0:
+            find_dups(f"model WHERE {key_not_null}")
             # a first sync: every valid row is added; no join with the empty snapshot
             null_olds = ", ".join(f"NULL AS {q(META + 'old_' + c)}" for c in values)
             con.execute(
@@ -352,7 +364,7 @@ class LocalDiffEngine(DiffEngine):
                     WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}"""
             )
             con.execute("DROP TABLE IF EXISTS dups")
-            valid = int(self._one("select count(*) from model")) - stats.invalid
+            valid = in_scope - stats.invalid
         else:
             m_keys = ", ".join(f"m.{q(k)} AS {q(META + 'm_' + k)}" for k in keys)
             s_keys = ", ".join(f"s.{q(k)} AS {q(META + 's_' + k)}" for k in keys)
@@ -362,6 +374,8 @@ class LocalDiffEngine(DiffEngine):
                             WHEN m.{q(META + "m_" + key0)} IS NULL THEN 'removed'
                             WHEN m._ut_h <> s._ut_h OR s._ut_fp <> {spec.fingerprint}
                             THEN 'changed' ELSE 'unchanged' END"""
+            # every model row with a key meets the snapshot: a duplicated key that met it
+            # comes out once per copy (or not at all if no copy changed)
             con.execute(
                 f"""
                 CREATE OR REPLACE TEMP TABLE kinds AS
@@ -369,18 +383,31 @@ class LocalDiffEngine(DiffEngine):
                     SELECT {kind} AS _ut_kind,
                            {", ".join(f"m.{q(META + 'm_' + k)}" for k in keys)},
                            {", ".join(f"s.{q(META + 's_' + k)}" for k in keys)}
-                    FROM (SELECT {m_keys}, {row_hash("m")} AS _ut_h FROM model m
-                          ANTI JOIN dups d ON {on("m", "d")}
+                    FROM (SELECT {m_keys}, m._ut_h FROM model m
                           WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}) m
-                    FULL OUTER JOIN (SELECT {s_keys}, {row_hash("s")} AS _ut_h, s._ut_fp
+                    FULL OUTER JOIN (SELECT {s_keys}, {self._row_hash(values, "s")} AS _ut_h,
+                                            s._ut_fp
                                      FROM {snap} s) s ON {joined}
                 ) x
-                -- a key that became duplicated is not removed
-                ANTI JOIN dups d ON {" AND ".join(f"x.{q(META + 's_' + k)} = d.{q(k)}" for k in keys)}
                 {"" if "unchanged" in kinds_wanted else "WHERE x._ut_kind <> 'unchanged'"}
                 """
             )
-            valid = int(self._one("select count(*) from model")) - stats.invalid
+            raw = dict(con.execute("SELECT _ut_kind, count(*) FROM kinds GROUP BY 1").fetchall())
+            met_rows = in_scope - int(null_rows) - int(raw.get("added", 0))
+            m_key_cols = ", ".join(f"{q(META + 'm_' + k)} AS {q(k)}" for k in keys)
+            if met_rows == stats.snapshot - int(raw.get("removed", 0)):
+                # as many rows met the snapshot as keys were met: no met key is duplicated,
+                # so only the added keys can be (grouping them skips a pass over the model)
+                find_dups(f"(SELECT {m_key_cols} FROM kinds WHERE _ut_kind = 'added') a")
+            else:
+                find_dups(f"model WHERE {key_not_null}")
+            if stats.invalid:
+                m_on = " AND ".join(f"k.{q(META + 'm_' + k)} = d.{q(k)}" for k in keys)
+                con.execute(
+                    f"""CREATE OR REPLACE TEMP TABLE kinds AS
+                        SELECT k.* FROM kinds k ANTI JOIN dups d ON {m_on}"""
+                )
+            valid = in_scope - stats.invalid
 
             # 2. values, for the planned keys only
             new_cols = ", ".join(f"v.{q(c)}" for c in values)

@@ -126,7 +126,7 @@ class DuckDBSource(Source):
         if "://" in path:
             return None  # e.g. MotherDuck: stream Arrow as usual
 
-        def load(con: duckdb.DuckDBPyConnection, table: str) -> None:
+        def load(con: duckdb.DuckDBPyConnection, table: str, extra: str = "") -> None:
             ddb = _duckdb()
             before = con.execute("SELECT current_database()").fetchall()[0][0]
             attached: list[str] = []
@@ -141,7 +141,8 @@ class DuckDBSource(Source):
                 if path != MEMORY:
                     con.execute("USE _ut_source")
                 self._relation(con, sql, model=model)  # exactly one SELECT, or a ModelError
-                con.execute(f'CREATE OR REPLACE TEMP TABLE "{table}" AS {sql}')
+                body = f"SELECT *, {extra} FROM ({sql}) AS _ut_model" if extra else sql
+                con.execute(f'CREATE OR REPLACE TEMP TABLE "{table}" AS {body}')
             except ddb.InterruptException:
                 raise KeyboardInterrupt from None  # Ctrl-C / SIGTERM during the query
             except RuntimeError as exc:
