@@ -62,6 +62,32 @@ class SqlSession(Protocol):
     def close(self) -> None: ...
 
 
+class CursorSession:
+    """A :class:`SqlSession` over a DB-API connection: one cursor per statement."""
+
+    def __init__(self, conn: Any, dialect: str) -> None:
+        self.conn = conn
+        self.dialect = dialect
+
+    def execute(self, sql: str) -> None:
+        cur = self.conn.cursor()
+        try:
+            cur.execute(sql)
+        finally:
+            cur.close()
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        cur = self.conn.cursor()
+        try:
+            cur.execute(sql)
+            return [tuple(r) for r in cur.fetchall()]
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 @dataclass(frozen=True)
 class AccessProblem:
     """A privilege the source's user lacks: what it blocks, and the statements that grant it."""

@@ -23,6 +23,7 @@ from undertow.sources import _access, _cloud
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
     AccessProblem,
+    CursorSession,
     Source,
     SourceConfig,
     SqlSession,
@@ -160,7 +161,7 @@ class DatabricksSource(Source):
 
     def session(self) -> SqlSession:
         """Statements on one connection (Databricks SQL autocommits each statement)."""
-        return _DatabricksSession(self._connect())
+        return CursorSession(self._connect(), DIALECT)
 
     def check_access(
         self, relations: Sequence[str], *, scratch_schema: str | None = None
@@ -247,25 +248,6 @@ def model_error(
 def plain_schema(schema: pa.Schema) -> pa.Schema:
     """``schema`` with every field nullable and no metadata (what every source announces)."""
     return pa.schema(pa.field(f.name, f.type) for f in schema)
-
-
-class _DatabricksSession:
-    dialect = DIALECT
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def execute(self, sql: str) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute(sql)
-
-    def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        with self.conn.cursor() as cur:
-            cur.execute(sql)
-            return [tuple(r) for r in cur.fetchall()]
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 class DatabricksAccess(_access.WarehouseAccess):

@@ -36,6 +36,7 @@ from undertow.redact import redact, register_secret
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
     AccessProblem,
+    CursorSession,
     Source,
     SourceConfig,
     SqlSession,
@@ -375,26 +376,7 @@ class MySQLSource(Source):
 
     def session(self) -> SqlSession:
         """A read-write connection (autocommit, UTC). The scratch schema is a database."""
-        return _MySQLSession(self._connect(read_only=False))
-
-
-class _MySQLSession:
-    dialect = "mysql"
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def execute(self, sql: str) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute(sql)
-
-    def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        with self.conn.cursor() as cur:
-            cur.execute(sql)
-            return list(cur.fetchall())
-
-    def close(self) -> None:
-        self.conn.close()
+        return CursorSession(self._connect(read_only=False), "mysql")
 
 
 def _target(cfg: MySQLConfig) -> _Target:

@@ -29,6 +29,7 @@ from undertow.sources import _access, _cloud
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
     AccessProblem,
+    CursorSession,
     Source,
     SourceConfig,
     SqlSession,
@@ -204,7 +205,7 @@ class SnowflakeSource(Source):
 
     def session(self) -> SqlSession:
         """A read-write connection (autocommit; ``BEGIN`` ... ``COMMIT`` for transactions)."""
-        return _SnowflakeSession(self._connect())
+        return CursorSession(self._connect(), DIALECT)
 
     def check_access(
         self, relations: Sequence[str], *, scratch_schema: str | None = None
@@ -397,22 +398,6 @@ def _snowflake() -> Any:
     sf = _cloud.driver("snowflake.connector", "snowflake-connector-python", "snowflake")
     _cloud.driver("snowflake.connector.errors", "snowflake-connector-python", "snowflake")
     return sf
-
-
-class _SnowflakeSession:
-    dialect = DIALECT
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def execute(self, sql: str) -> None:
-        self.conn.cursor().execute(sql)
-
-    def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in self.conn.cursor().execute(sql).fetchall()]
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 class SnowflakeAccess(_access.WarehouseAccess):
