@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from warehouse_support import fakesnow_source
 
 from undertow.sources.base import AccessProblem, SqlSession
 from undertow.sources.clickhouse import ClickHouseConfig, ClickHouseSource
-from undertow.sources.snowflake import SnowflakeConfig, SnowflakeSource
+from undertow.sources.snowflake import SnowflakeSource
 
 pytestmark = pytest.mark.warehouses
 
@@ -35,29 +36,11 @@ def schema() -> str:
     return f"ACC_{uuid.uuid4().hex[:10].upper()}"
 
 
-def snowflake(server: dict[str, Any], schema: str, **config: object) -> SnowflakeSource:
-    values: dict[str, object] = {
-        "type": "snowflake",
-        "account": server["account"],
-        "host": server["host"],
-        "port": server["port"],
-        "protocol": "http",
-        "user": "UNDERTOW",
-        "password": "sf-password-000",
-        "database": "ANALYTICS",
-        "schema": schema,
-    }
-    values.update(config)
-    return SnowflakeSource(SnowflakeConfig.model_validate(values), name="sf")
-
-
 @pytest.fixture
 def sf(fakesnow_server: dict[str, Any], schema: str) -> SnowflakeSource:
-    source = snowflake(fakesnow_server, schema, role="UNDERTOW_READER")
+    source = fakesnow_source(fakesnow_server, schema, role="UNDERTOW_READER")
     session = source.session()
     try:
-        session.execute("CREATE DATABASE IF NOT EXISTS ANALYTICS")
-        session.execute(f"CREATE SCHEMA IF NOT EXISTS ANALYTICS.{schema}")
         session.execute(f"CREATE OR REPLACE TABLE ANALYTICS.{schema}.USERS (id NUMBER(38, 0))")
         session.execute(f"CREATE OR REPLACE VIEW ANALYTICS.{schema}.ACTIVE AS SELECT * FROM USERS")
     finally:
@@ -113,7 +96,7 @@ def test_snowflake_missing_relation_is_named_with_the_grant(
 def test_snowflake_role_not_configured_is_asked_of_the_warehouse(
     fakesnow_server: dict[str, Any], sf: SnowflakeSource, schema: str
 ) -> None:
-    source = snowflake(fakesnow_server, schema)  # no `role`: CURRENT_ROLE() names it
+    source = fakesnow_source(fakesnow_server, schema)  # no `role`: CURRENT_ROLE() names it
     session = source.session()
     try:
         [(role,)] = session.rows("SELECT CURRENT_ROLE()")

@@ -180,39 +180,17 @@ _SNOWFLAKE_TYPES = {
 
 
 def _snowflake_backend(kind: str, tmp_path: Path, server: dict[str, Any]) -> Backend:
-    from undertow.sources.snowflake import SnowflakeConfig, SnowflakeSource
+    from warehouse_support import fakesnow_source, insert_rows
 
     schema = f"T_{hashlib.sha1(str(tmp_path).encode()).hexdigest()[:10].upper()}"
-    config = {
-        "type": "snowflake",
-        "account": server["account"],
-        "host": server["host"],
-        "port": server["port"],
-        "protocol": "http",
-        "user": "UNDERTOW",
-        "password": "sf-password-000",
-        "database": "ANALYTICS",
-        "schema": schema,
-    }
-    source = SnowflakeSource(SnowflakeConfig.model_validate(config), name="sf")
-    session = source.session()
-    try:
-        session.execute("CREATE DATABASE IF NOT EXISTS ANALYTICS")
-        session.execute(f"CREATE SCHEMA IF NOT EXISTS ANALYTICS.{schema}")
-    finally:
-        session.close()
+    source = fakesnow_source(server, schema)
 
     def load(table: pa.Table) -> None:
         cols = ", ".join(f'"{f.name}" {_SNOWFLAKE_TYPES[f.type]}' for f in table.schema)
         session = source.session()
         try:
             session.execute(f"CREATE OR REPLACE TABLE users ({cols})")
-            rows = table.to_pylist()
-            if rows:
-                values = ", ".join(
-                    "(" + ", ".join(_sql_literal(v) for v in row.values()) + ")" for row in rows
-                )
-                session.execute(f"INSERT INTO users VALUES {values}")
+            insert_rows(session, "users", table)
         finally:
             session.close()
 
@@ -230,6 +208,8 @@ _CLICKHOUSE_TYPES = {
 
 
 def _clickhouse_backend(kind: str, tmp_path: Path) -> Backend:
+    from warehouse_support import insert_rows
+
     from undertow.sources.clickhouse import ClickHouseConfig, ClickHouseSource
 
     config = {"type": "clickhouse", "path": str(tmp_path / "ch")}
@@ -241,12 +221,7 @@ def _clickhouse_backend(kind: str, tmp_path: Path) -> Backend:
         try:
             session.execute("DROP TABLE IF EXISTS users")
             session.execute(f"CREATE TABLE users ({cols}) ENGINE = MergeTree ORDER BY tuple()")
-            rows = table.to_pylist()
-            if rows:
-                values = ", ".join(
-                    "(" + ", ".join(_sql_literal(v) for v in row.values()) + ")" for row in rows
-                )
-                session.execute(f"INSERT INTO users VALUES {values}")
+            insert_rows(session, "users", table)
         finally:
             session.close()
 
@@ -312,16 +287,6 @@ def _dialect_on_duckdb_backend(dialect: str, tmp_path: Path) -> Backend:
 
     made.source = Source(made.source.config, name=dialect)
     return made
-
-
-def _sql_literal(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int | float):
-        return repr(value)
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 BACKENDS = [
