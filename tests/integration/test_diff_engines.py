@@ -98,7 +98,11 @@ class Backend:
         reader = None
         if engine.pulls_model:
             cols = ", ".join(self.source.quote_identifier(c) for c in s.columns)
-            reader = self.source.extract(f"SELECT {cols} FROM ({SQL}) AS m", model="users")
+            sql = f"SELECT {cols} FROM ({SQL}) AS m"
+            # as `undertow run` does: a DuckDB source loads the model into the diff itself
+            reader = self.source.load_into_duckdb(sql, model="users") or self.source.extract(
+                sql, model="users"
+            )
         return engine.build(run_id, reader, s, p, batch_size, **kwargs)
 
 

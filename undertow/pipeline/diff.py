@@ -220,6 +220,13 @@ class LocalDiffEngine(DiffEngine):
             params.append(catalog)
         return bool(self._one(sql, params))
 
+    def _snapshot_rows(self) -> int:
+        return (
+            int(self._one(f"SELECT count(*) FROM {self.snapshot}"))
+            if self._snapshot_exists()
+            else 0
+        )
+
     def _snapshot_exists(self) -> bool:
         catalog, _, rest = self.snapshot.partition(".")
         if rest.count(".") == 0:  # "main.snapshot": the connection's own database
@@ -263,6 +270,7 @@ class LocalDiffEngine(DiffEngine):
         self.discard(run_id)
         # each model row's hash is computed as the model is loaded, in the same pass
         hashed = f"{self._row_hash(values, '')} AS _ut_h"
+        values_from: NativeLoad | None = None  # set when only keys and hashes were loaded
         if isinstance(reader, pa.RecordBatchReader):
             names = reader.schema.names
             if any(k not in names for k in keys):
@@ -274,12 +282,20 @@ class LocalDiffEngine(DiffEngine):
                 )
             finally:
                 con.unregister("_ut_src")
+            con.execute("CREATE OR REPLACE TEMP TABLE model_shape AS SELECT * FROM model LIMIT 0")
         else:  # a source DuckDB reads natively loads the model itself (no Arrow round trip)
-            reader(con, "model", hashed)
+            reader(con, "model_shape", "*", "1 = 0")  # the model's columns and types
             con.execute(f"SET memory_limit={lit(self.memory_limit)}")
-            names = [r[0] for r in con.execute("DESCRIBE model").fetchall()]
+            names = [r[0] for r in con.execute("DESCRIBE model_shape").fetchall()]
             if any(k not in names for k in keys):
                 self._missing_keys(spec, names)
+            if only_keys is None and "unchanged" not in plan.ops and self._snapshot_rows():
+                # against a snapshot, a diff plans few rows: load the keys and hashes only,
+                # and the values of the planned keys once they are known (step 2 below)
+                reader(con, "model", f"{', '.join(q(k) for k in keys)}, {hashed}", "")
+                values_from = reader
+            else:
+                reader(con, "model", f"*, {hashed}", "")
         stats = ChangeStats()
         stats.extracted = int(self._one("select count(*) from model"))
         for name, wanted in (("only_keys", only_keys), ("watch_keys", watch_keys)):
@@ -301,7 +317,7 @@ class LocalDiffEngine(DiffEngine):
             cols = ", ".join(q(c) for c in keys + values)
             target = "main.snapshot"
             con.execute(
-                f"CREATE TABLE {target} AS SELECT {cols}, 0::BIGINT AS _ut_fp FROM model LIMIT 0"
+                f"CREATE TABLE {target} AS SELECT {cols}, 0::BIGINT AS _ut_fp FROM model_shape"
             )
             self.snapshot = target
         else:
@@ -410,6 +426,16 @@ class LocalDiffEngine(DiffEngine):
             valid = in_scope - stats.invalid
 
             # 2. values, for the planned keys only
+            values_rel = "model"
+            if values_from is not None:
+                m_cols = [q(META + "m_" + k) for k in keys]
+                wanted = (
+                    f"SELECT {', '.join(m_cols)} FROM kinds "
+                    "WHERE _ut_kind IN ('added', 'changed', 'unchanged')"
+                )
+                lhs = q(keys[0]) if len(keys) == 1 else f"({', '.join(q(k) for k in keys)})"
+                values_from(con, "model_values", "*", f"{lhs} IN ({wanted})")
+                values_rel = "model_values"
             new_cols = ", ".join(f"v.{q(c)}" for c in values)
             old_cols = ", ".join(f"s.{q(c)} AS {q(META + 'old_' + c)}" for c in values)
             null_new = ", ".join(f"NULL AS {q(c)}" for c in values)
@@ -420,10 +446,10 @@ class LocalDiffEngine(DiffEngine):
             parts = [
                 f"""SELECT k._ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
                            {sep}{null_old}
-                    FROM kinds k JOIN model v ON {by_m} WHERE k._ut_kind = 'added'""",
+                    FROM kinds k JOIN {values_rel} v ON {by_m} WHERE k._ut_kind = 'added'""",
                 f"""SELECT k._ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
                            {sep}{old_cols}
-                    FROM kinds k JOIN model v ON {by_m} JOIN {snap} s ON {by_s}
+                    FROM kinds k JOIN {values_rel} v ON {by_m} JOIN {snap} s ON {by_s}
                     WHERE k._ut_kind IN ('changed', 'unchanged')""",
                 f"""SELECT k._ut_kind, {", ".join(f"s.{q(k)}" for k in keys)}
                            {sep}{null_new}{sep}{old_cols}
@@ -505,7 +531,10 @@ class LocalDiffEngine(DiffEngine):
             ).fetchall()
             stats.settled = [str(k) for (k,) in settled]
         con.execute("DROP TABLE IF EXISTS only_keys; DROP TABLE IF EXISTS watch_keys")
-        con.execute("DROP TABLE IF EXISTS model; DROP TABLE IF EXISTS valid")
+        con.execute(
+            "DROP TABLE IF EXISTS model; DROP TABLE IF EXISTS valid; "
+            "DROP TABLE IF EXISTS model_values; DROP TABLE IF EXISTS model_shape"
+        )
         con.execute("DROP TABLE IF EXISTS changes")
         con.execute(f"CREATE OR REPLACE TABLE {q('invalid_' + run_id)} AS SELECT * FROM invalid")
         con.execute("DROP TABLE IF EXISTS invalid")
@@ -526,7 +555,9 @@ class LocalDiffEngine(DiffEngine):
         Cast columns whose type changed to the new type (see :meth:`_check_retype`); with
         ``full`` (every row is resent) a column that cannot be cast starts again as NULL."""
         existing = {r[0]: r[1] for r in self.con.execute(f"DESCRIBE {self.snapshot}").fetchall()}
-        model_types = dict((r[0], r[1]) for r in self.con.execute("DESCRIBE model").fetchall())
+        model_types = dict(
+            (r[0], r[1]) for r in self.con.execute("DESCRIBE model_shape").fetchall()
+        )
         retyped = [c for c in values if c in existing and existing[c] != model_types[c]]
         try:
             self._check_retype(retyped, existing, model_types, sync)

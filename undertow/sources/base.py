@@ -19,10 +19,10 @@ from undertow.errors import SourceError
 
 DEFAULT_BATCH_ROWS = 65_536
 
-NativeLoad = Callable[[Any, str, str], None]
-"""``load(con, table, extra)``: create temp table ``table`` holding the model in DuckDB
-connection ``con``, plus the select-list expressions ``extra`` over the model's columns
-(``""``: none), computed in the same pass (see :meth:`Source.load_into_duckdb`)."""
+NativeLoad = Callable[[Any, str, str, str], None]
+"""``load(con, table, select, where)``: create temp table ``table`` in DuckDB connection
+``con`` as ``SELECT <select> FROM (<model>) WHERE <where>`` (``where`` ``""``: every row);
+``where`` may read the connection's temp tables (see :meth:`Source.load_into_duckdb`)."""
 
 
 class SourceConfig(BaseModel):

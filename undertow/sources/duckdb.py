@@ -126,7 +126,9 @@ class DuckDBSource(Source):
         if "://" in path:
             return None  # e.g. MotherDuck: stream Arrow as usual
 
-        def load(con: duckdb.DuckDBPyConnection, table: str, extra: str = "") -> None:
+        def load(
+            con: duckdb.DuckDBPyConnection, table: str, select: str = "*", where: str = ""
+        ) -> None:
             ddb = _duckdb()
             before = con.execute("SELECT current_database()").fetchall()[0][0]
             attached: list[str] = []
@@ -141,7 +143,9 @@ class DuckDBSource(Source):
                 if path != MEMORY:
                     con.execute("USE _ut_source")
                 self._relation(con, sql, model=model)  # exactly one SELECT, or a ModelError
-                body = f"SELECT *, {extra} FROM ({sql}) AS _ut_model" if extra else sql
+                body = f"SELECT {select} FROM ({sql}) AS _ut_model"
+                if where:
+                    body += f" WHERE {where}"
                 con.execute(f'CREATE OR REPLACE TEMP TABLE "{table}" AS {body}')
             except ddb.InterruptException:
                 raise KeyboardInterrupt from None  # Ctrl-C / SIGTERM during the query
