@@ -177,6 +177,8 @@ def plan(
             fields = "; ".join(
                 f"{f}: {v['old']!r} → {v['new']!r}" for f, v in change["fields"].items()
             )
+            if not change.get("old_known", True):
+                fields = "changed (the warehouse diff engine keeps a hash, not the old values)"
             console.print(f"  {change['key']}: {fields or '(mapping changed)'}")
     if data["samples"]:
         console.print(f"\n[bold]first {len(data['samples'])} payload(s)[/] as they would be sent:")

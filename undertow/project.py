@@ -347,7 +347,8 @@ class Project:
                 for f in sorted(set(after) | set(before))
                 if before.get(f) != after.get(f)
             }
-            changes.append({"key": keys[pos], "fields": fields})
+            # the warehouse engine keeps a hash of the accepted values, not the values
+            changes.append({"key": keys[pos], "fields": fields, "old_known": bool(old_cols)})
         return changes
 
     # -- run --------------------------------------------------------------------------------

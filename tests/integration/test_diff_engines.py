@@ -45,7 +45,7 @@ from undertow.sources.postgres import PostgresConfig, PostgresSource
 pytestmark = pytest.mark.integration
 
 CAPS = Capabilities(operations=frozenset(Operation), max_batch_size=10_000)
-FP = 1234
+FP = 7_345_678_901_234_567_890  # a real fingerprint is 63 bits: every table must hold it
 SQL = "select * from users"
 SYNC = "users_out"
 

@@ -175,6 +175,23 @@ def test_plan_previews_without_changing_the_snapshot(folder: Path, engine: str) 
     assert run(folder).counts["added"] == 2
 
 
+@pytest.mark.parametrize("engine", ["local", "warehouse"])
+def test_plan_shows_old_values_only_where_the_engine_keeps_them(folder: Path, engine: str) -> None:
+    write_project(folder, engine=engine)
+    run(folder)
+    load(folder, 5, plan="pro")
+    project = Project.load(str(folder))
+    try:
+        preview = project.plan("users_out")
+    finally:
+        project.close()
+    [first, *_] = preview.changes
+    if engine == "local":
+        assert first["old_known"] and first["fields"]["plan"] == {"old": "free", "new": "pro"}
+    else:  # a hash of the accepted values: that the row changed, not how
+        assert not first["old_known"] and first["fields"] == {}
+
+
 def test_model_relations_leave_out_ctes_and_functions() -> None:
     sql = """with recent as (select * from crm.users where active)
              select r.id from recent r join billing.public.plans p on p.id = r.plan_id

@@ -500,6 +500,7 @@ class WarehouseDiffEngine(DiffEngine):
                     FROM {ident(_MODEL)} AS m WHERE 1 = 0""",
                 columns,
             )
+            self._widen(run, snap, ["_ut_fp"])
             snapshot_exists = True
         elif snapshot_exists and meta is not None and meta["match"] != carry:
             self._recarry(run, spec, meta["match"], carry, columns)
@@ -623,6 +624,7 @@ class WarehouseDiffEngine(DiffEngine):
         )
         body = f"_ut_kind, _ut_key, {', '.join(ident(c) for c in columns)}, _ut_hash"
         run.execute(f"CREATE TABLE {plan_t} AS SELECT {meta_cols}, {body} FROM {chg} WHERE 1 = 0")
+        self._widen(run, plan_t, ["_ut_seq", "_ut_batch", "_ut_fp"])
         for first, op, kinds in groups.inserts:
             run.execute(
                 f"""INSERT INTO {plan_t}
@@ -673,6 +675,13 @@ class WarehouseDiffEngine(DiffEngine):
         )
         self._drop(run, [snap])
         run.session.execute(self._rename_sql(self._snap + "_new", self._snap))
+
+    def _widen(self, run: _Runner, table: str, columns: Sequence[str]) -> None:
+        """Make integer columns of a table just created from constants 64-bit: MySQL and
+        MariaDB type ``CAST(0 AS SIGNED)`` as a narrow INT, too small for a fingerprint."""
+        if self.dialect == "mysql":
+            for column in columns:
+                run.execute(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE BIGINT")
 
     def _keys_in(self, keys: Sequence[str], table: str) -> str:
         """The (unqualified) key of the row is among ``table``'s keys: an uncorrelated IN,
