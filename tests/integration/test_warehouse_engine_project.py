@@ -294,3 +294,72 @@ syncs:
         assert record.counts["added"] == 1
     finally:
         project.close()
+
+
+# -- the warehouse engine through a whole run on the real MariaDB -------------------------------
+
+
+def test_a_mariadb_project_runs_on_the_warehouse_engine(
+    tmp_path: Path, mariadb_database: str
+) -> None:
+    """`undertow run` end to end: MariaDB types what CTAS makes from constants narrowly, so
+    only a run with a real (63-bit) mapping fingerprint shows whether the tables hold it."""
+    from urllib.parse import urlsplit
+
+    import pymysql
+
+    url = urlsplit(mariadb_database)
+    scratch = f"{url.path.lstrip('/')}_scratch"
+
+    def admin(*statements: str) -> None:
+        with (
+            pymysql.connect(
+                host=url.hostname, port=url.port, user=url.username, database=url.path.lstrip("/")
+            ) as con,
+            con.cursor() as cur,
+        ):
+            for statement in statements:
+                cur.execute(statement)
+            con.commit()
+
+    admin(
+        "CREATE TABLE users (id INT PRIMARY KEY, email VARCHAR(50), plan VARCHAR(10))",
+        "INSERT INTO users VALUES (1, 'a@x', 'free'), (2, 'b@x', 'pro'), (3, 'c@x', 'free')",
+    )
+    (tmp_path / "undertow.yml").write_text(
+        f"""
+name: maria
+sources:
+  maria:
+    type: mysql
+    url: {mariadb_database}
+    diff: {{engine: warehouse, schema: {scratch}}}
+destinations:
+  out: {{type: file, path: out.jsonl, format: jsonl}}
+models:
+  users: {{source: maria, sql: "select id, email, plan from users", primary_key: id}}
+syncs:
+  users_out:
+    model: users
+    destination: out
+    mode: mirror
+    match: {{email: email}}
+    mappings: {{id: id, email: email, plan: plan}}
+"""
+    )
+    try:
+        first = run(tmp_path)
+        assert (first.status, first.counts["added"]) == (RunStatus.SUCCEEDED, 3)
+        admin(
+            "UPDATE users SET plan = 'pro' WHERE id = 1",
+            "DELETE FROM users WHERE id = 3",
+            "INSERT INTO users VALUES (4, 'd@x', 'free')",
+        )
+        second = run(tmp_path)
+        assert second.status == RunStatus.SUCCEEDED
+        counts = second.counts
+        assert (counts["added"], counts["changed"], counts["removed"]) == (1, 1, 1)
+        assert run(tmp_path).counts["planned"] == 0
+        assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 6
+    finally:
+        admin(f"DROP DATABASE IF EXISTS `{scratch}`")
