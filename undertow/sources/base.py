@@ -103,6 +103,8 @@ class Source(ABC):
     Config: ClassVar[type[SourceConfig]]
 
     def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
+        if not isinstance(config, self.Config):  # a generic SourceConfig: validate as ours
+            config = self.Config.model_validate(config.model_dump(by_alias=True))
         self.config = config
         self.instance_name = name
         self.base_dir = base_dir

@@ -120,9 +120,8 @@ class BigQuerySource(Source):
     config: BigQueryConfig
 
     def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
-        if not isinstance(config, BigQueryConfig):
-            config = BigQueryConfig.model_validate(config.model_dump())
         super().__init__(config, name=name, base_dir=base_dir)
+        config = self.config
         if config.credentials_json is not None:
             info = json.loads(config.credentials_json.get_secret_value())
             register_secret(config.credentials_json.get_secret_value())

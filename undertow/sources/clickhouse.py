@@ -144,9 +144,8 @@ class ClickHouseSource(Source):
     config: ClickHouseConfig
 
     def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
-        if not isinstance(config, ClickHouseConfig):
-            config = ClickHouseConfig.model_validate(config.model_dump())
         super().__init__(config, name=name, base_dir=base_dir)
+        config = self.config
         register_secret(config.password.get_secret_value() if config.password else None)
 
     def quote_identifier(self, name: str) -> str:

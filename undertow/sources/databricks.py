@@ -86,9 +86,8 @@ class DatabricksSource(Source):
     config: DatabricksConfig
 
     def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
-        if not isinstance(config, DatabricksConfig):
-            config = DatabricksConfig.model_validate(config.model_dump(by_alias=True))
         super().__init__(config, name=name, base_dir=base_dir)
+        config = self.config
         token = config.access_token
         register_secret(token.get_secret_value() if token else None)
 

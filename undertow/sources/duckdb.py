@@ -68,11 +68,6 @@ class DuckDBSource(Source):
 
     config: DuckDBConfig
 
-    def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
-        if not isinstance(config, DuckDBConfig):
-            config = DuckDBConfig.model_validate(config.model_dump())
-        super().__init__(config, name=name, base_dir=base_dir)
-
     # -- the Source interface ---------------------------------------------------------------
 
     def check(self) -> None:

@@ -141,8 +141,6 @@ class MySQLSource(Source):
     config: MySQLConfig
 
     def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
-        if not isinstance(config, MySQLConfig):
-            config = MySQLConfig.model_validate(config.model_dump())
         super().__init__(config, name=name, base_dir=base_dir)
         self._target = _target(self.config)
         register_secret(self._target.password)

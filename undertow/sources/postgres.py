@@ -168,8 +168,6 @@ class PostgresSource(Source):
     config: PostgresConfig
 
     def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
-        if not isinstance(config, PostgresConfig):
-            config = PostgresConfig.model_validate(config.model_dump())
         super().__init__(config, name=name, base_dir=base_dir)
         self._register_secrets()
 

@@ -121,9 +121,8 @@ class SnowflakeSource(Source):
     config: SnowflakeConfig
 
     def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
-        if not isinstance(config, SnowflakeConfig):
-            config = SnowflakeConfig.model_validate(config.model_dump(by_alias=True))
         super().__init__(config, name=name, base_dir=base_dir)
+        config = self.config
         for secret in (config.password, config.private_key, config.private_key_passphrase):
             register_secret(secret.get_secret_value() if secret else None)
         register_secret(config.token.get_secret_value() if config.token else None)

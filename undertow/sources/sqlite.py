@@ -77,11 +77,6 @@ class SQLiteSource(Source):
 
     config: SQLiteConfig
 
-    def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
-        if not isinstance(config, SQLiteConfig):
-            config = SQLiteConfig.model_validate(config.model_dump())
-        super().__init__(config, name=name, base_dir=base_dir)
-
     # -- the Source interface ---------------------------------------------------------------
 
     def check(self) -> None:
