@@ -62,7 +62,6 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import sqlglot
 from sqlglot import exp
 
 from undertow.destinations.base import Operation
@@ -71,6 +70,7 @@ from undertow.pipeline.diff import ChangeStats, DiffEngine, DiffSpec, PlannedChu
 from undertow.pipeline.plan import Plan
 from undertow.redact import redact
 from undertow.sources.base import NativeLoad, Source, SqlSession
+from undertow.sources.scratch_sql import TEMPLATE, ident, lit, rename_table_sql, transpile
 
 MD5_LENPREFIX = "md5-lenprefix-v1"
 """Portable: MD5 over the length-prefixed text of each value (any dialect with MD5)."""
@@ -84,7 +84,7 @@ the algorithm it was written with until it is reset: see the module docstring.""
 # Arrow types whose PostgreSQL type has an extended hash function; others are hashed as text.
 _PG_NATIVE_HASH = re.compile(r"^(u?int\d+|float|double|halffloat|decimal|bool|date|timestamp|time)")
 
-_T = "postgres"  # the dialect the templates below are written in
+_T = TEMPLATE  # the dialect the templates below are written in
 _MODEL = "__ut_model__"  # sentinel replaced by the model's SQL after transpiling
 _META = ("_ut_seq", "_ut_batch", "_ut_key", "_ut_op", "_ut_kind")
 _ALL_META = (*_META, "_ut_fp", "_ut_hash")
@@ -95,15 +95,6 @@ _BEGIN = {
     "postgres": "BEGIN ISOLATION LEVEL REPEATABLE READ",
     "duckdb": "BEGIN TRANSACTION",
 }
-
-
-def ident(name: str) -> str:
-    """An identifier quoted by sqlglot (template dialect); never pasted unquoted."""
-    return exp.to_identifier(name, quoted=True).sql(_T)
-
-
-def lit(value: str) -> str:
-    return exp.Literal.string(value).sql(_T)
 
 
 def text_of(column: str) -> str:
@@ -229,7 +220,7 @@ class WarehouseDiffEngine(DiffEngine):
 
     def render(self, template: str, columns: Sequence[str] | None = None) -> str:
         """Transpile ``template`` to the source's dialect; splice in the projected model."""
-        out: str = sqlglot.transpile(template, read=_T, write=self.dialect)[0]
+        out = transpile(template, self.dialect)
         sentinel = exp.to_identifier(_MODEL, quoted=True).sql(self.dialect)
         if sentinel in out:
             cols = ", ".join(
@@ -674,7 +665,9 @@ class WarehouseDiffEngine(DiffEngine):
             columns,
         )
         self._drop(run, [snap])
-        run.session.execute(self._rename_sql(self._snap + "_new", self._snap))
+        run.session.execute(
+            rename_table_sql(self.dialect, self.schema, self._snap + "_new", self._snap)
+        )
 
     def _widen(self, run: _Runner, table: str, columns: Sequence[str]) -> None:
         """Make integer columns of a table just created from constants 64-bit: MySQL and
@@ -695,20 +688,6 @@ class WarehouseDiffEngine(DiffEngine):
                 f"{key_text_sql(keys, '')} IN (SELECT {key_text_sql(keys, 'k')} FROM {table} AS k)"
             )
         return f"({cols}) IN (SELECT {cols} FROM {table})"
-
-    def _rename_sql(self, old: str, new: str) -> str:
-        """Rename a scratch table within the scratch schema (written in the source's dialect:
-        MySQL's ``ALTER TABLE ... RENAME`` moves an unqualified name to the default database)."""
-
-        def q(name: str) -> str:
-            return exp.to_identifier(name, quoted=True).sql(self.dialect)
-
-        schema = q(self.schema)
-        if self.dialect in ("mysql", "clickhouse"):
-            return f"RENAME TABLE {schema}.{q(old)} TO {schema}.{q(new)}"
-        if self.dialect in ("snowflake", "databricks"):
-            return f"ALTER TABLE {schema}.{q(old)} RENAME TO {schema}.{q(new)}"
-        return f"ALTER TABLE {schema}.{q(old)} RENAME TO {q(new)}"
 
     def _drop(self, run: _Runner, tables: Iterable[str]) -> None:
         for table in tables:

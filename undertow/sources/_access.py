@@ -32,17 +32,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import sqlglot
-from sqlglot import exp
 
 from undertow.errors import ModelError, SourceError, UndertowError
 from undertow.redact import trim
 from undertow.sources.base import AccessProblem, Source, SqlSession
+from undertow.sources.scratch_sql import TEMPLATE, ident, lit, rename_table_sql, transpile
 
 PROBE_PREFIX = "ut_probe_"
 PROBE_MODEL = "(access check)"
 """The model name the read probes are described under (never shown: the prefix is cut)."""
 PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_T = "postgres"  # the probe statements are written in PostgreSQL and transpiled, as the engine's
 
 
 @dataclass(frozen=True)
@@ -148,25 +147,19 @@ class WarehouseAccess(ABC):
 
     def schema_exists_sql(self, schema: str) -> str:
         """A query whose first value is non-zero when ``schema`` exists (the engine's)."""
-        return (
-            "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = "
-            + exp.Literal.string(schema).sql(_T)
-        )
+        return "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = " + lit(schema)
 
     def rename_sql(self, schema: str, old: str, new: str) -> str:
         """Rename a table within ``schema``, as the engine writes it in this dialect."""
-        q = self.source.quote_identifier
-        dialect = self.source.sql_dialect
-        if dialect in ("mysql", "clickhouse"):
-            return f"RENAME TABLE {q(schema)}.{q(old)} TO {q(schema)}.{q(new)}"
-        if dialect in ("snowflake", "databricks"):
-            return f"ALTER TABLE {q(schema)}.{q(old)} RENAME TO {q(schema)}.{q(new)}"
-        return f"ALTER TABLE {q(schema)}.{q(old)} RENAME TO {q(new)}"
+        return rename_table_sql(self.dialect, schema, old, new)
 
     def sql(self, template: str) -> str:
         """``template`` (PostgreSQL, every identifier quoted) in the source's dialect."""
-        out: str = sqlglot.transpile(template, read=_T, write=self.source.sql_dialect)[0]
-        return out
+        return transpile(template, self.dialect)
+
+    @property
+    def dialect(self) -> str:
+        return self.source.sql_dialect or TEMPLATE
 
 
 def check_access(
@@ -249,7 +242,7 @@ def _probe(access: WarehouseAccess, session: SqlSession, schema: str) -> AccessP
     found, lookup = _schema_exists(access, session, schema)
     if not found:
         try:
-            session.execute(access.sql(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}"))
+            session.execute(access.sql(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}"))
         except Exception as exc:
             who = access.principal.who
             state = (
@@ -266,7 +259,7 @@ def _probe(access: WarehouseAccess, session: SqlSession, schema: str) -> AccessP
             )
     table = PROBE_PREFIX + uuid.uuid4().hex[:16]
     renamed = table + "_r"
-    target, moved = f"{_ident(schema)}.{_ident(table)}", f"{_ident(schema)}.{_ident(renamed)}"
+    target, moved = f"{ident(schema)}.{ident(table)}", f"{ident(schema)}.{ident(renamed)}"
     steps = [
         ("create a table", access.sql(f"CREATE TABLE {target} AS SELECT 1 AS x"), table),
         ("insert into a table", access.sql(f"INSERT INTO {target} (x) VALUES (2)"), table),
@@ -290,7 +283,7 @@ def _probe(access: WarehouseAccess, session: SqlSession, schema: str) -> AccessP
     finally:
         if not completed:  # refused or interrupted: drop whatever may exist
             for name in (table, renamed):
-                drop = access.sql(f"DROP TABLE IF EXISTS {_ident(schema)}.{_ident(name)}")
+                drop = access.sql(f"DROP TABLE IF EXISTS {ident(schema)}.{ident(name)}")
                 try:
                     session.execute(drop)
                 except Exception:
@@ -338,10 +331,6 @@ def _said(exc: BaseException) -> str:
 
 def _note(principal: Principal) -> str:
     return f" ({principal.note})" if principal.note else ""
-
-
-def _ident(name: str) -> str:
-    return exp.to_identifier(name, quoted=True).sql(_T)
 
 
 @functools.cache
