@@ -367,7 +367,9 @@ class LocalDiffEngine(DiffEngine):
         #    can go stale); only the keys to plan are kept
 
         kinds_wanted = set(plan.ops)
-        in_scope = int(self._one("select count(*) from model"))  # after only_keys
+        in_scope = stats.extracted  # the rows the diff covers: fewer with only_keys
+        if only_keys is not None:
+            in_scope = int(self._one("select count(*) from model"))
         if stats.snapshot == 0:
             find_dups(f"model WHERE {key_not_null}")
             # a first sync: every valid row is added; no join with the empty snapshot
