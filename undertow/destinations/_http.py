@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from undertow.destinations import capture
 from undertow.errors import FatalDeliveryError, RejectedBatchError, RetryableError
 from undertow.redact import redact_url, trim
 
@@ -139,6 +140,7 @@ class HttpClient:
             send_headers.update(headers)
         where = f"{method} {redact_url(url)}"
         session = await self.session()
+        started = time.time()
         try:
             async with session.request(method, url, data=data, headers=send_headers) as resp:
                 payload = await resp.read()
@@ -149,37 +151,65 @@ class HttpClient:
                     method=method,
                     url=url,
                 )
-        except TimeoutError as exc:
-            raise RetryableError(
-                f"{where} timed out after {self.timeout:g}s",
-                hint="the destination is slow; the batch is retried with backoff",
-            ) from exc
-        except aiohttp.ClientConnectorDNSError as exc:
-            host = urlsplit(url).hostname
-            raise RetryableError(
-                f"{where}: cannot resolve host {host!r} ({exc.os_error.strerror or exc.os_error})",
-                hint="check the spelling of the URL's host and this machine's DNS",
-            ) from exc
-        except aiohttp.ClientSSLError as exc:
-            # a certificate that is not trusted, or a port that does not speak TLS: no retry
-            # fixes either, so stop the run (the rows stay undelivered for the next run)
-            raise FatalDeliveryError(
-                f"{where}: TLS handshake failed ({exc})",
-                hint="if the server speaks plain HTTP on that port, use an http:// URL; if its "
-                "certificate is self-signed or expired, fix the certificate on the server",
-            ) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise RetryableError(
-                f"{where}: cannot connect ({exc.os_error.strerror or exc.os_error})",
-                hint="check the URL and that the destination is reachable from this machine",
-            ) from exc
-        except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise RetryableError(
-                f"{where}: connection failed ({type(exc).__name__}: {exc})"
-            ) from exc
+        except BaseException as exc:
+            if capture.active():
+                capture.emit(
+                    method=method,
+                    url=url,
+                    started_at=started,
+                    request_headers={**self.headers, **send_headers},
+                    request_body=raw,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            error = self._transport_error(where, url, exc)
+            if error is None:
+                raise
+            raise error from exc
+        if capture.active():
+            capture.emit(
+                method=method,
+                url=url,
+                started_at=started,
+                request_headers={**self.headers, **send_headers},
+                request_body=raw,
+                status=response.status,
+                response_headers=response.headers,
+                response_body=response.body,
+                request_id=response.request_id,
+            )
         if raise_for_status:
             raise_for_status_class(response)
         return response
+
+    def _transport_error(self, where: str, url: str, exc: BaseException) -> Exception | None:
+        """The Undertow error for a transport failure; None for anything else (re-raised)."""
+        if isinstance(exc, TimeoutError):
+            return RetryableError(
+                f"{where} timed out after {self.timeout:g}s",
+                hint="the destination is slow; the batch is retried with backoff",
+            )
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            host = urlsplit(url).hostname
+            return RetryableError(
+                f"{where}: cannot resolve host {host!r} ({exc.os_error.strerror or exc.os_error})",
+                hint="check the spelling of the URL's host and this machine's DNS",
+            )
+        if isinstance(exc, aiohttp.ClientSSLError):
+            # a certificate that is not trusted, or a port that does not speak TLS: no retry
+            # fixes either, so stop the run (the rows stay undelivered for the next run)
+            return FatalDeliveryError(
+                f"{where}: TLS handshake failed ({exc})",
+                hint="if the server speaks plain HTTP on that port, use an http:// URL; if its "
+                "certificate is self-signed or expired, fix the certificate on the server",
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return RetryableError(
+                f"{where}: cannot connect ({exc.os_error.strerror or exc.os_error})",
+                hint="check the URL and that the destination is reachable from this machine",
+            )
+        if isinstance(exc, aiohttp.ClientError | asyncio.IncompleteReadError | ConnectionError):
+            return RetryableError(f"{where}: connection failed ({type(exc).__name__}: {exc})")
+        return None
 
 
 def raise_for_status_class(response: Response) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from undertow.destinations import capture
 from undertow.destinations.base import Batch, BatchResult, Destination, RateLimit
 from undertow.errors import (
     DeliveryError,
@@ -92,7 +93,15 @@ async def send_with_retries(
         attempt += 1
         await bucket.acquire()
         try:
-            result = await destination.write_batch(batch)
+            with capture.context(
+                sync=batch.sync,
+                destination=destination.instance_name,
+                batch=batch.number,
+                operation=str(batch.operation),
+                keys=tuple(batch.keys),
+                attempt=attempt,
+            ):
+                result = await destination.write_batch(batch)
             return Outcome(batch, result, attempt, sent=True)
         except RejectedBatchError as exc:
             return Outcome(batch, BatchResult.all_rejected(len(batch), str(exc)), attempt, True)

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -252,12 +253,19 @@ class StateStore:
         """Apply pending numbered migrations; return the schema version.
 
         Two processes opening a new store at once may race: the loser's transaction fails
-        on the version's primary key, and it simply reads the version the winner wrote.
+        (on the version's primary key, or on a table the winner created), and it tries again
+        until it reads the version the winner wrote. The winner may still be inside its
+        transaction when the loser retries, so the loser waits a little longer each time.
         """
-        try:
-            return self._migrate()
-        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, StateError):
-            return self._migrate()
+        attempts = 8
+        for attempt in range(attempts):
+            try:
+                return self._migrate()
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError, StateError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.02 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def _migrate(self) -> int:
         with self._tx() as conn:

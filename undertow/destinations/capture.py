@@ -1,0 +1,206 @@
+"""The one hook where every request a destination makes, and its answer, can be watched.
+
+The live debugger (``undertow debug``, the web UI) and the tests listen here; nothing else
+reaches a destination's traffic::
+
+    from undertow.destinations import capture
+
+    remove = capture.add_listener(lambda exchange: print(exchange.status, exchange.path))
+    ...
+    remove()
+
+Who fills in what:
+
+* the HTTP client (``destinations/_http.py``) emits one :class:`Exchange` per request it
+  sends, after the answer arrives or the transport fails;
+* the deliver stage sets the :func:`context` of each batch it sends (sync, batch number,
+  the records' keys, the attempt), so every exchange says which records it carried;
+* a connector that does not speak HTTP (a database, a queue) may call :func:`emit` itself.
+
+Invariants: with no listener, :func:`emit` is one ``if`` and costs nothing; an exchange is
+built only when someone listens. Header values and bodies are passed through
+:func:`undertow.redact.redact` (every registered secret, every credential pattern) and
+trimmed to :data:`MAX_BODY_BYTES` before any listener sees them, so a listener cannot store
+a secret by mistake. A listener that raises is dropped from that exchange's delivery and
+logged; it never fails a sync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from undertow.redact import redact
+
+MAX_BODY_BYTES = 64 * 1024
+"""Bodies are trimmed to this many bytes before a listener sees them."""
+
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
+)
+"""Headers whose value is always masked, whatever it holds."""
+
+log = logging.getLogger("undertow.capture")
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What the deliver stage knows about the request being sent."""
+
+    sync: str | None = None
+    destination: str | None = None
+    batch: int | None = None
+    operation: str | None = None
+    keys: tuple[str, ...] = ()
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One request and its answer, redacted and trimmed."""
+
+    started_at: float
+    """Seconds since the epoch when the request was sent."""
+    duration: float
+    method: str
+    url: str
+    """Scheme, host and path; never the query string or user info."""
+    request_headers: dict[str, str]
+    request_body: str | None
+    status: int | None
+    """None when no answer arrived (timeout, connection refused)."""
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_body: str | None = None
+    error: str | None = None
+    """The transport failure, when there was no answer."""
+    request_id: str | None = None
+    context: CallContext = field(default_factory=CallContext)
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path or "/"
+
+
+Listener = Callable[[Exchange], None]
+
+_lock = threading.Lock()
+_listeners: list[Listener] = []
+_NO_CONTEXT = CallContext()
+_context: contextvars.ContextVar[CallContext] = contextvars.ContextVar(
+    "undertow_capture_context", default=_NO_CONTEXT
+)
+
+
+def add_listener(listener: Listener) -> Callable[[], None]:
+    """Call ``listener`` for every exchange from now on; returns the function that stops it."""
+    with _lock:
+        _listeners.append(listener)
+
+    def remove() -> None:
+        with _lock, contextlib.suppress(ValueError):
+            _listeners.remove(listener)
+
+    return remove
+
+
+@contextlib.contextmanager
+def listening(listener: Listener) -> Iterator[None]:
+    remove = add_listener(listener)
+    try:
+        yield
+    finally:
+        remove()
+
+
+def active() -> bool:
+    """True when someone listens (callers may skip building what they would pass)."""
+    return bool(_listeners)
+
+
+@contextlib.contextmanager
+def context(**fields: object) -> Iterator[CallContext]:
+    """Set the call context for the requests made inside (merged over the current one)."""
+    current = _context.get()
+    merged = CallContext(**{**current.__dict__, **fields})  # type: ignore[arg-type]
+    token = _context.set(merged)
+    try:
+        yield merged
+    finally:
+        _context.reset(token)
+
+
+def current_context() -> CallContext:
+    return _context.get()
+
+
+def _text(body: bytes | str | None) -> str | None:
+    if body is None:
+        return None
+    raw = body if isinstance(body, bytes) else body.encode()
+    cut = raw[:MAX_BODY_BYTES]
+    text = cut.decode("utf-8", "replace")
+    if len(raw) > MAX_BODY_BYTES:
+        text += f"… ({len(raw) - MAX_BODY_BYTES:,} more bytes)"
+    return redact(text)
+
+
+def _headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        lower = name.lower()
+        out[lower] = "***" if lower in SECRET_HEADERS else redact(value)
+    return out
+
+
+def _url(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return redact(f"{parts.scheme}://{host}{parts.path}" if parts.scheme else parts.path)
+
+
+def emit(
+    *,
+    method: str,
+    url: str,
+    started_at: float,
+    request_headers: Mapping[str, str] | None = None,
+    request_body: bytes | str | None = None,
+    status: int | None = None,
+    response_headers: Mapping[str, str] | None = None,
+    response_body: bytes | str | None = None,
+    error: str | None = None,
+    request_id: str | None = None,
+    duration: float | None = None,
+) -> None:
+    """Hand one exchange to every listener (a no-op when nobody listens)."""
+    if not _listeners:
+        return
+    exchange = Exchange(
+        started_at=started_at,
+        duration=duration if duration is not None else max(0.0, time.time() - started_at),
+        method=method,
+        url=_url(url),
+        request_headers=_headers(request_headers),
+        request_body=_text(request_body),
+        status=status,
+        response_headers=_headers(response_headers),
+        response_body=_text(response_body),
+        error=redact(error) if error else None,
+        request_id=request_id,
+        context=_context.get(),
+    )
+    with _lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        try:
+            listener(exchange)
+        except Exception:  # a listener must never fail a sync
+            log.exception("capture listener %r failed", listener)
