@@ -46,7 +46,7 @@ def _construct(
 ) -> DiffEngine:
     if label == "local":
         return LocalDiffEngine(state_dir, sync, dry_run=dry_run)
-    from undertow.pipeline.diff_warehouse import WarehouseDiffEngine  # sqlglot: on demand
+    from undertow.pipeline.diff.warehouse import WarehouseDiffEngine  # sqlglot: on demand
 
     return WarehouseDiffEngine(
         source,

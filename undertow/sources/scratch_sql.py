@@ -1,5 +1,5 @@
 """The SQL of the ``warehouse`` diff engine's scratch schema, shared by the engine
-(:mod:`undertow.pipeline.diff_warehouse`) and the access probe (:mod:`undertow.sources._access`),
+(:mod:`undertow.pipeline.diff.warehouse`) and the access probe (:mod:`undertow.sources._access`),
 so that ``validate`` tries exactly the statements a run will send.
 
 Statements are written once in PostgreSQL syntax (:data:`TEMPLATE`), every identifier quoted
