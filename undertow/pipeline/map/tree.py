@@ -1,0 +1,199 @@
+"""The compiled tree of a sync's mapping: one node per field (column, JSON text, constant,
+template, object, list), built once by :class:`Compiler`, which checks every column and
+template against the model's schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import polars as pl
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2.environment import Template
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from undertow.config.models import FieldSpec
+from undertow.errors import MappingError, unknown_name
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclass
+class Column:
+    path: str
+    column: str
+    cast: str | None
+
+
+@dataclass
+class JsonText:
+    path: str
+    column: str
+
+
+@dataclass
+class Const:
+    path: str
+    value: Any
+
+
+@dataclass
+class TemplateNode:
+    path: str
+    template: Template
+    columns: list[str]
+    uses_row: bool
+    cast: str | None
+    slot: int = 0
+
+
+@dataclass
+class ObjectNode:
+    path: str
+    children: list[tuple[str, Node]]
+
+
+@dataclass
+class ListNode:
+    path: str
+    items: list[Node]
+
+
+Node = Column | JsonText | Const | TemplateNode | ObjectNode | ListNode
+
+
+def finalize(value: Any) -> Any:
+    """Render NULL as an empty string, not Python's ``None``."""
+    return "" if value is None else value
+
+
+def environment() -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(
+        undefined=StrictUndefined, finalize=finalize, autoescape=False, keep_trailing_newline=True
+    )
+
+
+class Compiler:
+    def __init__(self, sync_name: str, schema: Mapping[str, pl.DataType]) -> None:
+        self.sync = sync_name
+        self.schema = schema
+        self.env = environment()
+        self.read: dict[str, None] = {}
+        self.templates: list[TemplateNode] = []
+
+    def fail(self, path: str, message: str, hint: str | None = None) -> MappingError:
+        return MappingError(f"sync {self.sync!r}: {path}: {message}", hint=hint)
+
+    def use(self, path: str, column: str) -> str:
+        if column not in self.schema:
+            raise self.fail(
+                path,
+                unknown_name("column", column, self.schema),
+                hint="map a column the model's SQL returns, or add it to the model",
+            )
+        self.read.setdefault(column, None)
+        return column
+
+    def node(self, path: str, spec: FieldSpec) -> Node:
+        if spec.cast is not None and (spec.object_ is not None or spec.list_ is not None):
+            raise self.fail(
+                path,
+                "`cast` applies to column and template fields, not to object or list fields",
+                hint="put the cast on the nested fields",
+            )
+        if spec.cast is not None and "const" in spec.model_fields_set:
+            raise self.fail(
+                path,
+                "`cast` does not apply to a const",
+                hint="write the constant in the type you want, e.g. `const: 3`",
+            )
+        if spec.column is not None:
+            column = self.use(path, spec.column)
+            if spec.cast == "json":
+                return JsonText(path, column)
+            return Column(path, column, spec.cast)
+        if spec.json_ is not None:
+            return JsonText(path, self.use(path, spec.json_))
+        if spec.template is not None:
+            return self.template(path, spec.template, spec.cast)
+        if spec.object_ is not None:
+            return ObjectNode(
+                path, [(k, self.node(f"{path}.{k}", v)) for k, v in spec.object_.items()]
+            )
+        if spec.list_ is not None:
+            return ListNode(path, [self.node(f"{path}[{i}]", v) for i, v in enumerate(spec.list_)])
+        return self.const(path, spec.const)
+
+    def const(self, path: str, value: Any) -> Const:
+        try:
+            orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            raise self.fail(path, f"the constant cannot be written as JSON: {exc}") from None
+        if has_nonfinite(value):
+            raise self.fail(path, "the constant holds NaN or Infinity, which JSON cannot carry")
+        return Const(path, value)
+
+    def template(self, path: str, source: str, cast: str | None) -> TemplateNode:
+        if cast == "json":
+            raise self.fail(
+                path,
+                "`cast: json` does not apply to a template",
+                hint="render a string, or map a JSON text column with `json:`",
+            )
+        try:
+            ast = self.env.parse(source)
+        except TemplateSyntaxError as exc:
+            raise self.fail(
+                path,
+                f"template syntax error on line {exc.lineno}: {exc.message}",
+                hint="templates use Jinja2 syntax, e.g. 'Hi {{ first_name }}'",
+            ) from None
+        reads: list[tuple[int, str | None]] = [
+            (n.lineno, n.attr) for n in ast.find_all(nodes.Getattr)
+        ]
+        reads += [(n.lineno, const_key(n)) for n in ast.find_all(nodes.Getitem)]
+        for line, name in reads:
+            if isinstance(name, str) and name.startswith("_"):
+                raise self.fail(
+                    path,
+                    f"template line {line} reads {name!r}: templates run in a sandbox "
+                    "and cannot reach Python internals (names starting with '_')",
+                )
+        names = meta.find_undeclared_variables(ast)
+        uses_row = "row" in names
+        unknown = sorted(
+            n for n in names - {"row"} if n not in self.schema and n not in self.env.globals
+        )
+        if unknown:
+            raise self.fail(
+                path,
+                f"template reads {unknown_name('column', unknown[0], self.schema)}",
+                hint="a template sees each model column by name, and `row` (all of them)",
+            )
+        columns = list(self.schema) if uses_row else [c for c in self.schema if c in names]
+        for column in columns:
+            self.use(path, column)
+        compiled = TemplateNode(
+            path, self.env.from_string(ast), columns, uses_row, cast, slot=len(self.templates)
+        )
+        self.templates.append(compiled)
+        return compiled
+
+
+def const_key(node: nodes.Getitem) -> str | None:
+    arg = node.arg
+    return arg.value if isinstance(arg, nodes.Const) and isinstance(arg.value, str) else None
+
+
+def has_nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(has_nonfinite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_nonfinite(v) for v in value)
+    return False
