@@ -1,0 +1,174 @@
+"""What the state store reads and writes, as typed records: runs and their status, counts,
+row errors, row statuses, locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from undertow.state.locks import LockStore
+
+LOCK_TTL = timedelta(seconds=60)
+"""A lock whose holder has not sent a heartbeat for this long is considered abandoned."""
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    EXTRACTING = "extracting"
+    DIFFING = "diffing"
+    DELIVERING = "delivering"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    """The freshness check found stale data: nothing was extracted or sent."""
+
+    @property
+    def final(self) -> bool:
+        return self in (
+            RunStatus.SUCCEEDED,
+            RunStatus.FAILED,
+            RunStatus.CANCELLED,
+            RunStatus.SKIPPED,
+        )
+
+
+COUNT_KEYS = (
+    "extracted",
+    "added",
+    "changed",
+    "removed",
+    "unchanged",
+    "invalid",
+    "planned",
+    "rejected",
+    "sent",
+    "succeeded",
+    "failed",
+)
+
+
+def empty_counts() -> dict[str, int]:
+    return dict.fromkeys(COUNT_KEYS, 0)
+
+
+@dataclass
+class RunRecord:
+    id: str
+    sync: str
+    status: RunStatus
+    full_resync: bool
+    trigger: str
+    counts: dict[str, int]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+    batch_size: int | None = None
+    total_batches: int | None = None
+    attempt: int = 1
+    warning: str | None = None
+    """Set on a run that succeeded with some rows rejected (below ``max_rejected_ratio``)."""
+
+    @property
+    def duration_s(self) -> float | None:
+        end = self.finished_at or self.updated_at
+        return (end - self.created_at).total_seconds() if end else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sync": self.sync,
+            "run_id": self.id,
+            "status": str(self.status),
+            "full": self.full_resync,
+            "trigger": self.trigger,
+            **{k: self.counts.get(k, 0) for k in COUNT_KEYS},
+            "started_at": self.created_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "duration_s": round(self.duration_s, 3) if self.duration_s is not None else None,
+            "attempt": self.attempt,
+            "error": self.error,
+            "warning": self.warning,
+        }
+
+
+@dataclass
+class RowError:
+    run_id: str
+    sync: str
+    row_key: str
+    kind: str
+    reason: str
+    created_at: datetime
+    batch_no: int | None = None
+    seq: int | None = None
+    operation: str | None = None
+    first_failed_at: datetime | None = None
+    """From the row's history (``undertow_row_status``): when its current run of failures
+    began, when it last failed, in how many runs, and when it was accepted (if it was)."""
+    last_failed_at: datetime | None = None
+    attempts: int | None = None
+    resolved_at: datetime | None = None
+
+
+@dataclass
+class RowStatus:
+    """One row of a sync that a run did not get accepted, across runs."""
+
+    sync: str
+    row_key: str
+    first_failed_at: datetime
+    last_failed_at: datetime
+    attempts: int
+    last_kind: str
+    last_reason: str
+    last_run_id: str
+    resolved_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sync": self.sync,
+            "key": self.row_key,
+            "kind": self.last_kind,
+            "reason": self.last_reason,
+            "attempts": self.attempts,
+            "first_failed_at": self.first_failed_at.isoformat(),
+            "last_failed_at": self.last_failed_at.isoformat(),
+            "last_run_id": self.last_run_id,
+            "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
+        }
+
+
+@dataclass
+class Lock:
+    sync: str
+    owner: str
+    store: LockStore = field(repr=False)
+
+    def heartbeat(self) -> None:
+        self.store.heartbeat(self)
+
+    def release(self) -> None:
+        self.store.release_lock(self)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def normalise_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and use the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
