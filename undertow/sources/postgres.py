@@ -16,15 +16,14 @@ When every column has a type ADBC maps exactly, the rows are read by ADBC instea
 binary format, about twice as fast): see :mod:`undertow.sources._postgres_adbc`.
 
 Memory stays bounded: COPY sends one message per row; at most ``batch_rows`` rows (and at
-most ``_max_chunk_bytes``) are held as text, then parsed into one Arrow batch; the server
+most ``max_chunk_bytes``) are held as text, then parsed into one Arrow batch; the server
 streams COPY output and never materialises the result.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator, Sequence
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
@@ -33,6 +32,18 @@ from pydantic import SecretStr, model_validator
 from undertow.errors import ModelError, SourceError
 from undertow.redact import redact, register_secret
 from undertow.sources import _postgres_adbc as _adbc
+from undertow.sources._postgres_access import PostgresSession, access_problems
+from undertow.sources._postgres_types import (
+    PgColumn,
+    arrow_schema,
+    first_line,
+    last_line,
+    max_chunk_bytes,
+    pg_column,
+    psycopg_module,
+    text_loader,
+    typed_batch,
+)
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
     AccessProblem,
@@ -61,65 +72,6 @@ _SESSION = {
 # (about 90 MB for 1M rows), which the default work_mem (4 MB) sends to disk; and its
 # statements run once, so JIT compilation is time lost.
 _DIFF_SESSION = {**_SESSION, "work_mem": "128MB", "jit": "off"}
-
-# Type OIDs (pg_type.oid) that Arrow's CSV reader parses directly.
-_DIRECT: dict[int, pa.DataType] = {
-    16: pa.bool_(),  # bool
-    20: pa.int64(),  # int8
-    21: pa.int16(),  # int2
-    23: pa.int32(),  # int4
-    26: pa.int64(),  # oid
-    700: pa.float32(),  # float4
-    701: pa.float64(),  # float8
-    1082: pa.date32(),  # date
-    1114: pa.timestamp("us"),  # timestamp
-    1184: pa.timestamp("us", tz="UTC"),  # timestamptz
-}
-# Types whose text form is the value we keep, as a string.
-_TEXT = {
-    18,  # char
-    19,  # name
-    25,  # text
-    114,  # json (JSON text)
-    142,  # xml
-    1042,  # bpchar
-    1043,  # varchar
-    1186,  # interval (ISO 8601, e.g. P1DT2H; months make it no fixed duration)
-    2950,  # uuid
-    3802,  # jsonb (JSON text)
-}
-_NUMERIC = 1700
-# Types converted from their text form with psycopg's loader.
-_LOADED: dict[int, pa.DataType] = {
-    17: pa.binary(),  # bytea
-    1083: pa.time64("us"),  # time
-}
-# Array OID -> element OID, for the arrays of the types above.
-_ARRAYS = {
-    1000: 16,
-    1001: 17,
-    1002: 18,
-    1003: 19,
-    1005: 21,
-    1007: 23,
-    1009: 25,
-    1014: 1042,
-    1015: 1043,
-    1016: 20,
-    1021: 700,
-    1022: 701,
-    1028: 26,
-    1115: 1114,
-    1182: 1082,
-    1183: 1083,
-    1185: 1184,
-    1187: 1186,
-    1231: 1700,
-    199: 114,
-    143: 142,
-    2951: 2950,
-    3807: 3802,
-}
 
 
 class PostgresConfig(SourceConfig):
@@ -150,15 +102,6 @@ class PostgresConfig(SourceConfig):
         return self
 
 
-@dataclass(frozen=True)
-class _Column:
-    name: str
-    oid: int
-    arrow: pa.DataType
-    direct: bool
-    """Arrow's CSV reader parses it; else it is read as text and loaded by psycopg."""
-
-
 class PostgresSource(Source):
     """Runs models on PostgreSQL; one connection per call, closed when the call ends."""
 
@@ -174,14 +117,14 @@ class PostgresSource(Source):
     # -- the Source interface ---------------------------------------------------------------
 
     def check(self) -> None:
-        psycopg = _psycopg()
+        psycopg = psycopg_module()
         conn = self._connect()
         try:
             conn.execute("select 1").fetchall()
         except psycopg.Error as exc:
             raise SourceError(
                 f"source {self.instance_name!r} ({self._where()}) cannot run a query: "
-                f"{_first_line(exc)}"
+                f"{first_line(exc)}"
             ) from None
         finally:
             conn.close()
@@ -189,7 +132,7 @@ class PostgresSource(Source):
     def describe(self, sql: str, *, model: str) -> pa.Schema:
         conn = self._connect()
         try:
-            return _schema(self._declare(conn, sql, model=model))
+            return arrow_schema(self._declare(conn, sql, model=model))
         finally:
             conn.close()  # ends the read-only transaction: nothing was read or written
 
@@ -210,7 +153,7 @@ class PostgresSource(Source):
             batches = self._adbc_batches(sql, columns, model=model, batch_rows=batch_rows)
         else:
             batches = self._batches(conn, sql, columns, model=model, batch_rows=batch_rows)
-        return stream_reader(_schema(columns), batches)
+        return stream_reader(arrow_schema(columns), batches)
 
     # -- the warehouse diff engine and access checks ------------------------------------
 
@@ -219,10 +162,10 @@ class PostgresSource(Source):
     def session(self) -> SqlSession:
         """A read-write connection (autocommit) with the settings of ``_DIFF_SESSION``."""
         conn = self._connect()
-        sql = _psycopg().sql
+        sql = psycopg_module().sql
         for key, value in _DIFF_SESSION.items():
             conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(key), value))
-        return _PostgresSession(conn)
+        return PostgresSession(conn)
 
     def check_access(
         self, relations: Sequence[str], *, scratch_schema: str | None = None
@@ -230,7 +173,7 @@ class PostgresSource(Source):
         """has_schema_privilege / has_table_privilege for each relation and the scratch schema."""
         conn = self._connect()
         try:
-            return _access_problems(
+            return access_problems(
                 conn, self.instance_name, relations, scratch_schema, self.config.schema_search_path
             )
         finally:
@@ -238,7 +181,7 @@ class PostgresSource(Source):
 
     # -- the ADBC read path (see _postgres_adbc) ------------------------------------------
 
-    def _use_adbc(self, columns: list[_Column]) -> bool:
+    def _use_adbc(self, columns: list[PgColumn]) -> bool:
         reader = self.config.reader
         if reader == "copy":
             return False
@@ -250,9 +193,9 @@ class PostgresSource(Source):
         return fits and _adbc.available()
 
     def _adbc_batches(
-        self, sql: str, columns: list[_Column], *, model: str, batch_rows: int
+        self, sql: str, columns: list[PgColumn], *, model: str, batch_rows: int
     ) -> Generator[pa.RecordBatch, None, None]:
-        psycopg = _psycopg()
+        psycopg = psycopg_module()
         params = self._params()
         conninfo = psycopg.conninfo.make_conninfo(params.pop("conninfo"), **params)
         settings: dict[str, str] = {}
@@ -268,7 +211,7 @@ class PostgresSource(Source):
         return _adbc.batches(
             conninfo,
             _TRAILING.sub("", sql),
-            _schema(columns),
+            arrow_schema(columns),
             settings=settings,
             batch_rows=batch_rows,
             on_error=on_error,
@@ -327,7 +270,7 @@ class PostgresSource(Source):
         cfg = self.config
         if cfg.url is None:
             return str(cfg.host), str(cfg.port), cfg.user or "(default user)"
-        psycopg = _psycopg()
+        psycopg = psycopg_module()
         try:
             info = psycopg.conninfo.conninfo_to_dict(cfg.url.get_secret_value())
         except psycopg.Error:
@@ -343,7 +286,7 @@ class PostgresSource(Source):
         return f"postgres at {host}:{port}"
 
     def _connect(self) -> Any:
-        psycopg = _psycopg()
+        psycopg = psycopg_module()
         params = self._params()
         conninfo = params.pop("conninfo")
         try:
@@ -363,18 +306,18 @@ class PostgresSource(Source):
             or ("role" in lowered and "does not exist" in lowered)
         ):
             return SourceError(
-                f"{who}: PostgreSQL at {host}:{port} refused user {user!r}: {_last_line(text)}",
+                f"{who}: PostgreSQL at {host}:{port} refused user {user!r}: {last_line(text)}",
                 hint="check the user and password in the source config (the password is never "
                 "shown) and that pg_hba.conf allows this user from this machine",
             )
         if sqlstate == "3D000" or ("database" in lowered and "does not exist" in lowered):
             return SourceError(
-                f"{who}: {_last_line(text)} on PostgreSQL at {host}:{port}",
+                f"{who}: {last_line(text)} on PostgreSQL at {host}:{port}",
                 hint="check `database` (or the path of `url`); list databases with psql -l",
             )
         if "refused" in lowered or "timeout" in lowered or "could not" in lowered:
             return SourceError(
-                f"{who}: cannot connect to PostgreSQL at {host}:{port}: {_last_line(text)}",
+                f"{who}: cannot connect to PostgreSQL at {host}:{port}: {last_line(text)}",
                 hint=f"check the server is running and reachable (pg_isready -h {host} -p {port})"
                 " and that host and port in the source config are right",
             )
@@ -382,7 +325,7 @@ class PostgresSource(Source):
 
     def _session(self, conn: Any) -> None:
         """Settings for this transaction only: text formats COPY must use, the search path."""
-        sql = _psycopg().sql
+        sql = psycopg_module().sql
         for key, value in _SESSION.items():
             conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(key), value))
         if self.config.schema_search_path:
@@ -391,9 +334,9 @@ class PostgresSource(Source):
 
     # -- compiling and reading --------------------------------------------------------------
 
-    def _declare(self, conn: Any, sql: str, *, model: str) -> list[_Column]:
+    def _declare(self, conn: Any, sql: str, *, model: str) -> list[PgColumn]:
         """Parse and plan ``sql`` as a cursor (no row is read); its columns and Arrow types."""
-        psycopg = _psycopg()
+        psycopg = psycopg_module()
         if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             conn.execute("BEGIN READ ONLY")
             self._session(conn)
@@ -407,19 +350,19 @@ class PostgresSource(Source):
         columns = []
         for i in range(result.nfields):
             name = (result.fname(i) or b"").decode(encoding)
-            columns.append(_column(name, result.ftype(i), result.fmod(i)))
+            columns.append(pg_column(name, result.ftype(i), result.fmod(i)))
         return columns
 
     def _batches(
-        self, conn: Any, sql: str, columns: list[_Column], *, model: str, batch_rows: int
+        self, conn: Any, sql: str, columns: list[PgColumn], *, model: str, batch_rows: int
     ) -> Generator[pa.RecordBatch, None, None]:
         """COPY the rows out, parse them with Arrow, yield batches; always close ``conn``."""
         import pyarrow.csv as csv
 
-        psycopg = _psycopg()
+        psycopg = psycopg_module()
         names = [f"c{i}" for i in range(len(columns))]
-        loaders = [None if c.direct else _loader(conn, c) for c in columns]
-        schema = _schema(columns)
+        loaders = [None if c.direct else text_loader(conn, c) for c in columns]
+        schema = arrow_schema(columns)
         read_options = csv.ReadOptions(column_names=names, use_threads=False)
         convert = csv.ConvertOptions(
             column_types={
@@ -433,7 +376,7 @@ class PostgresSource(Source):
             quoted_strings_can_be_null=False,
         )
         parse = csv.ParseOptions(newlines_in_values=True)
-        max_bytes = _max_chunk_bytes(batch_rows)
+        max_bytes = max_chunk_bytes(batch_rows)
 
         def parsed(rows: list[Any]) -> pa.RecordBatch:
             table = csv.read_csv(
@@ -445,7 +388,7 @@ class PostgresSource(Source):
             raw = table.to_batches()[0] if table.num_rows else None
             if raw is None:  # pragma: no cover - rows is never empty
                 return schema.empty_table().to_batches()[0]
-            return _typed(raw, loaders, schema)
+            return typed_batch(raw, loaders, schema)
 
         text = _TRAILING.sub("", sql)
         copy_sql = _COPY_HEAD + text + _COPY_TAIL
@@ -485,10 +428,10 @@ class PostgresSource(Source):
     def _read_error(self, exc: BaseException, *, model: str) -> ModelError:
         if isinstance(exc, ModelError):
             return exc
-        if isinstance(exc, _psycopg().Error) and getattr(exc, "sqlstate", None):
+        if isinstance(exc, psycopg_module().Error) and getattr(exc, "sqlstate", None):
             return self._model_error(exc, offset=len(_COPY_HEAD), model=model)
         return ModelError(
-            f"cannot convert the rows to Arrow: {_first_line(exc)}",
+            f"cannot convert the rows to Arrow: {first_line(exc)}",
             model=model,
             source=self.instance_name,
             hint="cast the column to text in the model (col::text) if PostgreSQL returns values "
@@ -503,7 +446,7 @@ class PostgresSource(Source):
             position = int(raw) - offset
             if position < 1:
                 position = None
-        message = _first_line(exc)
+        message = first_line(exc)
         detail = getattr(diag, "message_hint", None)
         return ModelError(
             message,
@@ -512,187 +455,3 @@ class PostgresSource(Source):
             position=position,
             hint=redact(detail) if detail else None,
         )
-
-
-def _column(name: str, oid: int, fmod: int) -> _Column:
-    if oid in _DIRECT:
-        return _Column(name, oid, _DIRECT[oid], True)
-    if oid == _NUMERIC:
-        decimal = _decimal(fmod)
-        return _Column(name, oid, decimal or pa.string(), True)
-    if oid in _LOADED:
-        return _Column(name, oid, _LOADED[oid], False)
-    if oid in _ARRAYS:
-        element = _column(name, _ARRAYS[oid], fmod).arrow
-        return _Column(name, oid, pa.list_(element), False)
-    # text types, enums, domains, and anything unknown: the value's text form.
-    return _Column(name, oid, pa.string(), True)
-
-
-def _decimal(fmod: int) -> pa.DataType | None:
-    """numeric(p, s) as decimal128(p, s); unconstrained numeric (or p > 38) stays a string.
-
-    An unconstrained ``numeric`` has no fixed scale (1e-300 and 1e300 are both valid), so
-    no Arrow decimal holds every value; its exact text is kept instead.
-    """
-    if fmod < 4:
-        return None
-    precision = ((fmod - 4) >> 16) & 0xFFFF
-    scale = (fmod - 4) & 0xFFFF
-    if scale > 0x7FFF:  # negative scale (PostgreSQL 15+)
-        return None
-    if not 1 <= precision <= 38:
-        return None
-    return pa.decimal128(precision, scale)
-
-
-def _schema(columns: list[_Column]) -> pa.Schema:
-    return pa.schema([pa.field(c.name, c.arrow) for c in columns])
-
-
-def _loader(conn: Any, column: _Column) -> Callable[[list[Any]], pa.Array]:
-    """Convert a batch of text values of ``column`` with psycopg's text loader."""
-    psycopg = _psycopg()
-    oid = column.oid
-    element = _ARRAYS.get(oid)
-    if element is not None and (element in _TEXT or pa.types.is_string(column.arrow.value_type)):
-        oid = 1009  # text[]: keep the elements' text (uuid, json, unconstrained numeric...)
-    loader_class = conn.adapters.get_loader(oid, psycopg.pq.Format.TEXT)
-    load = loader_class(oid, conn).load
-
-    def convert(values: list[Any]) -> pa.Array:
-        return pa.array(
-            [None if v is None else load(v.encode()) for v in values], type=column.arrow
-        )
-
-    return convert
-
-
-def _typed(
-    raw: pa.RecordBatch,
-    loaders: list[Callable[[list[Any]], pa.Array] | None],
-    schema: pa.Schema,
-) -> pa.RecordBatch:
-    arrays = []
-    for i, load in enumerate(loaders):
-        array = raw.column(i)
-        arrays.append(array if load is None else load(array.to_pylist()))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _max_chunk_bytes(batch_rows: int) -> int:
-    """COPY bytes parsed at once: about ``batch_rows`` rows of 256 bytes, within 1-64 MiB."""
-    return max(1 << 20, min(64 << 20, batch_rows * 256))
-
-
-def _first_line(exc: BaseException) -> str:
-    return redact(str(exc).strip().split("\n", 1)[0])
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().split("\n") if line.strip()]
-    return lines[-1] if lines else text
-
-
-def _psycopg() -> Any:
-    try:
-        import psycopg
-        import psycopg.sql
-    except ImportError:
-        raise missing_driver("psycopg", "postgres") from None
-    return psycopg
-
-
-class _PostgresSession:
-    dialect = "postgres"
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def execute(self, sql: str) -> None:
-        self.conn.execute(sql)
-
-    def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        return list(self.conn.execute(sql).fetchall())
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def _access_problems(
-    conn: Any,
-    source: str,
-    relations: Sequence[str],
-    scratch_schema: str | None,
-    search_path: list[str] | None,
-) -> list[AccessProblem]:
-    ident = _psycopg().sql.Identifier
-    role, database, path = conn.execute(
-        "SELECT current_user, current_database(), current_setting('search_path')"
-    ).fetchone()
-    who = ident(role).as_string(conn)
-    schemas = search_path or [
-        role if p.strip() == '"$user"' else p.strip().strip('"') for p in path.split(",")
-    ]
-    problems: list[AccessProblem] = []
-    for relation in relations:
-        parts = relation.split(".")
-        name, schema = parts[-1], (parts[-2] if len(parts) > 1 else None)
-        found = conn.execute(
-            """SELECT n.nspname, has_schema_privilege(n.oid, 'USAGE'),
-                      has_table_privilege(c.oid, 'SELECT')
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE c.relname = %s AND n.nspname = ANY(%s)
-               ORDER BY array_position(%s, n.nspname::text) LIMIT 1""",
-            [name, [schema] if schema else schemas, [schema] if schema else schemas],
-        ).fetchone()
-        if found is None:
-            continue  # not a table here (a CTE, a function): the model check reports the rest
-        nsp, usage, select = found
-        qualified = f"{ident(nsp).as_string(conn)}.{ident(name).as_string(conn)}"
-        grants = []
-        if not usage:
-            grants.append(f"GRANT USAGE ON SCHEMA {ident(nsp).as_string(conn)} TO {who};")
-        if not select:
-            grants.append(f"GRANT SELECT ON {qualified} TO {who};")
-        if grants:
-            missing = " and ".join(
-                g for g, ok in (("USAGE on schema " + nsp, usage), ("SELECT", select)) if not ok
-            )
-            problems.append(
-                AccessProblem(
-                    f"source {source!r}: user {role!r} cannot read {nsp}.{name} "
-                    f"(missing {missing})",
-                    tuple(grants),
-                )
-            )
-    if scratch_schema is not None:
-        row = conn.execute(
-            """SELECT has_schema_privilege(n.oid, 'USAGE'), has_schema_privilege(n.oid, 'CREATE')
-               FROM pg_namespace n WHERE n.nspname = %s""",
-            [scratch_schema],
-        ).fetchone()
-        target = ident(scratch_schema).as_string(conn)
-        why = f"source {source!r}: the warehouse diff engine keeps its tables in schema"
-        if row is None:
-            if not conn.execute(
-                "SELECT has_database_privilege(current_database(), 'CREATE')"
-            ).fetchone()[0]:
-                problems.append(
-                    AccessProblem(
-                        f"{why} {scratch_schema!r}, which does not exist, and user {role!r} "
-                        f"may not create schemas in database {database!r}",
-                        (f"CREATE SCHEMA {target} AUTHORIZATION {who};",),
-                    )
-                )
-        elif not (row[0] and row[1]):
-            problems.append(
-                AccessProblem(
-                    f"{why} {scratch_schema!r}, where user {role!r} lacks "
-                    + " and ".join(
-                        p for p, ok in zip(("USAGE", "CREATE"), row, strict=True) if not ok
-                    ),
-                    (f"GRANT USAGE, CREATE ON SCHEMA {target} TO {who};",),
-                )
-            )
-    return problems
