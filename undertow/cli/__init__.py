@@ -1,0 +1,35 @@
+"""The ``undertow`` command. Every command calls the ``Project`` facade and nothing deeper.
+
+Exit codes: 0 success; 1 an Undertow error (one red line, ``--debug`` for the traceback) or a
+failed run; 2 bad command-line usage.
+
+The commands live by group (:mod:`~undertow.cli.project`, :mod:`~undertow.cli.syncs`,
+:mod:`~undertow.cli.history`) and register on the one Typer ``app``; the console entry point
+is :func:`main`.
+"""
+
+from __future__ import annotations
+
+from undertow.cli import history, project, syncs
+from undertow.cli._common import app
+
+__all__ = ["app", "history", "main", "project", "syncs"]
+
+_HELP_ORDER = [
+    "init", "validate", "plan", "run", "retry", "status", "runs", "errors", "reset", "demo",
+    "serve",
+]  # fmt: skip
+
+
+def _help_rank(name: str) -> int:
+    return _HELP_ORDER.index(name) if name in _HELP_ORDER else len(_HELP_ORDER)
+
+
+# the groups register in import order; `undertow --help` lists them in the order of use
+app.registered_commands.sort(
+    key=lambda c: _help_rank(str(c.name or getattr(c.callback, "__name__", "")))
+)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,104 @@
+"""What every ``undertow`` command shares: the Typer app, the options, the error guard (one
+red line, exit 1), loading the project, and how runs are printed.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from undertow.console import TerminalConsole
+from undertow.errors import UndertowError
+from undertow.state.store import RunRecord
+
+app = typer.Typer(
+    name="undertow",
+    help="Reverse ETL that sends every change exactly once.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ProjectOpt = Annotated[
+    Path, typer.Option("--project", "-p", help="Project folder (holds undertow.yml).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+T = TypeVar("T")
+
+
+def guard(console: TerminalConsole, debug: bool, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except UndertowError as exc:
+        console.done_progress()
+        if debug:
+            traceback.print_exc()
+        if console.json_mode:
+            console.json({"error": str(exc), "type": type(exc).__name__})
+        else:
+            console.error(str(exc))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        console.done_progress()
+        console.error("interrupted")
+        raise typer.Exit(130) from None
+
+
+def load(project: Path, *, require_secrets: bool = True) -> Any:
+    from undertow.project import Project
+
+    return Project.load(str(project), require_secrets=require_secrets)
+
+
+def counts_line(run: RunRecord) -> str:
+    c = run.counts
+    return (
+        f"extracted {c['extracted']:,} · added {c['added']:,} · changed {c['changed']:,} · "
+        f"removed {c['removed']:,} · sent {c['sent']:,} · succeeded {c['succeeded']:,} · "
+        f"rejected {c['rejected']:,} · failed {c['failed']:,}"
+    )
+
+
+STATUS_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+}
+
+
+def print_runs(console: TerminalConsole, records: list[RunRecord]) -> None:
+    """One line per run (a JSON object with --json); exit 1 unless every run succeeded.
+
+    A run that succeeded with a warning (some rows rejected, within max_rejected_ratio)
+    exits 0 and prints the warning.
+    """
+    for record in records:
+        if console.json_mode:
+            console.json(record.as_dict())
+            continue
+        warned = record.warning is not None and str(record.status) == "succeeded"
+        style = "yellow" if warned else STATUS_STYLE.get(str(record.status), "white")
+        label = f"{record.status} with warning" if warned else str(record.status)
+        took = f" in {record.duration_s:.1f}s" if record.duration_s is not None else ""
+        console.print(
+            f"[{style}]{label}[/] [bold]{record.sync}[/] run {record.id}{took}: "
+            f"{counts_line(record)}"
+        )
+        if record.error:
+            console.error(f"{record.sync}: {record.error}")
+        if warned:
+            console.print(f"  [yellow]warning:[/] {record.warning}")
+        if record.counts.get("rejected"):
+            console.print(f"  see the rejected rows with: undertow errors {record.id}")
+    if any(str(r.status) != "succeeded" for r in records):
+        raise typer.Exit(1)
+
+
+def when(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,213 @@
+"""Commands that read what happened: ``status``, ``runs``, ``errors``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load, when
+from undertow.console import TerminalConsole
+from undertow.state.store import RunRecord
+
+
+@app.command()
+def status(project: ProjectOpt = Path("."), json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Every sync with its last run."""
+    console = TerminalConsole(json_mode=json)
+
+    def work() -> list[dict[str, Any]]:
+        proj = load(project, require_secrets=False)
+        try:
+            return list(proj.status())
+        finally:
+            proj.close()
+
+    rows = guard(console, debug, work)
+    if json:
+        console.json(rows)
+        return
+    from undertow.orchestration.config import format_duration
+
+    table = Table(
+        "sync", "model → destination", "mode", "last run", "status", "counts", "next run", "lag",
+        "SLA",
+    )  # fmt: skip
+    for row in rows:
+        last = row["last_run"]
+        state = "running" if row["running"] else (last["status"] if last else "never run")
+        sla = "-"
+        if row["sla_s"] is not None:
+            colour = "red" if row["sla_state"] == "breached" else "green"
+            sla = f"[{colour}]{row['sla_state']}[/] ({format_duration(row['sla_s'])})"
+        upcoming = "paused" if row["paused"] else (row["next_run_at"] or row["schedule"])[:19]
+        if row["after"] and not row["paused"]:
+            upcoming = "after " + ", ".join(row["after"])
+        counts = (
+            f"+{last['added']} ~{last['changed']} -{last['removed']} "
+            f"✓{last['succeeded']} ✗{last['rejected']}"
+            if last
+            else ""
+        )
+        table.add_row(
+            row["sync"],
+            f"{row['model']} → {row['destination']}",
+            row["mode"],
+            (last["started_at"][:19] if last else "-"),
+            state,
+            counts,
+            upcoming,
+            format_duration(row["lag_s"]) if last else "-",
+            sla,
+        )
+    console.print(table)
+
+
+@app.command()
+def runs(
+    sync: Annotated[str, typer.Argument(help="The sync whose runs to list.")],
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+    project: ProjectOpt = Path("."),
+    json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """The recent runs of a sync, newest first."""
+    console = TerminalConsole(json_mode=json)
+
+    def work() -> list[RunRecord]:
+        proj = load(project, require_secrets=False)
+        try:
+            return list(proj.runs(sync, limit=limit))
+        finally:
+            proj.close()
+
+    records = guard(console, debug, work)
+    if json:
+        console.json([r.as_dict() for r in records])
+        return
+    table = Table(
+        "run id",
+        "started",
+        "status",
+        "took",
+        "extracted",
+        "added",
+        "changed",
+        "removed",
+        "sent",
+        "ok",
+        "rejected",
+        "failed",
+    )
+    for r in records:
+        c = r.counts
+        table.add_row(
+            r.id,
+            r.created_at.isoformat()[:19],
+            str(r.status),
+            f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
+            *(
+                f"{c[k]:,}"
+                for k in (
+                    "extracted",
+                    "added",
+                    "changed",
+                    "removed",
+                    "sent",
+                    "succeeded",
+                    "rejected",
+                    "failed",
+                )
+            ),
+        )
+    console.print(table)
+
+
+@app.command()
+def errors(
+    run_id: Annotated[
+        str | None, typer.Argument(help="A run id (a unique prefix is enough).")
+    ] = None,
+    sync: Annotated[
+        str | None,
+        typer.Option("--sync", "-s", help="Instead of a run: the sync's rows rejected now."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 100,
+    project: ProjectOpt = Path("."),
+    json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Rejected and failed rows of a run (or, with --sync, those of a sync waiting now):
+    key, reason, first and last failure, attempts."""
+    console = TerminalConsole(json_mode=json)
+    if (run_id is None) == (sync is None):
+        console.error("give a run id (`undertow errors RUN_ID`) or `--sync SYNC`, not both")
+        raise typer.Exit(2)
+
+    def work() -> list[Any]:
+        proj = load(project, require_secrets=False)
+        try:
+            if sync is not None:
+                return list(proj.rejected_rows(sync, limit=limit))
+            return list(proj.errors(str(run_id), limit=limit))
+        finally:
+            proj.close()
+
+    rows = guard(console, debug, work)
+    if sync is not None:
+        if json:
+            console.json([r.as_dict() for r in rows])
+            return
+        if not rows:
+            console.print(f"{sync}: no rejected or failed rows waiting")
+            return
+        table = Table("key", "kind", "attempts", "first failed", "last failed", "reason")
+        for r in rows:
+            table.add_row(
+                r.row_key,
+                r.last_kind,
+                str(r.attempts),
+                r.first_failed_at.isoformat()[:19],
+                r.last_failed_at.isoformat()[:19],
+                r.last_reason,
+            )
+        console.print(table)
+        console.print(f"send them again now with: undertow retry {sync}")
+        return
+    if json:
+        console.json(
+            [
+                {
+                    "run_id": e.run_id,
+                    "sync": e.sync,
+                    "key": e.row_key,
+                    "kind": e.kind,
+                    "operation": e.operation,
+                    "batch": e.batch_no,
+                    "reason": e.reason,
+                    "attempts": e.attempts,
+                    "first_failed_at": when(e.first_failed_at),
+                    "last_failed_at": when(e.last_failed_at),
+                    "resolved_at": when(e.resolved_at),
+                }
+                for e in rows
+            ]
+        )
+        return
+    if not rows:
+        console.print("no rejected or failed rows in this run")
+        return
+    table = Table("key", "kind", "operation", "attempts", "first failed", "last failed", "reason")
+    for e in rows:
+        table.add_row(
+            e.row_key,
+            e.kind,
+            e.operation or "",
+            "" if e.attempts is None else str(e.attempts),
+            (when(e.first_failed_at) or "")[:19],
+            (when(e.last_failed_at) or "")[:19] + (" (resolved)" if e.resolved_at else ""),
+            e.reason,
+        )
+    console.print(table)

@@ -1,0 +1,142 @@
+"""Commands about the project as a whole: ``init``, ``validate``, ``demo``, ``serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load
+from undertow.console import TerminalConsole
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")] = Path("."),
+    json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a starter project: a DuckDB sample warehouse and a webhook sync."""
+    from undertow.starter import write_starter
+
+    console = TerminalConsole(json_mode=json)
+    written = guard(console, debug, lambda: write_starter(directory))
+    if json:
+        console.json({"project": str(directory), "files": [str(p) for p in written]})
+        return
+    console.print(f"[green]Created a starter project in {directory}[/]")
+    for path in written:
+        console.print(f"  {path}")
+    console.print(f"\nNext: [bold]cd {directory} && undertow validate && undertow run --all[/]")
+
+
+@app.command()
+def validate(
+    project: ProjectOpt = Path("."),
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Skip connection and credential checks.")
+    ] = False,
+    json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Load every file, compile every model and mapping, check every connection."""
+    console = TerminalConsole(json_mode=json)
+
+    def work() -> list[Any]:
+        from undertow.errors import ConfigError, ConfigErrors
+        from undertow.project import Problem
+
+        try:
+            proj = load(project)
+        except ConfigError as exc:  # the files themselves: report them as problems
+            errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+            return [Problem(message=e.detail, file=e.file, line=e.line, key=e.key) for e in errors]
+        try:
+            return list(proj.validate(connect=not offline))
+        finally:
+            proj.close()
+
+    problems = guard(console, debug, work)
+    if json:
+        console.json({"ok": not problems, "problems": [p.as_dict() for p in problems]})
+    elif problems:
+        console.err.print(f"[bold red]{len(problems)} problem(s) found:[/]")
+        for problem in problems:
+            console.err.print(f"  [red]✗[/] {problem}", highlight=False)
+    else:
+        console.print("[green]✓ project is valid[/]")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to build the demo.")] = Path(
+        ".demo"
+    ),
+    customers: Annotated[int, typer.Option("--customers")] = 100_000,
+    json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Build a sample warehouse, sync it into a local fake HubSpot, change it, sync again."""
+    from undertow.demo import run_demo
+
+    console = TerminalConsole(json_mode=json)
+    ok = guard(console, debug, lambda: run_demo(directory, customers=customers, console=console))
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    project: ProjectOpt = Path("."),
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="UNDERTOW_API_TOKEN",
+            help="API token (default: $UNDERTOW_API_TOKEN, else `server: {token:}`).",
+            show_default=False,
+        ),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between scheduler passes.")
+    ] = 5.0,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Syncs run at the same time.")
+    ] = None,
+    grace: Annotated[
+        float, typer.Option("--grace", help="Seconds a shutdown waits for runs to stop.")
+    ] = 30.0,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the scheduler and the HTTP API (triggers, signals, status, /metrics) until SIGTERM."""
+    import logging
+
+    from undertow.server.serve import serve as run_server
+
+    console = TerminalConsole()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    def work() -> None:
+        proj = load(project)
+        try:
+            run_server(
+                proj,
+                token=token,
+                host=host,
+                port=port,
+                interval=interval,
+                workers=workers,
+                grace=grace,
+                announce=lambda text: console.err.print(text, markup=False),
+            )
+        finally:
+            proj.close()
+
+    guard(console, debug, work)
