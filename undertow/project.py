@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-import polars as pl
-
 from undertow.config.loader import LoadedProject, load_project
 from undertow.config.models import SyncConfig
-from undertow.destinations.base import Batch, Destination, Operation
+from undertow.destinations.base import Destination
 from undertow.errors import ConfigError, SourceError, UndertowError, unknown_name
-from undertow.pipeline.diff import ChangeStats, DiffEngine
 from undertow.pipeline.engines import make_engine
-from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for, projected_sql
+from undertow.pipeline.preview import PlanPreview, preview
+from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for
 from undertow.registry import destination_class, source_class
 from undertow.sources.base import Source
 from undertow.state.store import RowError, RowStatus, RunRecord, StateStore
@@ -52,41 +49,6 @@ class Problem:
         where = f"{self.file}:{self.line}" if self.file and self.line else (self.file or "")
         key = f" {self.key}" if self.key else ""
         return f"{where}{key}: {self.message}" if (where or key) else self.message
-
-
-@dataclass
-class PlanPreview:
-    """What ``run`` would do now, computed without sending or changing anything."""
-
-    sync: str
-    mode: str
-    destination: str
-    counts: ChangeStats
-    operations: dict[str, str]
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    changes: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[dict[str, str]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "sync": self.sync,
-            "mode": self.mode,
-            "destination": self.destination,
-            "counts": {
-                "extracted": self.counts.extracted,
-                "added": self.counts.added,
-                "changed": self.counts.changed,
-                "removed": self.counts.removed,
-                "unchanged": self.counts.unchanged,
-                "rejected": self.counts.invalid
-                + len([r for r in self.rejected if r.get("kind") == "mapping"]),
-                "to_send": self.counts.planned,
-            },
-            "operations": self.operations,
-            "samples": self.samples,
-            "changes": self.changes,
-            "rejected": self.rejected,
-        }
 
 
 class Project:
@@ -267,89 +229,12 @@ class Project:
     def plan(self, name: str, *, limit: int = 5, full: bool = False) -> PlanPreview:
         """A dry run: extract and diff in memory against the snapshot; send nothing."""
         ctx = self.context(name)
-        plan = ctx.plan(full=full)
-        if ctx.destination.objects is not None:
-            self._check_object(ctx)
-        batch_size = ctx.batch_size()
-        engine = make_engine(ctx, dry_run=True)
         try:
-            mapping, spec = compile_for(ctx)
-            sql = projected_sql(ctx.sql, spec.columns, ctx.source.quote_identifier)
-            reader = ctx.source.extract(sql, model=ctx.model_name) if engine.pulls_model else None
-            stats = engine.build("preview", reader, spec, plan, batch_size)
-            preview = PlanPreview(
-                sync=name,
-                mode=str(ctx.sync.mode),
-                destination=ctx.sync.destination,
-                counts=stats,
-                operations={k: str(v) for k, v in plan.ops.items()},
-            )
-            preview.rejected = [
-                {"key": k, "reason": r, "kind": "invalid_key"}
-                for k, r in engine.invalid_rows("preview", limit=limit)
-            ]
-            # nothing planned: skip chunks(), which leaves a DuckDB result open when empty
-            chunks = engine.chunks("preview", skip=set(), batches_per_chunk=1)
-            # samples from batch after batch until there are enough: removals come first in
-            # a mirror plan, and the first batch alone would show only the deletes
-            map_rejected = 0
-            for chunk in chunks if stats.planned else ():
-                frame = chunk.frame.head(max(limit * 4, limit))
-                mapped = mapping.map(_model_part(frame))
-                keys = frame.get_column("_ut_key").to_list()
-                ops = frame.get_column("_ut_op").to_list()
-                for i, pos in enumerate(mapped.index[: limit - len(preview.samples)]):
-                    one = Batch(
-                        sync=name,
-                        operation=Operation(ops[pos]),
-                        number=0,
-                        idempotency_key="preview",
-                        keys=[keys[pos]],
-                        payloads=[mapped.payloads[i]],
-                        identifiers={f: [v[i]] for f, v in mapped.identifiers.items()},
-                        object=ctx.sync.object,
-                    )
-                    preview.samples.append(
-                        {
-                            "operation": ops[pos],
-                            "key": keys[pos],
-                            "payload": ctx.destination.preview(one)[0],
-                        }
-                    )
-                for pos, reason in mapped.rejected[: limit - map_rejected]:
-                    preview.rejected.append({"key": keys[pos], "reason": reason, "kind": "mapping"})
-                    map_rejected += 1
-                if len(preview.samples) >= limit or map_rejected >= limit:
-                    break
-            preview.changes = self._field_changes(engine, mapping, limit)
-            return preview
+            if ctx.destination.objects is not None:
+                self._check_object(ctx)
+            return preview(ctx, limit=limit, full=full)
         finally:
-            engine.close()
             ctx.source.close()
-
-    @staticmethod
-    def _field_changes(engine: DiffEngine, mapping: Any, limit: int) -> list[dict[str, Any]]:
-        frame = engine.changed_rows("preview", limit)
-        if frame.is_empty():
-            return []
-        new = _model_part(frame)
-        old_cols = {c: c[len("_ut_old_") :] for c in frame.columns if c.startswith("_ut_old_")}
-        old = new.with_columns([frame.get_column(src).alias(dst) for src, dst in old_cols.items()])
-        new_m, old_m = mapping.map(new), mapping.map(old)
-        old_by_pos = {pos: old_m.payloads[i] for i, pos in enumerate(old_m.index)}
-        keys = frame.get_column("_ut_key").to_list()
-        changes = []
-        for i, pos in enumerate(new_m.index):
-            after = orjson.loads(new_m.payloads[i])
-            before = orjson.loads(old_by_pos[pos]) if pos in old_by_pos else {}
-            fields = {
-                f: {"old": before.get(f), "new": after.get(f)}
-                for f in sorted(set(after) | set(before))
-                if before.get(f) != after.get(f)
-            }
-            # the warehouse engine keeps a hash of the accepted values, not the values
-            changes.append({"key": keys[pos], "fields": fields, "old_known": bool(old_cols)})
-        return changes
 
     # -- run --------------------------------------------------------------------------------
 
@@ -551,7 +436,3 @@ class Project:
         """One row of :meth:`status`."""
         self.sync(name)
         return next(row for row in self.status() if row["sync"] == name)
-
-
-def _model_part(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select([c for c in frame.columns if not c.startswith("_ut_")])

@@ -24,21 +24,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import duckdb
-import pyarrow as pa
-
 from undertow.config.models import ModelConfig, SyncConfig
 from undertow.destinations.base import Batch, Capabilities, Destination
-from undertow.errors import ModelError, PlanError, StateError, UndertowError
+from undertow.errors import PlanError, StateError, UndertowError
 from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deliver
-from undertow.pipeline.diff import DiffEngine, DiffSpec, q
+from undertow.pipeline.diff import DiffEngine, DiffSpec
 from undertow.pipeline.engines import make_engine
+from undertow.pipeline.extract import model_failures, open_model, projected_sql
 from undertow.pipeline.map import CompiledMapping, compile_mapping
 from undertow.pipeline.plan import Plan, check_deletes, make_plan, percent
 from undertow.pipeline.record import Recorder, Work
 from undertow.redact import redact
-from undertow.sources.base import NativeLoad, Source
+from undertow.sources.base import Source
 from undertow.state.store import RowError, RunRecord, RunStatus, StateStore
+
+__all__ = [
+    "NullReporter",
+    "Reporter",
+    "SyncContext",
+    "SyncRun",
+    "compile_for",
+    "projected_sql",
+]
 
 HEARTBEAT_SECONDS = 15.0
 
@@ -102,17 +109,6 @@ class SyncContext:
         )
 
 
-def projected_sql(sql: str, columns: list[str], quote: Callable[[str], str] = q) -> str:
-    """Only the columns the sync reads leave the warehouse.
-
-    ``quote`` is the source's :meth:`~undertow.sources.base.Source.quote_identifier`
-    (MySQL quotes with backticks). The model's SQL sits on lines of its own, so a trailing
-    ``-- comment`` in it cannot swallow the closing parenthesis.
-    """
-    cols = ", ".join(quote(c) for c in columns)
-    return f"SELECT {cols} FROM (\n{sql.strip().rstrip(';')}\n) AS _ut_model"
-
-
 def compile_for(ctx: SyncContext) -> tuple[CompiledMapping, DiffSpec]:
     schema = ctx.source.describe(ctx.sql, model=ctx.model_name)
     caps = ctx.caps
@@ -138,23 +134,6 @@ def compile_for(ctx: SyncContext) -> tuple[CompiledMapping, DiffSpec]:
     columns = keys + [c for c in mapping.columns if c not in keys]
     spec = DiffSpec(sync=ctx.name, keys=keys, columns=columns, fingerprint=ctx.sync.fingerprint())
     return mapping, spec
-
-
-class _CountingReader:
-    """Wrap a reader to report rows as they stream by (keeps memory bounded)."""
-
-    def __init__(self, reader: pa.RecordBatchReader, reporter: Reporter, sync: str) -> None:
-        self.reader = reader
-        self.reporter = reporter
-        self.sync = sync
-
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        for batch in self.reader:
-            self.reporter.advance(self.sync, batch.num_rows)
-            yield batch
-
-    def as_reader(self) -> pa.RecordBatchReader:
-        return pa.RecordBatchReader.from_batches(self.reader.schema, self.batches())
 
 
 @contextlib.contextmanager
@@ -317,40 +296,18 @@ class SyncRun:
         ctx = self.ctx
         self.store.update_run(run, status=RunStatus.EXTRACTING)
         self.reporter.stage(ctx.name, "extract")
-        counting: pa.RecordBatchReader | NativeLoad | None = None
-        if engine.pulls_model:  # the warehouse engine reads the model inside the source
-            sql = projected_sql(ctx.sql, spec.columns, ctx.source.quote_identifier)
-            native = ctx.source.load_into_duckdb(sql, model=ctx.model_name)
-            if native is not None and engine.name == "local":
-                counting = native
-            else:
-                reader = ctx.source.extract(sql, model=ctx.model_name)
-                counting = _CountingReader(reader, self.reporter, ctx.name).as_reader()
+        model = open_model(ctx, engine, spec, self.reporter)
         self.store.update_run(run, status=RunStatus.DIFFING)
-        try:
+        with model_failures(ctx):
             stats = engine.build(
                 run.id,
-                counting,
+                model,
                 spec,
                 plan,
                 batch_size,
                 only_keys=self.only_keys,
                 watch_keys=self.open_keys,
             )
-        except duckdb.InterruptException:
-            raise KeyboardInterrupt from None  # DuckDB stopped a query on Ctrl-C / SIGTERM
-        except RuntimeError as exc:
-            if "interrupted" in str(exc).lower():  # the same, as some DuckDB calls report it
-                raise KeyboardInterrupt from None
-            raise
-        except (pa.ArrowException, duckdb.Error) as exc:
-            # a failure while streaming the model (e.g. division by zero on row 3 million)
-            raise ModelError(
-                redact(str(exc)).splitlines()[0],
-                model=ctx.model_name,
-                source=ctx.model.source,
-                hint="fix the model's SQL; nothing was sent and the snapshot is unchanged",
-            ) from exc
         self.reporter.stage(ctx.name, "diff")
         run.counts.update(stats.as_counts())
         run.counts["rejected"] = stats.invalid

@@ -1,0 +1,166 @@
+"""The preview behind ``undertow plan``: what ``run`` would do now, computed without sending
+or changing anything.
+
+The diff runs in memory against a read-only view of the snapshot (``dry_run`` engines), so
+the counts are the ones ``run`` would find. Samples are mapped and shaped by the
+destination's own :meth:`~undertow.destinations.base.Destination.preview`, batch after batch
+until there are enough (removals come first in a mirror plan, and the first batch alone would
+show only the deletes); changed rows show their fields old -> new where the engine keeps old
+values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import polars as pl
+
+from undertow.destinations.base import Batch, Operation
+from undertow.pipeline.diff import ChangeStats, DiffEngine
+from undertow.pipeline.engines import make_engine
+from undertow.pipeline.extract import model_failures, open_model
+from undertow.pipeline.map import CompiledMapping
+
+if TYPE_CHECKING:
+    from undertow.pipeline.run import SyncContext
+
+PREVIEW_RUN = "preview"
+"""The run id a preview's change set lives under (in memory, discarded on close)."""
+
+
+@dataclass
+class PlanPreview:
+    """What ``run`` would do now, computed without sending or changing anything."""
+
+    sync: str
+    mode: str
+    destination: str
+    counts: ChangeStats
+    operations: dict[str, str]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sync": self.sync,
+            "mode": self.mode,
+            "destination": self.destination,
+            "counts": {
+                "extracted": self.counts.extracted,
+                "added": self.counts.added,
+                "changed": self.counts.changed,
+                "removed": self.counts.removed,
+                "unchanged": self.counts.unchanged,
+                "rejected": self.counts.invalid
+                + len([r for r in self.rejected if r.get("kind") == "mapping"]),
+                "to_send": self.counts.planned,
+            },
+            "operations": self.operations,
+            "samples": self.samples,
+            "changes": self.changes,
+            "rejected": self.rejected,
+        }
+
+
+def preview(ctx: SyncContext, *, limit: int = 5, full: bool = False) -> PlanPreview:
+    """Extract and diff in memory against the snapshot; map samples; send nothing."""
+    from undertow.pipeline.run import compile_for
+
+    plan = ctx.plan(full=full)
+    batch_size = ctx.batch_size()
+    engine = make_engine(ctx, dry_run=True)
+    try:
+        mapping, spec = compile_for(ctx)
+        model = open_model(ctx, engine, spec, native=False)
+        with model_failures(ctx):
+            stats = engine.build(PREVIEW_RUN, model, spec, plan, batch_size)
+        result = PlanPreview(
+            sync=ctx.name,
+            mode=str(ctx.sync.mode),
+            destination=ctx.sync.destination,
+            counts=stats,
+            operations={k: str(v) for k, v in plan.ops.items()},
+        )
+        result.rejected = [
+            {"key": k, "reason": r, "kind": "invalid_key"}
+            for k, r in engine.invalid_rows(PREVIEW_RUN, limit=limit)
+        ]
+        if stats.planned:  # nothing planned: chunks() would leave a DuckDB result open
+            _samples(ctx, engine, mapping, result, limit)
+        result.changes = field_changes(engine, mapping, limit)
+        return result
+    finally:
+        engine.close()
+
+
+def _samples(
+    ctx: SyncContext,
+    engine: DiffEngine,
+    mapping: CompiledMapping,
+    result: PlanPreview,
+    limit: int,
+) -> None:
+    """Samples (as the destination would send them) and mapping rejections, batch after
+    batch until there are ``limit`` of either."""
+    map_rejected = 0
+    for chunk in engine.chunks(PREVIEW_RUN, skip=set(), batches_per_chunk=1):
+        frame = chunk.frame.head(max(limit * 4, limit))
+        mapped = mapping.map(model_part(frame))
+        keys = frame.get_column("_ut_key").to_list()
+        ops = frame.get_column("_ut_op").to_list()
+        for i, pos in enumerate(mapped.index[: limit - len(result.samples)]):
+            one = Batch(
+                sync=ctx.name,
+                operation=Operation(ops[pos]),
+                number=0,
+                idempotency_key=PREVIEW_RUN,
+                keys=[keys[pos]],
+                payloads=[mapped.payloads[i]],
+                identifiers={f: [v[i]] for f, v in mapped.identifiers.items()},
+                object=ctx.sync.object,
+            )
+            result.samples.append(
+                {
+                    "operation": ops[pos],
+                    "key": keys[pos],
+                    "payload": ctx.destination.preview(one)[0],
+                }
+            )
+        for pos, reason in mapped.rejected[: limit - map_rejected]:
+            result.rejected.append({"key": keys[pos], "reason": reason, "kind": "mapping"})
+            map_rejected += 1
+        if len(result.samples) >= limit or map_rejected >= limit:
+            break
+
+
+def field_changes(engine: DiffEngine, mapping: CompiledMapping, limit: int) -> list[dict[str, Any]]:
+    """Changed rows, each with its mapped fields old -> new (the fields that differ)."""
+    frame = engine.changed_rows(PREVIEW_RUN, limit)
+    if frame.is_empty():
+        return []
+    new = model_part(frame)
+    old_cols = {c: c[len("_ut_old_") :] for c in frame.columns if c.startswith("_ut_old_")}
+    old = new.with_columns([frame.get_column(src).alias(dst) for src, dst in old_cols.items()])
+    new_m, old_m = mapping.map(new), mapping.map(old)
+    old_by_pos = {pos: old_m.payloads[i] for i, pos in enumerate(old_m.index)}
+    keys = frame.get_column("_ut_key").to_list()
+    changes = []
+    for i, pos in enumerate(new_m.index):
+        after = orjson.loads(new_m.payloads[i])
+        before = orjson.loads(old_by_pos[pos]) if pos in old_by_pos else {}
+        fields = {
+            f: {"old": before.get(f), "new": after.get(f)}
+            for f in sorted(set(after) | set(before))
+            if before.get(f) != after.get(f)
+        }
+        # the warehouse engine keeps a hash of the accepted values, not the values
+        changes.append({"key": keys[pos], "fields": fields, "old_known": bool(old_cols)})
+    return changes
+
+
+def model_part(frame: pl.DataFrame) -> pl.DataFrame:
+    """The model's columns of a planned frame (the ``_ut_*`` ones left out)."""
+    return frame.select([c for c in frame.columns if not c.startswith("_ut_")])
