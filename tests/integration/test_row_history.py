@@ -4,80 +4,17 @@ the real PostgreSQL of this machine as the state store."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
 
-import duckdb
 import pytest
 import sqlalchemy as sa
+from project_support import Script, run_one, users_project, warehouse
 
-import undertow.project
-from undertow import registry
-from undertow.destinations.base import (
-    Batch,
-    BatchResult,
-    Capabilities,
-    Destination,
-    DestinationConfig,
-    Operation,
-)
 from undertow.errors import PlanError
 from undertow.project import Project
 from undertow.state.store import RunRecord, RunStatus, StateStore, normalise_url
 
-pytestmark = pytest.mark.integration
-
-
-class PickyConfig(DestinationConfig):
-    type: Literal["picky"] = "picky"
-
-
-@dataclass
-class Script:
-    reject: dict[str, str] = field(default_factory=dict)
-    received: list[tuple[str, str, str]] = field(default_factory=list)
-    """(operation, row key, email) per record received."""
-
-    def keys(self) -> list[str]:
-        return sorted((k for _, k, _ in self.received), key=int)
-
-
-SCRIPT = Script()
-
-
-class PickyDestination(Destination):
-    name: ClassVar[str] = "picky"
-    Config: ClassVar[type[DestinationConfig]] = PickyConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        operations=frozenset(Operation), max_batch_size=1000, per_record_results=True
-    )
-
-    async def check(self) -> None:
-        pass
-
-    async def write_batch(self, batch: Batch) -> BatchResult:
-        result = BatchResult()
-        for index, (key, record) in enumerate(zip(batch.keys, batch.records(), strict=True)):
-            SCRIPT.received.append((str(batch.operation), key, str(record.get("email"))))
-            if key in SCRIPT.reject:
-                result.rejected[index] = SCRIPT.reject[key]
-        return result
-
-
-@pytest.fixture(autouse=True)
-def script(monkeypatch: pytest.MonkeyPatch) -> Iterator[Script]:
-    global SCRIPT
-    SCRIPT = Script()
-    real = registry.destination_class
-
-    def lookup(type_name: str) -> type[Destination]:
-        return PickyDestination if type_name == "picky" else real(type_name)
-
-    monkeypatch.setattr(registry, "destination_class", lookup)
-    monkeypatch.setattr(undertow.project, "destination_class", lookup)
-    yield SCRIPT
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("script")]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -89,42 +26,23 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def build(folder: Path, state: str, n: int = 5, *, mode: str = "mirror") -> Project:
-    folder.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(folder / "wh.duckdb")) as con:
-        con.execute("create or replace table users (id integer, email varchar)")
-        con.executemany(
-            "insert into users values (?, ?)", [(i, f"u{i}@x.com") for i in range(1, n + 1)]
-        )
-    (folder / "undertow.yml").write_text(
-        f"""
-name: history
-state: "{state}"
-sources:
-  wh: {{type: duckdb, path: wh.duckdb}}
-destinations:
-  dest: {{type: picky}}
-models:
-  users: {{source: wh, sql: select * from users, primary_key: id}}
-syncs:
-  users_sync:
+    return users_project(
+        folder,
+        [(i, f"u{i}@x.com") for i in range(1, n + 1)],
+        name="history",
+        state=state,
+        syncs=f"""  users_sync:
     model: users
     destination: dest
     mode: {mode}
     mappings: {{id: id, email: email}}
     max_rejected_ratio: 1
-"""
+""",
     )
-    return Project.load(str(folder))
-
-
-def warehouse(folder: Path, statement: str) -> None:
-    with duckdb.connect(str(folder / "wh.duckdb")) as con:
-        con.execute(statement)
 
 
 def run(project: Project) -> RunRecord:
-    [record] = project.run(["users_sync"])
-    return record
+    return run_one(project, "users_sync")
 
 
 def test_rejected_rows_keep_a_history_and_retry_sends_only_them(
@@ -150,7 +68,7 @@ def test_rejected_rows_keep_a_history_and_retry_sends_only_them(
         retried = project.retry("users_sync")
         assert retried is not None
         assert retried.trigger == "retry" and retried.status is RunStatus.SUCCEEDED
-        assert script.keys() == ["2", "4"], "only the rejected rows, not the changed row 3"
+        assert script.sorted_keys() == ["2", "4"], "only the rejected rows, not the changed row 3"
         assert (retried.counts["sent"], retried.counts["succeeded"]) == (2, 1)
 
         [row4] = project.rejected_rows("users_sync")
@@ -166,7 +84,7 @@ def test_rejected_rows_keep_a_history_and_retry_sends_only_them(
         # a normal run sends the warehouse change and (again) the rejected row
         script.received.clear()
         normal = run(project)
-        assert sorted(k for _, k, _ in script.received) == ["3", "4"]
+        assert script.sorted_keys() == ["3", "4"]
         assert normal.trigger == "manual"
         assert [r.attempts for r in project.rejected_rows("users_sync")] == [3]
 
@@ -175,7 +93,7 @@ def test_rejected_rows_keep_a_history_and_retry_sends_only_them(
         fixed = project.retry("users_sync")
         assert fixed is not None and fixed.status is RunStatus.SUCCEEDED
         assert fixed.warning is None
-        assert script.keys() == ["4"]
+        assert script.sorted_keys() == ["4"]
         assert project.rejected_rows("users_sync") == []
         assert project.retry("users_sync") is None, "nothing waits: no run at all"
         history = project.store.row_statuses("users_sync", include_resolved=True)

@@ -5,111 +5,24 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
-import duckdb
 import orjson
+import project_support as support
 import pytest
+from project_support import Script, SimulatedCrash
 
-import undertow.project
-from undertow import registry
-from undertow.destinations.base import (
-    Batch,
-    BatchResult,
-    Capabilities,
-    Destination,
-    DestinationConfig,
-    Operation,
-)
+from undertow.destinations.base import Operation
 from undertow.errors import PlanError
 from undertow.project import Project
 from undertow.state.store import RunRecord, RunStatus
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("script")]
 
 Row = tuple[int | None, str, str]
+COLUMNS = "id integer, email varchar, plan varchar"
 MAPPINGS = "{id: id, email: email, plan: plan, greeting: {template: 'Hi {{ email }}'}}"
-
-
-class SimulatedCrash(BaseException):
-    """Stands in for the process dying mid-delivery (nothing catches a BaseException)."""
-
-
-class FakeConfig(DestinationConfig):
-    type: Literal["fake"] = "fake"
-
-
-@dataclass
-class Script:
-    """What the fake destination does, and what it received."""
-
-    operations: frozenset[Operation] = frozenset(Operation)
-    reject: dict[str, str] = field(default_factory=dict)
-    fail: set[str] = field(default_factory=set)
-    crash_on_call: int | None = None
-    received: list[tuple[str, int, str, str, dict[str, Any]]] = field(default_factory=list)
-    """(idempotency key, batch number, operation, row key, record) per record received."""
-    calls: int = 0
-
-    def keys(self) -> list[str]:
-        return [key for _, _, _, key, _ in self.received]
-
-
-SCRIPT = Script()
-
-
-class FakeDestination(Destination):
-    name: ClassVar[str] = "fake"
-    Config: ClassVar[type[DestinationConfig]] = FakeConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        operations=frozenset(Operation),
-        max_batch_size=1000,
-        max_concurrency=2,
-        per_record_results=True,
-    )
-
-    def capabilities_for(self, object: str | None) -> Capabilities:
-        return Capabilities(
-            operations=SCRIPT.operations,
-            max_batch_size=1000,
-            max_concurrency=2,
-            per_record_results=True,
-        )
-
-    async def check(self) -> None:
-        pass
-
-    async def write_batch(self, batch: Batch) -> BatchResult:
-        SCRIPT.calls += 1
-        result = BatchResult()
-        for index, (key, record) in enumerate(zip(batch.keys, batch.records(), strict=True)):
-            if key in SCRIPT.fail:
-                result.failed[index] = "connection reset while writing"
-                continue
-            SCRIPT.received.append(
-                (batch.idempotency_key, batch.number, str(batch.operation), key, record)
-            )
-            if key in SCRIPT.reject:
-                result.rejected[index] = SCRIPT.reject[key]
-        if SCRIPT.crash_on_call == SCRIPT.calls:
-            raise SimulatedCrash
-        return result
-
-
-@pytest.fixture(autouse=True)
-def fake_destination(monkeypatch: pytest.MonkeyPatch) -> Iterator[Script]:
-    global SCRIPT
-    SCRIPT = Script()
-    real = registry.destination_class
-
-    def lookup(type_name: str) -> type[Destination]:
-        return FakeDestination if type_name == "fake" else real(type_name)
-
-    monkeypatch.setattr(registry, "destination_class", lookup)
-    monkeypatch.setattr(undertow.project, "destination_class", lookup)
-    yield SCRIPT
 
 
 def users(n: int, start: int = 1) -> list[Row]:
@@ -117,40 +30,23 @@ def users(n: int, start: int = 1) -> list[Row]:
 
 
 def write_users(folder: Path, rows: list[Row]) -> None:
-    con = duckdb.connect(str(folder / "wh.duckdb"))
-    try:
-        con.execute("create or replace table users (id integer, email varchar, plan varchar)")
-        if rows:
-            con.executemany("insert into users values (?, ?, ?)", rows)
-    finally:
-        con.close()
+    support.write_users(folder, rows, columns=COLUMNS)
 
 
 def sql(folder: Path, statement: str) -> None:
-    con = duckdb.connect(str(folder / "wh.duckdb"))
-    try:
-        con.execute(statement)
-    finally:
-        con.close()
+    support.warehouse(folder, statement)
 
 
 def make_project(
     folder: Path, rows: list[Row], *, fake_mode: str = "mirror", fake_batch: int = 10
 ) -> Project:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_users(folder, rows)
-    (folder / "undertow.yml").write_text(
-        f"""
-name: p1
-sources:
-  wh: {{type: duckdb, path: wh.duckdb}}
-destinations:
-  out: {{type: file, path: out.jsonl, format: jsonl}}
-  fake: {{type: fake}}
-models:
-  users: {{source: wh, sql: select * from users, primary_key: id}}
-syncs:
-  users_out:
+    return support.users_project(
+        folder,
+        rows,
+        name="p1",
+        columns=COLUMNS,
+        destinations="out: {type: file, path: out.jsonl, format: jsonl}\nfake: {type: scripted}",
+        syncs=f"""  users_out:
     model: users
     destination: out
     mode: mirror
@@ -163,9 +59,8 @@ syncs:
     batch_size: {fake_batch}
     mappings: {MAPPINGS}
     max_rejected_ratio: 1
-"""
+""",
     )
-    return Project.load(str(folder))
 
 
 @pytest.fixture
@@ -372,23 +267,21 @@ def test_plan_before_any_run_creates_no_state(project: Project, folder: Path) ->
 
 
 def test_mode_the_destination_cannot_do_fails_before_anything_is_sent(
-    project: Project, fake_destination: Script
+    project: Project, script: Script
 ) -> None:
-    fake_destination.operations = frozenset({Operation.UPSERT, Operation.INSERT})
+    script.operations = frozenset({Operation.UPSERT, Operation.INSERT})
     with pytest.raises(PlanError) as info:
         run(project, "users_fake")
     text = str(info.value)
     assert "'users_fake'" in text and "'mirror'" in text and "'fake'" in text
     assert "delete" in text
-    assert fake_destination.calls == 0
+    assert script.calls == 0
     assert project.store.list_runs() == []
     assert project.store.held_locks() == {}
 
 
-def test_rejected_rows_are_recorded_and_retried_next_run(
-    project: Project, fake_destination: Script
-) -> None:
-    fake_destination.reject = {"3": "email domain is blocked"}
+def test_rejected_rows_are_recorded_and_retried_next_run(project: Project, script: Script) -> None:
+    script.reject = {"3": "email domain is blocked"}
     first = run(project, "users_fake")
     assert first.status is RunStatus.SUCCEEDED
     assert (first.counts["sent"], first.counts["succeeded"], first.counts["rejected"]) == (5, 4, 1)
@@ -397,27 +290,27 @@ def test_rejected_rows_are_recorded_and_retried_next_run(
         ("3", "rejected", "email domain is blocked", "upsert")
     ]
 
-    fake_destination.received.clear()
+    script.received.clear()
     second = run(project, "users_fake")  # the warehouse row did not change: retried anyway
-    assert fake_destination.keys() == ["3"]
+    assert script.keys() == ["3"]
     assert second.counts["added"] == 1 and second.counts["rejected"] == 1
     assert [e.row_key for e in project.errors(second.id)] == ["3"]
 
-    fake_destination.reject.clear()
-    fake_destination.received.clear()
+    script.reject.clear()
+    script.received.clear()
     third = run(project, "users_fake")
-    assert fake_destination.keys() == ["3"]
+    assert script.keys() == ["3"]
     assert (third.counts["succeeded"], third.counts["rejected"]) == (1, 0)
     assert project.errors(third.id) == []
-    fake_destination.received.clear()
+    script.received.clear()
     assert run(project, "users_fake").counts["sent"] == 0
-    assert fake_destination.received == []
+    assert script.received == []
 
 
 def test_transiently_failed_rows_fail_the_run_and_are_retried(
-    project: Project, fake_destination: Script
+    project: Project, script: Script
 ) -> None:
-    fake_destination.fail = {"2", "4"}
+    script.fail = {"2", "4"}
     first = run(project, "users_fake")
     assert first.status is RunStatus.FAILED
     assert first.error is not None and "2 row(s) could not be delivered" in first.error
@@ -426,36 +319,34 @@ def test_transiently_failed_rows_fail_the_run_and_are_retried(
         ("2", "failed"),
         ("4", "failed"),
     }
-    fake_destination.fail.clear()
-    fake_destination.received.clear()
+    script.fail.clear()
+    script.received.clear()
     second = run(project, "users_fake")
     assert second.status is RunStatus.SUCCEEDED
-    assert sorted(fake_destination.keys()) == ["2", "4"]
+    assert sorted(script.keys()) == ["2", "4"]
 
 
 # -- resume ---------------------------------------------------------------------------------
 
 
-def test_a_crashed_run_is_resumed_and_sends_only_the_rest(
-    folder: Path, fake_destination: Script
-) -> None:
+def test_a_crashed_run_is_resumed_and_sends_only_the_rest(folder: Path, script: Script) -> None:
     project = make_project(folder, users(95), fake_batch=10)  # 10 batches, 2 in flight
     try:
-        fake_destination.crash_on_call = 4
+        script.crash_on_call = 4
         with pytest.raises(SimulatedCrash):
             run(project, "users_fake")
         crashed = project.store.unfinished_run("users_fake")
         assert crashed is not None and crashed.status is RunStatus.DELIVERING
         assert project.store.held_locks() == {}
         done = project.store.done_batches(crashed.id)
-        tried = {number for _, number, _, _, _ in fake_destination.received}
+        tried = {number for _, number, _, _, _ in script.received}
         in_flight = tried - done
         assert 1 <= len(in_flight) <= 2  # max_concurrency of the fake
         assert len(done) < 10
-        first_keys = Counter(fake_destination.keys())
+        first_keys = Counter(script.keys())
 
-        fake_destination.crash_on_call = None
-        resumed_from = len(fake_destination.received)
+        script.crash_on_call = None
+        resumed_from = len(script.received)
         record = run(project, "users_fake")
         assert record.id == crashed.id
         assert record.status is RunStatus.SUCCEEDED, record.error
@@ -466,24 +357,24 @@ def test_a_crashed_run_is_resumed_and_sends_only_the_rest(
             95,
             95,
         )
-        second = {n for _, n, _, _, _ in fake_destination.received[resumed_from:]}
+        second = {n for _, n, _, _, _ in script.received[resumed_from:]}
         assert second == set(range(10)) - done
 
-        counts = Counter(fake_destination.keys())
+        counts = Counter(script.keys())
         assert set(counts) == {str(i) for i in range(1, 96)}
         twice = {k for k, c in counts.items() if c == 2}
-        in_flight_keys = {key for _, n, _, key, _ in fake_destination.received if n in in_flight}
+        in_flight_keys = {key for _, n, _, key, _ in script.received if n in in_flight}
         assert twice == in_flight_keys
         assert all(c <= 2 for c in counts.values())
         assert all(first_keys[k] == 1 for k in in_flight_keys)
         # the resent batches carry the same idempotency key
-        idem = {n: {i for i, b, _, _, _ in fake_destination.received if b == n} for n in in_flight}
+        idem = {n: {i for i, b, _, _, _ in script.received if b == n} for n in in_flight}
         assert all(len(keys) == 1 for keys in idem.values())
 
-        fake_destination.received.clear()
+        script.received.clear()
         after = run(project, "users_fake")
         assert after.id != crashed.id and after.counts["sent"] == 0
-        assert fake_destination.received == []
+        assert script.received == []
     finally:
         project.close()
 

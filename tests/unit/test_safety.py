@@ -2,121 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
 
-import duckdb
 import pytest
+from project_support import Script, run_one, users_project, warehouse
 
-import undertow.project
-from undertow import registry
-from undertow.destinations.base import (
-    Batch,
-    BatchResult,
-    Capabilities,
-    Destination,
-    DestinationConfig,
-    Operation,
-)
+from undertow.destinations.base import Operation
 from undertow.pipeline.diff import LocalDiffEngine
 from undertow.project import Project
 from undertow.state.store import RunRecord, RunStatus
 
-pytestmark = pytest.mark.unit
-
-
-class GuardConfig(DestinationConfig):
-    type: Literal["guard"] = "guard"
-
-
-@dataclass
-class Script:
-    operations: frozenset[Operation] = frozenset(Operation)
-    reject: dict[str, str] = field(default_factory=dict)
-    received: list[tuple[str, str]] = field(default_factory=list)
-    """(operation, row key) per record received."""
-
-    def ops(self, operation: str) -> list[str]:
-        return sorted((k for o, k in self.received if o == operation), key=int)
-
-
-SCRIPT = Script()
-
-
-class GuardDestination(Destination):
-    name: ClassVar[str] = "guard"
-    Config: ClassVar[type[DestinationConfig]] = GuardConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        operations=frozenset(Operation), max_batch_size=1000, per_record_results=True
-    )
-
-    def capabilities_for(self, object: str | None) -> Capabilities:
-        return Capabilities(
-            operations=SCRIPT.operations, max_batch_size=1000, per_record_results=True
-        )
-
-    async def check(self) -> None:
-        pass
-
-    async def write_batch(self, batch: Batch) -> BatchResult:
-        result = BatchResult()
-        for index, key in enumerate(batch.keys):
-            SCRIPT.received.append((str(batch.operation), key))
-            if key in SCRIPT.reject:
-                result.rejected[index] = SCRIPT.reject[key]
-        return result
-
-
-@pytest.fixture(autouse=True)
-def script(monkeypatch: pytest.MonkeyPatch) -> Iterator[Script]:
-    global SCRIPT
-    SCRIPT = Script()
-    real = registry.destination_class
-
-    def lookup(type_name: str) -> type[Destination]:
-        return GuardDestination if type_name == "guard" else real(type_name)
-
-    monkeypatch.setattr(registry, "destination_class", lookup)
-    monkeypatch.setattr(undertow.project, "destination_class", lookup)
-    yield SCRIPT
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("script")]
 
 
 def build(folder: Path, ids: list[int | None], *, mode: str = "mirror", extra: str = "") -> Project:
-    folder.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(folder / "wh.duckdb")) as con:
-        con.execute("create or replace table users (id integer, email varchar)")
-        if ids:
-            con.executemany("insert into users values (?, ?)", [(i, f"u{i}@x.com") for i in ids])
-    (folder / "undertow.yml").write_text(
-        f"""
-name: guard
-sources:
-  wh: {{type: duckdb, path: wh.duckdb}}
-destinations:
-  dest: {{type: guard}}
-models:
-  users: {{source: wh, sql: select * from users, primary_key: id}}
-syncs:
-  users_sync:
+    return users_project(
+        folder,
+        [(i, f"u{i}@x.com") for i in ids],
+        name="guard",
+        syncs=f"""  users_sync:
     model: users
     destination: dest
     mode: {mode}
     mappings: {{id: id, email: email}}
-{extra}"""
+{extra}""",
     )
-    return Project.load(str(folder))
-
-
-def warehouse(folder: Path, statement: str) -> None:
-    with duckdb.connect(str(folder / "wh.duckdb")) as con:
-        con.execute(statement)
 
 
 def run(project: Project, **kwargs: bool) -> RunRecord:
-    [record] = project.run(["users_sync"], **kwargs)
-    return record
+    return run_one(project, "users_sync", **kwargs)
 
 
 @pytest.fixture
@@ -169,7 +83,7 @@ def test_an_empty_model_deletes_nothing_until_allowed_once(folder: Path, script:
         warehouse(folder, "insert into users values (11, 'u11@x.com')")
         after = run(project)  # the override was for one run only; nothing left to delete
         assert after.status is RunStatus.SUCCEEDED
-        assert script.received == [("upsert", "11")]
+        assert script.sent() == [("upsert", "11")]
     finally:
         project.close()
 
@@ -299,7 +213,7 @@ def test_max_rejected_ratio_zero_fails_on_any_rejection_and_keys_count(
         record = run(project)  # the duplicated key 2 rejects two rows
         assert record.status is RunStatus.FAILED
         assert record.error is not None and "2 of 4 row(s) rejected (50%)" in record.error
-        assert sorted(k for _, k in script.received) == ["1", "3"], "the other rows are sent"
+        assert script.sorted_keys() == ["1", "3"], "the other rows are sent"
     finally:
         project.close()
 
