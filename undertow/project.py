@@ -26,6 +26,7 @@ from undertow.pipeline.engines import make_engine
 from undertow.pipeline.preview import PlanPreview, preview
 from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for
 from undertow.registry import destination_class, source_class
+from undertow.results import ProblemDocument, SyncStatus
 from undertow.sources.base import Source
 from undertow.state.store import RowError, RowStatus, RunRecord, StateStore
 
@@ -42,8 +43,8 @@ class Problem:
     line: int | None = None
     key: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "key": self.key, "message": self.message}
+    def as_dict(self) -> ProblemDocument:
+        return ProblemDocument(file=self.file, line=self.line, key=self.key, message=self.message)
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.file and self.line else (self.file or "")
@@ -305,22 +306,22 @@ class Project:
 
     # -- history ----------------------------------------------------------------------------
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[SyncStatus]:
         last = self.store.last_runs()
         locks = self.store.held_locks()
-        rows = []
+        rows: list[SyncStatus] = []
         for name, sync in self.config.syncs.items():
             run = last.get(name)
             rows.append(
-                {
-                    "sync": name,
-                    "model": sync.model,
-                    "destination": sync.destination,
-                    "mode": str(sync.mode),
-                    "running": name in locks,
-                    "last_run": run.as_dict() if run else None,
+                SyncStatus(
+                    sync=name,
+                    model=sync.model,
+                    destination=sync.destination,
+                    mode=str(sync.mode),
+                    running=name in locks,
+                    last_run=run.as_dict() if run else None,
                     **self.orchestration.overview(name),
-                }
+                )
             )
         return rows
 
@@ -432,7 +433,7 @@ class Project:
         token = self.config.server.token
         return token.get_secret_value() if token is not None else None
 
-    def sync_status(self, name: str) -> dict[str, Any]:
+    def sync_status(self, name: str) -> SyncStatus:
         """One row of :meth:`status`."""
         self.sync(name)
         return next(row for row in self.status() if row["sync"] == name)

@@ -7,13 +7,18 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from undertow.console import TerminalConsole
 from undertow.errors import UndertowError
 from undertow.state.store import RunRecord
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from undertow.project import Project
 
 app = typer.Typer(
     name="undertow",
@@ -50,8 +55,8 @@ def guard(console: TerminalConsole, debug: bool, fn: Callable[[], T]) -> T:
         raise typer.Exit(130) from None
 
 
-def load(project: Path, *, require_secrets: bool = True) -> Any:
-    from undertow.project import Project
+def load(project: Path, *, require_secrets: bool = True) -> Project:
+    from undertow.project import Project  # imported when a command runs: --help stays fast
 
     return Project.load(str(project), require_secrets=require_secrets)
 
@@ -100,5 +105,5 @@ def print_runs(console: TerminalConsole, records: list[RunRecord]) -> None:
         raise typer.Exit(1)
 
 
-def when(value: Any) -> str | None:
+def when(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None

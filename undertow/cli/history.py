@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load, when
 from undertow.console import TerminalConsole
-from undertow.state.store import RunRecord
+from undertow.results import SyncStatus
+from undertow.state.store import RowError, RowStatus, RunRecord
 
 
 @app.command()
@@ -18,10 +19,10 @@ def status(project: ProjectOpt = Path("."), json: JsonOpt = False, debug: DebugO
     """Every sync with its last run."""
     console = TerminalConsole(json_mode=json)
 
-    def work() -> list[dict[str, Any]]:
+    def work() -> list[SyncStatus]:
         proj = load(project, require_secrets=False)
         try:
-            return list(proj.status())
+            return proj.status()
         finally:
             proj.close()
 
@@ -146,36 +147,27 @@ def errors(
         console.error("give a run id (`undertow errors RUN_ID`) or `--sync SYNC`, not both")
         raise typer.Exit(2)
 
-    def work() -> list[Any]:
+    if sync is not None:
+        waiting = sync
+
+        def waiting_rows() -> list[RowStatus]:
+            proj = load(project, require_secrets=False)
+            try:
+                return proj.rejected_rows(waiting, limit=limit)
+            finally:
+                proj.close()
+
+        _print_waiting(console, waiting, guard(console, debug, waiting_rows), json=json)
+        return
+
+    def run_rows() -> list[RowError]:
         proj = load(project, require_secrets=False)
         try:
-            if sync is not None:
-                return list(proj.rejected_rows(sync, limit=limit))
-            return list(proj.errors(str(run_id), limit=limit))
+            return proj.errors(str(run_id), limit=limit)
         finally:
             proj.close()
 
-    rows = guard(console, debug, work)
-    if sync is not None:
-        if json:
-            console.json([r.as_dict() for r in rows])
-            return
-        if not rows:
-            console.print(f"{sync}: no rejected or failed rows waiting")
-            return
-        table = Table("key", "kind", "attempts", "first failed", "last failed", "reason")
-        for r in rows:
-            table.add_row(
-                r.row_key,
-                r.last_kind,
-                str(r.attempts),
-                r.first_failed_at.isoformat()[:19],
-                r.last_failed_at.isoformat()[:19],
-                r.last_reason,
-            )
-        console.print(table)
-        console.print(f"send them again now with: undertow retry {sync}")
-        return
+    rows = guard(console, debug, run_rows)
     if json:
         console.json(
             [
@@ -211,3 +203,26 @@ def errors(
             e.reason,
         )
     console.print(table)
+
+
+def _print_waiting(
+    console: TerminalConsole, sync: str, rows: list[RowStatus], *, json: bool
+) -> None:
+    if json:
+        console.json([r.as_dict() for r in rows])
+        return
+    if not rows:
+        console.print(f"{sync}: no rejected or failed rows waiting")
+        return
+    table = Table("key", "kind", "attempts", "first failed", "last failed", "reason")
+    for r in rows:
+        table.add_row(
+            r.row_key,
+            r.last_kind,
+            str(r.attempts),
+            r.first_failed_at.isoformat()[:19],
+            r.last_failed_at.isoformat()[:19],
+            r.last_reason,
+        )
+    console.print(table)
+    console.print(f"send them again now with: undertow retry {sync}")

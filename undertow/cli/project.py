@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load
 from undertow.console import TerminalConsole
+
+if TYPE_CHECKING:
+    from undertow.project import Problem
 
 
 @app.command()
@@ -43,7 +46,7 @@ def validate(
     """Load every file, compile every model and mapping, check every connection."""
     console = TerminalConsole(json_mode=json)
 
-    def work() -> list[Any]:
+    def work() -> list[Problem]:
         from undertow.errors import ConfigError, ConfigErrors
         from undertow.project import Problem
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +12,9 @@ from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load
 from undertow.console import TerminalConsole
 from undertow.errors import UndertowError
 from undertow.state.store import RunRecord
+
+if TYPE_CHECKING:
+    from undertow.pipeline.preview import PlanPreview
 
 
 @app.command()
@@ -28,7 +31,7 @@ def plan(
 
     console = TerminalConsole(json_mode=json)
 
-    def work() -> Any:
+    def work() -> PlanPreview:
         proj = load(project)
         try:
             return proj.plan(sync, limit=limit, full=full)

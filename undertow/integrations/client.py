@@ -87,7 +87,9 @@ def run_in_process(
 
     project = Project.load(project_dir)
     try:
-        records = [r.as_dict() for r in project.run(syncs, full=full, trigger="orchestrator")]
+        done = project.run(syncs, full=full, trigger="orchestrator")
+        # the same JSON objects as the HTTP API's, so both paths return one shape
+        records: list[dict[str, Any]] = [dict(r.as_dict()) for r in done]
     finally:
         project.close()
     for record in records:

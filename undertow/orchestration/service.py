@@ -26,6 +26,7 @@ from undertow.orchestration.freshness import check_freshness
 from undertow.orchestration.schedule import Clock, SystemClock, describe, next_after
 from undertow.orchestration.signals import DbtProject, sync_signal, webhook_signal
 from undertow.redact import redact, register_secret
+from undertow.results import ScheduleOverview
 from undertow.state.orchestration import OrchestrationState, ScheduleRow
 from undertow.state.store import RunRecord, RunStatus, StateStore
 
@@ -456,7 +457,7 @@ class Orchestration:
     def set_paused(self, name: str, paused: bool) -> None:
         self.state.set_paused(name, paused, self.now())
 
-    def overview(self, name: str, now: datetime | None = None) -> dict[str, Any]:
+    def overview(self, name: str, now: datetime | None = None) -> ScheduleOverview:
         """Schedule, next run, lag and SLA state of one sync (for `status` and the API)."""
         now = now or self.now()
         sync = self.config.syncs[name]

@@ -12,7 +12,7 @@ values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 import polars as pl
@@ -22,6 +22,7 @@ from undertow.pipeline.diff import ChangeStats, DiffEngine
 from undertow.pipeline.engines import make_engine
 from undertow.pipeline.extract import model_failures, open_model
 from undertow.pipeline.map import CompiledMapping
+from undertow.results import FieldChange, OldNew, PlanCounts, PlanDocument, Rejection, Sample
 
 if TYPE_CHECKING:
     from undertow.pipeline.run import SyncContext
@@ -39,30 +40,30 @@ class PlanPreview:
     destination: str
     counts: ChangeStats
     operations: dict[str, str]
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    changes: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[dict[str, str]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    changes: list[FieldChange] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "sync": self.sync,
-            "mode": self.mode,
-            "destination": self.destination,
-            "counts": {
-                "extracted": self.counts.extracted,
-                "added": self.counts.added,
-                "changed": self.counts.changed,
-                "removed": self.counts.removed,
-                "unchanged": self.counts.unchanged,
-                "rejected": self.counts.invalid
-                + len([r for r in self.rejected if r.get("kind") == "mapping"]),
-                "to_send": self.counts.planned,
-            },
-            "operations": self.operations,
-            "samples": self.samples,
-            "changes": self.changes,
-            "rejected": self.rejected,
-        }
+    def as_dict(self) -> PlanDocument:
+        return PlanDocument(
+            sync=self.sync,
+            mode=self.mode,
+            destination=self.destination,
+            counts=PlanCounts(
+                extracted=self.counts.extracted,
+                added=self.counts.added,
+                changed=self.counts.changed,
+                removed=self.counts.removed,
+                unchanged=self.counts.unchanged,
+                rejected=self.counts.invalid
+                + len([r for r in self.rejected if r["kind"] == "mapping"]),
+                to_send=self.counts.planned,
+            ),
+            operations=self.operations,
+            samples=self.samples,
+            changes=self.changes,
+            rejected=self.rejected,
+        )
 
 
 def preview(ctx: SyncContext, *, limit: int = 5, full: bool = False) -> PlanPreview:
@@ -85,7 +86,7 @@ def preview(ctx: SyncContext, *, limit: int = 5, full: bool = False) -> PlanPrev
             operations={k: str(v) for k, v in plan.ops.items()},
         )
         result.rejected = [
-            {"key": k, "reason": r, "kind": "invalid_key"}
+            Rejection(key=k, reason=r, kind="invalid_key")
             for k, r in engine.invalid_rows(PREVIEW_RUN, limit=limit)
         ]
         if stats.planned:  # nothing planned: chunks() would leave a DuckDB result open
@@ -123,20 +124,16 @@ def _samples(
                 object=ctx.sync.object,
             )
             result.samples.append(
-                {
-                    "operation": ops[pos],
-                    "key": keys[pos],
-                    "payload": ctx.destination.preview(one)[0],
-                }
+                Sample(operation=ops[pos], key=keys[pos], payload=ctx.destination.preview(one)[0])
             )
         for pos, reason in mapped.rejected[: limit - map_rejected]:
-            result.rejected.append({"key": keys[pos], "reason": reason, "kind": "mapping"})
+            result.rejected.append(Rejection(key=keys[pos], reason=reason, kind="mapping"))
             map_rejected += 1
         if len(result.samples) >= limit or map_rejected >= limit:
             break
 
 
-def field_changes(engine: DiffEngine, mapping: CompiledMapping, limit: int) -> list[dict[str, Any]]:
+def field_changes(engine: DiffEngine, mapping: CompiledMapping, limit: int) -> list[FieldChange]:
     """Changed rows, each with its mapped fields old -> new (the fields that differ)."""
     frame = engine.changed_rows(PREVIEW_RUN, limit)
     if frame.is_empty():
@@ -152,12 +149,12 @@ def field_changes(engine: DiffEngine, mapping: CompiledMapping, limit: int) -> l
         after = orjson.loads(new_m.payloads[i])
         before = orjson.loads(old_by_pos[pos]) if pos in old_by_pos else {}
         fields = {
-            f: {"old": before.get(f), "new": after.get(f)}
+            f: OldNew(old=before.get(f), new=after.get(f))
             for f in sorted(set(after) | set(before))
             if before.get(f) != after.get(f)
         }
         # the warehouse engine keeps a hash of the accepted values, not the values
-        changes.append({"key": keys[pos], "fields": fields, "old_known": bool(old_cols)})
+        changes.append(FieldChange(key=keys[pos], fields=fields, old_known=bool(old_cols)))
     return changes
 
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from undertow.errors import ConfigError, UndertowError
 from undertow.redact import redact
+from undertow.results import RunSummary, SyncStatus
 
 if TYPE_CHECKING:
     from undertow.orchestration.scheduler import Scheduler
@@ -134,11 +135,11 @@ def create_app(project: Project, *, token: str, scheduler: Scheduler | None = No
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/syncs", dependencies=[Auth], tags=["syncs"])
-    def list_syncs() -> list[dict[str, Any]]:
+    def list_syncs() -> list[SyncStatus]:
         return project.status()
 
     @app.get("/api/syncs/{sync}", dependencies=[Auth], tags=["syncs"])
-    def get_sync(sync: str) -> dict[str, Any]:
+    def get_sync(sync: str) -> SyncStatus:
         return project.sync_status(sync)
 
     @app.post(
@@ -171,11 +172,11 @@ def create_app(project: Project, *, token: str, scheduler: Scheduler | None = No
         return PauseResponse(sync=sync, paused=False)
 
     @app.get("/api/syncs/{sync}/runs", dependencies=[Auth], tags=["runs"])
-    def list_runs(sync: str, limit: int = 20) -> list[dict[str, Any]]:
+    def list_runs(sync: str, limit: int = 20) -> list[RunSummary]:
         return [r.as_dict() for r in project.runs(sync, limit=max(1, min(limit, 500)))]
 
     @app.get("/api/runs/{run_id}", dependencies=[Auth], tags=["runs"])
-    def get_run(run_id: str) -> dict[str, Any]:
+    def get_run(run_id: str) -> RunSummary:
         return project.get_run(run_id).as_dict()
 
     @app.get(

@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from typing_extensions import TypedDict  # pydantic (FastAPI responses) needs it on 3.11
 
 if TYPE_CHECKING:
     from undertow.state.locks import LockStore
@@ -56,6 +58,47 @@ def empty_counts() -> dict[str, int]:
     return dict.fromkeys(COUNT_KEYS, 0)
 
 
+class RunSummary(TypedDict):
+    """A run as JSON (``--json``, the HTTP API, alert and ``then:`` webhook bodies)."""
+
+    sync: str
+    run_id: str
+    status: str
+    full: bool
+    trigger: str
+    extracted: int
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+    invalid: int
+    planned: int
+    rejected: int
+    sent: int
+    succeeded: int
+    failed: int
+    started_at: str
+    finished_at: str | None
+    duration_s: float | None
+    attempt: int
+    error: str | None
+    warning: str | None
+
+
+class RowStatusSummary(TypedDict):
+    """A row waiting to be accepted, as JSON (``undertow errors --sync``, the HTTP API)."""
+
+    sync: str
+    key: str
+    kind: str
+    reason: str
+    attempts: int
+    first_failed_at: str
+    last_failed_at: str
+    last_run_id: str
+    resolved_at: str | None
+
+
 @dataclass
 class RunRecord:
     id: str
@@ -79,21 +122,32 @@ class RunRecord:
         end = self.finished_at or self.updated_at
         return (end - self.created_at).total_seconds() if end else None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "sync": self.sync,
-            "run_id": self.id,
-            "status": str(self.status),
-            "full": self.full_resync,
-            "trigger": self.trigger,
-            **{k: self.counts.get(k, 0) for k in COUNT_KEYS},
-            "started_at": self.created_at.isoformat(),
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "duration_s": round(self.duration_s, 3) if self.duration_s is not None else None,
-            "attempt": self.attempt,
-            "error": self.error,
-            "warning": self.warning,
-        }
+    def as_dict(self) -> RunSummary:
+        count = self.counts.get
+        return RunSummary(
+            sync=self.sync,
+            run_id=self.id,
+            status=str(self.status),
+            full=self.full_resync,
+            trigger=self.trigger,
+            extracted=count("extracted", 0),
+            added=count("added", 0),
+            changed=count("changed", 0),
+            removed=count("removed", 0),
+            unchanged=count("unchanged", 0),
+            invalid=count("invalid", 0),
+            planned=count("planned", 0),
+            rejected=count("rejected", 0),
+            sent=count("sent", 0),
+            succeeded=count("succeeded", 0),
+            failed=count("failed", 0),
+            started_at=self.created_at.isoformat(),
+            finished_at=self.finished_at.isoformat() if self.finished_at else None,
+            duration_s=round(self.duration_s, 3) if self.duration_s is not None else None,
+            attempt=self.attempt,
+            error=self.error,
+            warning=self.warning,
+        )
 
 
 @dataclass
@@ -129,18 +183,18 @@ class RowStatus:
     last_run_id: str
     resolved_at: datetime | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "sync": self.sync,
-            "key": self.row_key,
-            "kind": self.last_kind,
-            "reason": self.last_reason,
-            "attempts": self.attempts,
-            "first_failed_at": self.first_failed_at.isoformat(),
-            "last_failed_at": self.last_failed_at.isoformat(),
-            "last_run_id": self.last_run_id,
-            "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
-        }
+    def as_dict(self) -> RowStatusSummary:
+        return RowStatusSummary(
+            sync=self.sync,
+            key=self.row_key,
+            kind=self.last_kind,
+            reason=self.last_reason,
+            attempts=self.attempts,
+            first_failed_at=self.first_failed_at.isoformat(),
+            last_failed_at=self.last_failed_at.isoformat(),
+            last_run_id=self.last_run_id,
+            resolved_at=self.resolved_at.isoformat() if self.resolved_at else None,
+        )
 
 
 @dataclass
