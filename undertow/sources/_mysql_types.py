@@ -54,6 +54,8 @@ class MyColumn:
     arrow: pa.DataType
     expression: str
     """What the extraction query selects for it (a cast where connectorx is not exact)."""
+    json: bool = False
+    """A MySQL JSON column (type code 245); MariaDB's JSON is LONGTEXT on the wire."""
 
 
 def mysql_column(field: Any, *, bool_tinyint: bool) -> MyColumn:
@@ -78,7 +80,7 @@ def mysql_column(field: Any, *, bool_tinyint: bool) -> MyColumn:
     if code == _NULL:
         return MyColumn(name, pa.string(), f"CAST({plain} AS CHAR)")
     if code in _SIMPLE:
-        return MyColumn(name, _SIMPLE[code], plain)
+        return MyColumn(name, _SIMPLE[code], plain, json=code == _JSON)
     if code in _STRINGS:
         binary = field.charsetnr == _BINARY_CHARSET and not field.flags & (_ENUM | _SET)
         return MyColumn(name, pa.binary() if binary else pa.string(), plain)

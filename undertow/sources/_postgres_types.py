@@ -116,6 +116,10 @@ def pg_decimal(fmod: int) -> pa.DataType | None:
     return pa.decimal128(precision, scale)
 
 
+JSON_OIDS = (114, 3802)
+"""json, jsonb: their text is sent as the JSON value when mapped directly."""
+
+
 def arrow_schema(columns: list[PgColumn]) -> pa.Schema:
     return pa.schema([pa.field(c.name, c.arrow) for c in columns])
 

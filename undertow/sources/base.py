@@ -25,6 +25,28 @@ NativeLoad = Callable[[Any, str, str, str], None]
 ``where`` may read the connection's temp tables (see :meth:`Source.load_into_duckdb`)."""
 
 
+INTEGER_FIELD = b"undertow.integer"
+"""Arrow field metadata key: the (decimal) field holds integers wider than 64 bits, which
+Arrow has no type for (DuckDB's HUGEINT is ``decimal128(38, 0)``); they are sent as JSON
+numbers, where other decimals are sent as exact text."""
+
+
+JSON_FIELD = b"undertow.json"
+"""Arrow field metadata key: the (string) field holds JSON text of a JSON-typed column
+(PostgreSQL ``json``/``jsonb``, DuckDB ``JSON``, MySQL ``JSON``); mapped directly it is sent
+as the JSON value, as ``json:`` does."""
+
+
+def mark_fields(schema: pa.Schema, names: Sequence[str], key: bytes) -> pa.Schema:
+    """``schema`` with the fields ``names`` marked with ``key`` (:data:`INTEGER_FIELD`,
+    :data:`JSON_FIELD`); a source's ``describe`` marks them, the map stage reads them."""
+    for name in names:
+        i = schema.get_field_index(name)
+        field = schema.field(i)
+        schema = schema.set(i, field.with_metadata({**(field.metadata or {}), key: b"1"}))
+    return schema
+
+
 class SourceConfig(BaseModel):
     """Base of every source's config model: ``type`` selects the connector."""
 

@@ -23,11 +23,14 @@ from pydantic import Field
 from undertow.errors import ModelError, SourceError
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
+    INTEGER_FIELD,
+    JSON_FIELD,
     AccessProblem,
     NativeLoad,
     Source,
     SourceConfig,
     SqlSession,
+    mark_fields,
     missing_driver,
     stream_reader,
 )
@@ -87,7 +90,11 @@ class DuckDBSource(Source):
         try:
             relation = self._relation(con, sql, model=model)
             schema: pa.Schema = relation.limit(0).to_arrow_table().schema
-            return schema
+            types = dict(zip(relation.columns, map(str, relation.types), strict=True))
+            # Arrow carries HUGEINT as decimal128(38, 0) and JSON as a string: say what they are
+            wide = [n for n, t in types.items() if t in ("HUGEINT", "UHUGEINT")]
+            json = [n for n, t in types.items() if t == "JSON"]
+            return mark_fields(mark_fields(schema, wide, INTEGER_FIELD), json, JSON_FIELD)
         except _duckdb().Error as exc:
             raise self._model_error(exc, sql, model=model) from None
         finally:

@@ -45,11 +45,13 @@ from undertow.sources._mysql_types import (
 )
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
+    JSON_FIELD,
     AccessProblem,
     CursorSession,
     Source,
     SourceConfig,
     SqlSession,
+    mark_fields,
     missing_driver,
     stream_reader,
 )
@@ -137,7 +139,9 @@ class MySQLSource(Source):
             conn.close()
 
     def describe(self, sql: str, *, model: str) -> pa.Schema:
-        return arrow_schema(self._describe(sql, model=model))
+        columns = self._describe(sql, model=model)
+        json = [c.name for c in columns if c.json]
+        return mark_fields(arrow_schema(columns), json, JSON_FIELD)
 
     def extract(
         self, sql: str, *, model: str, batch_rows: int = DEFAULT_BATCH_ROWS

@@ -34,6 +34,7 @@ from undertow.redact import redact, register_secret
 from undertow.sources import _postgres_adbc as _adbc
 from undertow.sources._postgres_access import PostgresSession, access_problems
 from undertow.sources._postgres_types import (
+    JSON_OIDS,
     PgColumn,
     arrow_schema,
     first_line,
@@ -46,10 +47,12 @@ from undertow.sources._postgres_types import (
 )
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
+    JSON_FIELD,
     AccessProblem,
     Source,
     SourceConfig,
     SqlSession,
+    mark_fields,
     missing_driver,
     stream_reader,
 )
@@ -132,7 +135,9 @@ class PostgresSource(Source):
     def describe(self, sql: str, *, model: str) -> pa.Schema:
         conn = self._connect()
         try:
-            return arrow_schema(self._declare(conn, sql, model=model))
+            columns = self._declare(conn, sql, model=model)
+            json = [c.name for c in columns if c.oid in JSON_OIDS]
+            return mark_fields(arrow_schema(columns), json, JSON_FIELD)
         finally:
             conn.close()  # ends the read-only transaction: nothing was read or written
 

@@ -31,6 +31,7 @@ from undertow.pipeline.diff.contract import (
     lit,
     q,
 )
+from undertow.pipeline.frames import to_polars
 from undertow.pipeline.plan import Plan
 from undertow.sources.base import NativeLoad
 
@@ -182,8 +183,7 @@ class LocalDiffEngine(DiffEngine):
                 f"SELECT {select} FROM {table} "
                 f"WHERE _ut_batch BETWEEN {int(todo[0])} AND {int(todo[-1])} ORDER BY _ut_seq"
             ).to_arrow_table()
-            frame = pl.from_arrow(arrow)
-            assert isinstance(frame, pl.DataFrame)
+            frame = to_polars(arrow)
             if skip:
                 frame = frame.filter(pl.col("_ut_batch").is_in(todo))
             ops = frame.select("_ut_batch", "_ut_op").unique(
@@ -199,9 +199,7 @@ class LocalDiffEngine(DiffEngine):
             f"SELECT * FROM {self._plan_table(run_id)} WHERE _ut_kind = 'changed' "
             f"ORDER BY _ut_seq LIMIT {int(limit)}"
         ).to_arrow_table()
-        frame = pl.from_arrow(arrow)
-        assert isinstance(frame, pl.DataFrame)
-        return frame
+        return to_polars(arrow)
 
     # -- record -----------------------------------------------------------------------------
 

@@ -84,6 +84,7 @@ from undertow.pipeline.diff.warehouse_sql import (
     slug,
     text_of,
 )
+from undertow.pipeline.frames import to_polars
 from undertow.pipeline.plan import Plan
 from undertow.redact import redact
 from undertow.sources.base import NativeLoad, Source
@@ -425,8 +426,7 @@ class WarehouseDiffEngine(DiffEngine):
             table = reader.read_all()
         finally:
             reader.close()
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
+        frame = to_polars(table)
         upper = {c: c.lower() for c in frame.columns if c.lower() in ALL_META and c != c.lower()}
         return frame.rename(upper) if upper else frame
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from undertow.config.models import FieldSpec, SyncConfig
 from undertow.errors import MappingError, unknown_name
+from undertow.pipeline.frames import integer_columns, json_columns, polars_schema
 from undertow.pipeline.map.build import Builder
 from undertow.pipeline.map.templates import parse_json, render
 from undertow.pipeline.map.tree import Compiler, JsonText, ListNode, Node, ObjectNode, TemplateNode
@@ -51,6 +52,7 @@ class CompiledMapping:
         schema: Mapping[str, pl.DataType],
         omit: bool,
         max_payload_bytes: int | None,
+        integers: set[str] | None = None,
     ) -> None:
         self.sync = sync
         self.columns = columns
@@ -63,6 +65,8 @@ class CompiledMapping:
         self._root = root
         self._templates = templates
         self._schema = dict(schema)
+        self._integers = sorted((integers or set()) & set(columns))
+        """Decimal columns the source says hold integers: sent as JSON numbers."""
 
     def __repr__(self) -> str:
         return f"CompiledMapping(sync={self.sync!r}, fields={self.fields!r})"
@@ -78,6 +82,9 @@ class CompiledMapping:
             )
         # The position column also keeps the height when the mapping reads no column.
         read = frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias(_POSITION), *self.columns)
+        wide = [c for c in self._integers if isinstance(read.schema[c], pl.Decimal)]
+        if wide:  # decimal128(38, 0) holds any HUGEINT; Int128 writes it as a number
+            read = read.with_columns(pl.col(wide).cast(pl.Int128))
         schema = read.schema
         nulls = read.select(self.columns).null_count().row(0) if self.columns else ()
         has_nulls = {c for c, n in zip(self.columns, nulls, strict=True) if n}
@@ -168,9 +175,7 @@ def _walk(node: Node) -> Iterator[Node]:
 
 def _polars_schema(schema: Mapping[str, pl.DataType] | pa.Schema) -> dict[str, pl.DataType]:
     if isinstance(schema, pa.Schema):
-        empty = pl.from_arrow(schema.empty_table())
-        assert isinstance(empty, pl.DataFrame)
-        return dict(empty.schema)
+        return polars_schema(schema)
     return {name: inst(d) for name, d in schema.items()}
 
 
@@ -188,8 +193,12 @@ def compile_mapping(
     column is unknown, a template does not parse or reaches for Python internals, or a cast
     does not apply to a column's type.
     """
-    types = _polars_schema(schema)
-    compiler = Compiler(sync_name, types)
+    integers = integer_columns(schema)
+    types = {
+        name: pl.Int128() if name in integers and isinstance(d, pl.Decimal) else d
+        for name, d in _polars_schema(schema).items()
+    }
+    compiler = Compiler(sync_name, types, json_columns(schema))
     specs = sync.mappings or {name: FieldSpec(column=name) for name in types}
     root = ObjectNode(
         "mappings", [(k, compiler.node(f"mappings.{k}", v)) for k, v in specs.items()]
@@ -205,6 +214,7 @@ def compile_mapping(
         types,
         sync.nulls == "omit",
         max_payload_bytes,
+        integers,
     )
     # A dry run over no rows builds every expression for these types: type problems
     # (a cast a column cannot take, a column of Python objects) surface now, not mid-run.

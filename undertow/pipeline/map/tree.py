@@ -5,7 +5,7 @@ template against the model's schema.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,9 +78,13 @@ def environment() -> ImmutableSandboxedEnvironment:
 
 
 class Compiler:
-    def __init__(self, sync_name: str, schema: Mapping[str, pl.DataType]) -> None:
+    def __init__(
+        self, sync_name: str, schema: Mapping[str, pl.DataType], json: Set[str] = frozenset()
+    ) -> None:
         self.sync = sync_name
         self.schema = schema
+        self.json = json
+        """Columns of a JSON type: a plain ``column:`` of one embeds its value."""
         self.env = environment()
         self.read: dict[str, None] = {}
         self.templates: list[TemplateNode] = []
@@ -113,7 +117,7 @@ class Compiler:
             )
         if spec.column is not None:
             column = self.use(path, spec.column)
-            if spec.cast == "json":
+            if spec.cast == "json" or (spec.cast is None and column in self.json):
                 return JsonText(path, column)
             return Column(path, column, spec.cast)
         if spec.json_ is not None:
