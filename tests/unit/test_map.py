@@ -205,9 +205,38 @@ def test_columns_are_exactly_what_the_mapping_and_match_read() -> None:
     assert mapping.fields == ["p", "hi", "n"]
 
 
-def test_a_template_reading_row_reads_every_column() -> None:
-    mapping = compiled(USERS, {"x": {"template": "{{ row.id }}"}})
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ row.id }}-{{ row['plan'] }}",
+        "{{ row['id'] }}{{ row.plan | upper }}",
+        "{{ row.plan }}{{ id }}",
+    ],
+)
+def test_constant_row_access_reads_only_those_columns(template: str) -> None:
+    mapping = compiled(USERS, {"x": {"template": template}})
+    assert sorted(mapping.columns) == ["id", "plan"]  # a change to email resends nothing
+    assert sorted(records(mapping.map(USERS))[1]["x"].lower().replace("-", "")) == sorted("2free")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% set k = 'plan' %}{{ row[k] }}",
+        "{% for k, v in row.items() %}{{ v }}{% endfor %}",
+        "{{ row | length }}",
+        "{{ row.get('plan') }}",
+    ],
+)
+def test_dynamic_row_access_reads_every_column(template: str) -> None:
+    mapping = compiled(USERS, {"x": {"template": template}})
     assert mapping.columns == USERS.columns
+    assert records(mapping.map(USERS))[0]["x"]
+
+
+def test_a_constant_row_read_of_an_unknown_column_fails_to_compile() -> None:
+    with pytest.raises(MappingError, match=r"row\.plann.*did you mean 'plan'"):
+        compiled(USERS, {"x": {"template": "{{ row.plann }}"}})
 
 
 def test_template_globals_are_not_columns() -> None:

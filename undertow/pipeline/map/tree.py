@@ -178,7 +178,11 @@ class Compiler:
                 f"template reads {unknown_name('column', unknown[0], self.schema)}",
                 hint="a template sees each model column by name, and `row` (all of them)",
             )
-        columns = list(self.schema) if uses_row else [c for c in self.schema if c in names]
+        wanted = set(names)
+        if uses_row:
+            row_columns = self.row_reads(path, ast)
+            wanted |= set(self.schema) if row_columns is None else row_columns
+        columns = [c for c in self.schema if c in wanted]
         for column in columns:
             self.use(path, column)
         compiled = TemplateNode(
@@ -186,6 +190,35 @@ class Compiler:
         )
         self.templates.append(compiled)
         return compiled
+
+    def row_reads(self, path: str, ast: nodes.Template) -> set[str] | None:
+        """The columns a template reads through ``row``: ``row.name`` and ``row['name']``
+        name them; any other use (``row[k]``, ``row.items()``, ``row | length``) may read
+        any column, so None: every column counts (a change to one resends the row)."""
+        found: set[str] = set()
+
+        def visit(node: nodes.Node, parent: nodes.Node | None) -> bool:
+            if isinstance(node, nodes.Name) and node.name == "row" and node.ctx == "load":
+                name: str | None = None
+                if isinstance(parent, nodes.Getattr) and parent.node is node:
+                    name = parent.attr
+                elif isinstance(parent, nodes.Getitem) and parent.node is node:
+                    name = const_key(parent)
+                if name is None or (name in _ROW_METHODS and name not in self.schema):
+                    return False
+                if name not in self.schema:
+                    raise self.fail(
+                        path,
+                        f"template reads row.{name}: {unknown_name('column', name, self.schema)}",
+                        hint="a template sees each model column by name, and `row` (all of them)",
+                    )
+                found.add(name)
+            return all(visit(child, node) for child in node.iter_child_nodes())
+
+        return found if visit(ast, None) else None
+
+
+_ROW_METHODS = frozenset({"items", "keys", "values", "get"})
 
 
 def const_key(node: nodes.Getitem) -> str | None:
