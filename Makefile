@@ -4,6 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
+# dbt for the fixtures and the exposures test (never an undertow dependency): dbt-core 1.11
+# downloads a binary while it installs, which our machines cannot do
+DBT := 'dbt-core>=1.10,<1.11' 'dbt-duckdb>=1.9'
+ORCH := .venv-orchestrators
 
 .DEFAULT_GOAL := help
 
@@ -24,10 +28,16 @@ demo: $(STAMP) ## generate a sample warehouse and sync it into a local fake HubS
 test: $(STAMP) ## run the whole test suite (real services on this machine)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not orchestrators and not warehouses"
 
-test-orchestrators: ## the Airflow/Dagster integrations in their own venv (.venv-orchestrators)
-	test -x .venv-orchestrators/bin/pytest || $(PY) -m venv .venv-orchestrators
-	.venv-orchestrators/bin/pip install -q -e '.[dev,airflow,dagster]'
-	.venv-orchestrators/bin/pytest tests/orchestrators -m orchestrators -p no:cacheprovider
+$(ORCH)/bin/dbt: pyproject.toml Makefile
+	test -x $(ORCH)/bin/pytest || $(PY) -m venv $(ORCH)
+	$(ORCH)/bin/pip install -q -e '.[dev,airflow,dagster]' $(DBT)
+	@touch $(ORCH)/bin/dbt
+
+test-orchestrators: $(ORCH)/bin/dbt ## Airflow, Dagster and dbt (exposures parse) in their own venv (.venv-orchestrators)
+	$(ORCH)/bin/pytest tests/orchestrators -m orchestrators -p no:cacheprovider
+
+dbt-fixtures: $(ORCH)/bin/dbt ## rebuild the dbt projects' target/ artifacts under tests/fixtures with real dbt-duckdb
+	$(ORCH)/bin/python tests/fixtures/dbt/build.py
 
 test-warehouses: ## Snowflake (fakesnow) and ClickHouse (chDB) sources in their own venv (.venv-warehouses)
 	test -x .venv-warehouses/bin/pytest || $(PY) -m venv .venv-warehouses
@@ -54,4 +64,4 @@ bench: $(STAMP) ## print throughput and memory figures (never fails on timing)
 clean: ## remove the virtualenv and generated files
 	rm -rf $(VENV) .venv-orchestrators .venv-warehouses .demo .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install demo test test-orchestrators test-warehouses test-fast lint format bench clean
+.PHONY: help install demo test test-orchestrators dbt-fixtures test-warehouses test-fast lint format bench clean
