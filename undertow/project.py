@@ -31,6 +31,7 @@ from undertow.sources.base import Source
 from undertow.state.store import RowError, RowStatus, RunRecord, StateStore
 
 if TYPE_CHECKING:
+    from undertow.dbt.exposures import Exposures
     from undertow.orchestration.service import Due, Orchestration
 
 
@@ -177,7 +178,17 @@ class Project:
                     asyncio.run(self._check_destination(name))
                 except UndertowError as exc:
                     add(exc, "destinations", name)
+        from undertow.dbt.check import offline_schema, stale_models
+
+        for mname, why, folder in stale_models(self.loaded):
+            hint = f"run `dbt parse` (or dbt run) in {folder}"
+            add(ConfigError(f"the dbt manifest is stale: {why}", hint=hint), "models", mname, "dbt")
+        dbt_columns = (
+            {} if connect else {m: offline_schema(self.loaded, m) for m in self.config.models}
+        )
         for mname, model in self.config.models.items():
+            if dbt_columns.get(mname) is not None:
+                continue  # offline: the columns dbt's artifacts list stand for the warehouse's
             try:
                 src = self.source(model.source)
                 try:
@@ -194,12 +205,20 @@ class Project:
                     ctx.batch_size()
                     if ctx.sync.object is not None or ctx.destination.objects is not None:
                         self._check_object(ctx)
-                    compile_for(ctx)
+                    compile_for(ctx, dbt_columns.get(ctx.model_name))
                 finally:
                     ctx.source.close()
             except UndertowError as exc:
                 add(exc, "syncs", sname)
         return problems
+
+    def dbt_exposures(
+        self, *, dbt_project: str | None = None, owner: str = "Undertow", email: str | None = None
+    ) -> Exposures:
+        """The syncs as a dbt exposures file (``undertow dbt exposures``, docs/dbt.md)."""
+        from undertow.dbt.exposures import build_exposures
+
+        return build_exposures(self.loaded, dbt_project=dbt_project, owner=owner, email=email)
 
     def _check_object(self, ctx: SyncContext) -> None:
         objects = ctx.destination.objects

@@ -78,7 +78,12 @@ class Workspace:
 
 
 def rewrite_run_results(
-    project_dir: Path, results: dict[str, str], *, at: datetime, invocation: str
+    project_dir: Path,
+    results: dict[str, str],
+    *,
+    at: datetime,
+    invocation: str,
+    package: str = "analytics",
 ) -> None:
     """Simulate a dbt invocation: ``results`` maps model name -> status (success/error)."""
     path = project_dir / "target" / "run_results.json"
@@ -87,7 +92,7 @@ def rewrite_run_results(
     out = []
     for name, status in results.items():
         entry = json.loads(json.dumps(template))
-        entry["unique_id"] = f"model.analytics.{name}"
+        entry["unique_id"] = f"model.{package}.{name}"
         entry["status"] = status
         for timing in entry["timing"]:
             timing["started_at"] = (at - timedelta(seconds=2)).isoformat().replace("+00:00", "Z")

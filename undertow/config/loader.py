@@ -8,7 +8,8 @@ files under ``models/`` and ``syncs/``. Loading goes:
    line of every key path, refusing duplicate keys and substituting ``${VAR}`` /
    ``${VAR:-default}`` in string values (each substituted value is registered as a secret);
 3. merge the files (a name defined twice is an error naming both places);
-4. validate the whole project with pydantic, each source and destination with its
+4. resolve ``dbt:`` models from their dbt project's manifest (relation, primary key);
+5. validate the whole project with pydantic, each source and destination with its
    connector's ``Config``, check cross references and read model ``file:`` SQL.
 
 Every problem found becomes a :class:`ConfigError` with file, line and key; all of them are
@@ -30,7 +31,9 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from undertow import registry
 from undertow.config._yaml import Env, KeyPath, Locations, dotted, read_dotenv, read_yaml
+from undertow.config.model_sql import read_model_sql
 from undertow.config.models import FieldSpec, ProjectConfig
+from undertow.dbt.models import ResolvedDbtModel, resolve_dbt_models
 from undertow.destinations.base import DestinationConfig
 from undertow.errors import ConfigError, ConfigErrors, did_you_mean, unknown_name
 from undertow.redact import register_secret
@@ -53,7 +56,7 @@ class LoadedProject:
     destinations: dict[str, DestinationConfig]
     """Each destination's config, validated by its connector's ``Config``."""
     model_sql: dict[str, str]
-    """Each model's SQL, inline or read from its ``file:``."""
+    """Each model's SQL: inline, read from its ``file:``, or reading its dbt model's relation."""
     locations: Locations
     """Key path -> (file, 1-based line) of every key in the project files."""
     state_url: str = ""
@@ -64,6 +67,8 @@ class LoadedProject:
     """The YAML files read, ``undertow.yml`` first."""
     deferred: dict[tuple[str, str], ConfigError] = field(default_factory=dict)
     """(section, name) of connectors left out for a missing ``${VAR}``, with that error."""
+    dbt_models: dict[str, ResolvedDbtModel] = field(default_factory=dict)
+    """The models that are dbt models, with their manifest node (``undertow/dbt``)."""
 
     def where(self, *path: str | int) -> tuple[str, int] | None:
         """File and line of a key, or of its closest parent that is written in a file."""
@@ -115,6 +120,10 @@ def load_project(path: str | Path = ".", *, require_secrets: bool = True) -> Loa
     if unreadable:
         raise _combined(errors, files)  # names it defines are missing: references would fail
 
+    def where(path: KeyPath) -> tuple[str, int] | None:
+        return _closest(locations, path)
+
+    dbt_models = resolve_dbt_models(data, root, where, errors)  # fills in their primary_key
     config = _validate(ProjectConfig, data, (), locations, errors)
     sources = _connectors(data, "sources", "source", registry.source_class, locations, errors)
     destinations = _connectors(
@@ -124,8 +133,8 @@ def load_project(path: str | Path = ".", *, require_secrets: bool = True) -> Loa
     if config is not None:
         from undertow.orchestration.dag import check_project
 
-        errors.extend(check_project(config, lambda path: _closest(locations, path)))
-    model_sql = _model_sql(data, root, locations, errors)
+        errors.extend(check_project(config, where))
+    model_sql = read_model_sql(data, root, where, errors, dbt_models)
 
     deferred: dict[tuple[str, str], ConfigError] = {}
     if not require_secrets:
@@ -143,6 +152,7 @@ def load_project(path: str | Path = ".", *, require_secrets: bool = True) -> Loa
         state_url=_state_url(config.state, root),
         state_dir=_absolute(config.state_dir, root),
         files=files,
+        dbt_models=dbt_models,
     )
 
 
@@ -518,43 +528,6 @@ def _check_references(
                         hint=f"define it under `{target}:` or fix the name",
                     )
                 )
-
-
-def _model_sql(
-    data: dict[str, Any],
-    root: Path,
-    locations: Locations,
-    errors: list[ConfigError],
-) -> dict[str, str]:
-    out: dict[str, str] = {}
-    models = data.get("models")
-    if not isinstance(models, dict):
-        return out
-    for name, entry in models.items():
-        if not isinstance(entry, dict):
-            continue
-        sql, file = entry.get("sql"), entry.get("file")
-        if isinstance(sql, str) and file is None:
-            out[name] = sql
-        elif isinstance(file, str) and sql is None:
-            target = _absolute(file, root)
-            try:
-                out[name] = target.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                path = ("models", name, "file")
-                at, line = _closest(locations, path) or (None, None)
-                why = "does not exist" if not target.exists() else f"cannot be read ({exc})"
-                errors.append(
-                    ConfigError(
-                        f"the SQL file {str(target)!r} of model {name!r} {why}",
-                        file=at,
-                        line=line,
-                        key=dotted(path),
-                        hint="`file:` is relative to the project folder, "
-                        "e.g. `file: models/active_users.sql`",
-                    )
-                )
-    return out
 
 
 # -- small helpers --------------------------------------------------------------------------

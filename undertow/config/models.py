@@ -92,13 +92,39 @@ class DiffConfig(Strict):
     """The warehouse engine's scratch schema: its snapshot and change-set tables live there."""
 
 
+class DbtRef(Strict):
+    """``dbt: {project_dir: ../analytics, model: active_customers}``: a dbt model as the model.
+
+    Its relation, columns and (unless ``primary_key:`` is given) primary key come from the dbt
+    project's ``target/manifest.json`` and ``catalog.json`` (see docs/dbt.md).
+    """
+
+    project_dir: str = Field(min_length=1)
+    """The dbt project folder (holds dbt_project.yml), relative to the Undertow project."""
+    model: str = Field(min_length=1)
+    """The dbt model's name, as in ``ref('name')``."""
+    package: str | None = None
+    """The dbt package that defines it, as in ``ref('package', 'name')``."""
+    version: int | str | None = None
+    """A versioned model's version, as in ``ref('name', v=2)``; default: its latest version."""
+    target_path: str = "target"
+    """Where dbt writes manifest.json and catalog.json, relative to ``project_dir``."""
+
+    @property
+    def label(self) -> str:
+        name = f"{self.package}.{self.model}" if self.package else self.model
+        return name if self.version is None else f"{name} v{self.version}"
+
+
 class ModelConfig(Strict):
     """A SQL model: rows of a source with a primary key."""
 
     source: str
     sql: str | None = None
     file: str | None = None
+    dbt: DbtRef | None = None
     primary_key: list[str]
+    """A dbt model's, when not written, comes from its dbt tests (filled in when loading)."""
     description: str | None = None
 
     @field_validator("primary_key", mode="before")
@@ -115,9 +141,12 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _sql_or_file(self) -> ModelConfig:
-        if (self.sql is None) == (self.file is None):
+        given = [k for k in ("sql", "file", "dbt") if getattr(self, k) is not None]
+        if len(given) != 1:
             raise ValueError(
-                "a model takes exactly one of `sql:` (inline SQL) or `file:` (a .sql file path)"
+                "a model takes exactly one of `sql:` (inline SQL), `file:` (a .sql file path) "
+                "or `dbt:` (a dbt model, e.g. `dbt: {project_dir: ../analytics, model: "
+                f"active_customers}}`); got {', '.join(given) or 'none'}"
             )
         return self
 

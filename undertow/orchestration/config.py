@@ -130,12 +130,13 @@ def _schedule(value: Any) -> Any:
 class DbtWatch(_Strict):
     """A dbt project whose ``target/run_results.json`` tells when its models were rebuilt."""
 
-    project_dir: str
-    """The dbt project folder, relative to the Undertow project folder."""
+    project_dir: str | None = None
+    """The dbt project folder, relative to the Undertow project folder; default: the project
+    of the sync's model when it is a dbt model (``models: {x: {dbt: ...}}``)."""
     target_path: str = "target"
     """Where dbt writes run_results.json and manifest.json, relative to ``project_dir``."""
     models: list[str] = Field(default_factory=list)
-    """dbt model names to wait for; empty: the models the sync's SQL reads (from manifest.json)."""
+    """dbt model names to wait for; empty: the sync's dbt model, or the models its SQL reads."""
 
 
 class Upstream(_Strict):
@@ -152,6 +153,8 @@ class Upstream(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
+        if value == "dbt":
+            return {"dbt": {}}  # the sync's dbt model; a sync named dbt is `{sync: dbt}`
         return {"sync": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
@@ -161,7 +164,8 @@ class Upstream(_Strict):
             raise ValueError(
                 "an `after:` item takes exactly one of sync, dbt, webhook "
                 f"(got {', '.join(chosen) or 'none'}); e.g. `after: [load_accounts]`, "
-                "`after: [{dbt: {project_dir: ../analytics}}]` or `after: [{webhook: loaded}]`"
+                "`after: [dbt]` (a dbt model's rebuild), `after: [{dbt: {project_dir: "
+                "../analytics}}]` or `after: [{webhook: loaded}]`"
             )
         return self
 
@@ -172,7 +176,7 @@ class Upstream(_Strict):
         if self.webhook is not None:
             return f"webhook {self.webhook}"
         assert self.dbt is not None
-        return f"dbt {self.dbt.project_dir}"
+        return f"dbt {self.dbt.project_dir or '(the sync model)'}"
 
 
 # -- freshness, then -------------------------------------------------------------------------

@@ -106,6 +106,14 @@ def check_project(config: ProjectConfig, where: Where) -> list[ConfigError]:
                     error(f"sync {name!r} waits for itself in `after:`", path)
                 else:
                     check_name("sync", item.sync, syncs, path)
+            model = config.models.get(sync.model)
+            if item.dbt is not None and item.dbt.project_dir is None and model and not model.dbt:
+                error(
+                    f"`after: [dbt]` waits for the rebuild of the sync's dbt model, but model "
+                    f"{sync.model!r} is not a dbt model",
+                    path,
+                    hint="name the dbt project: `after: [{dbt: {project_dir: ../analytics}}]`",
+                )
             if item.webhook is not None and item.webhook not in config.webhooks:
                 error(
                     unknown_name("webhook", item.webhook, config.webhooks),

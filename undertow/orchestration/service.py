@@ -24,7 +24,12 @@ from undertow.orchestration.alerts import AlertManager
 from undertow.orchestration.config import ScheduleSpec, Upstream, format_duration
 from undertow.orchestration.freshness import check_freshness
 from undertow.orchestration.schedule import Clock, SystemClock, describe, next_after
-from undertow.orchestration.signals import DbtProject, sync_signal, webhook_signal
+from undertow.orchestration.signals import (
+    DbtProject,
+    resolve_watch,
+    sync_signal,
+    webhook_signal,
+)
 from undertow.redact import redact, register_secret
 from undertow.results import ScheduleOverview
 from undertow.state.orchestration import OrchestrationState, ScheduleRow
@@ -308,10 +313,12 @@ class Orchestration:
 
     # -- upstreams --------------------------------------------------------------------------
 
-    def dbt(self, item: Upstream) -> DbtProject:
+    def dbt(self, item: Upstream, sync: SyncConfig) -> DbtProject:
         assert item.dbt is not None
-        project = DbtProject(self.root, item.dbt)
-        return self._dbt.setdefault(f"{project.key}|{item.dbt.target_path}", project)
+        watch = resolve_watch(item.dbt, self.config.models[sync.model])
+        project = DbtProject(self.root, watch)
+        key = f"{project.key}|{watch.target_path}|{','.join(watch.models)}"
+        return self._dbt.setdefault(key, project)
 
     def poll_signals(self) -> int:
         """Read every watched dbt project's run_results.json; return how many events are new."""
@@ -322,7 +329,10 @@ class Orchestration:
             for item in sync.after:
                 if item.dbt is None:
                     continue
-                project = self.dbt(item)
+                try:
+                    project = self.dbt(item, sync)
+                except UndertowError:
+                    continue  # readiness reports it for the sync
                 if project.key in seen:
                     continue
                 seen.add(project.key)
@@ -348,8 +358,9 @@ class Orchestration:
         if item.webhook is not None:
             ev = self.state.last_signal(webhook_signal(item.webhook), success_only=False)
             return [(item.label, ev.at if ev else None)]
-        project = self.dbt(item)
-        models = project.watched(name, self.model_sql[sync.model])
+        project = self.dbt(item, sync)
+        ref = self.config.models[sync.model].dbt
+        models = project.watched(name, self.model_sql[sync.model], ref)
         out: list[tuple[str, datetime | None]] = []
         for model in models:
             ev = self.state.last_signal(project.signal_name(model.unique_id), success_only=success)

@@ -6,22 +6,25 @@ the upstream finished. A sync's ``after:`` is satisfied by events newer than its
 dbt overwrites ``target/run_results.json`` on every invocation (``dbt run -s other`` does
 not mention our models), so every poll records what the current file says and keeps it:
 a model rebuilt at 05:10 stays "rebuilt at 05:10" after a later run that skipped it.
-Which dbt models a sync reads comes from ``manifest.json``: each model's relation
-(``schema.alias``) is looked for in the sync's SQL, or ``models:`` names them.
+Which dbt models a sync waits for comes from ``manifest.json``: those ``models:`` names, or
+the sync's own dbt model (``models: {x: {dbt: ...}}``), or each model whose relation
+(``schema.alias``) the sync's SQL reads.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from undertow.errors import ConfigError, unknown_name
+from undertow.dbt.artifacts import DbtModel, read_manifest
+from undertow.errors import ConfigError
 from undertow.orchestration.config import DbtWatch
 from undertow.state.orchestration import OrchestrationState
+
+if TYPE_CHECKING:
+    from undertow.config.models import DbtRef, ModelConfig
 
 
 def webhook_signal(name: str) -> str:
@@ -42,19 +45,26 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@dataclass
-class DbtModel:
-    unique_id: str
-    name: str
-    relation: str
-    """``schema.alias`` in lower case, without quotes."""
-    alias: str
+def resolve_watch(watch: DbtWatch, model: ModelConfig) -> DbtWatch:
+    """``after: [dbt]`` without ``project_dir:`` watches the project of the sync's dbt model."""
+    if watch.project_dir is not None:
+        return watch
+    if model.dbt is None:
+        raise ConfigError(
+            "`after: [dbt]` without `project_dir:` needs the sync's model to be a dbt model",
+            hint="name the dbt project: `after: [{dbt: {project_dir: ../analytics}}]`",
+        )
+    return DbtWatch(
+        project_dir=model.dbt.project_dir, target_path=model.dbt.target_path, models=watch.models
+    )
 
 
 class DbtProject:
     """One dbt project folder: its manifest (which models exist) and its run results."""
 
     def __init__(self, root: Path, watch: DbtWatch) -> None:
+        assert watch.project_dir is not None, "resolve_watch() first"
+        self.root = root
         self.dir = (root / watch.project_dir).resolve()
         self.target = self.dir / watch.target_path
         self.watch = watch
@@ -76,60 +86,30 @@ class DbtProject:
             return None  # dbt is writing it right now: read it at the next poll
         return data if isinstance(data, dict) else None
 
-    def models(self) -> list[DbtModel]:
-        manifest = self._read("manifest.json")
-        if manifest is None:
-            raise ConfigError(
-                f"no dbt manifest at {self.target / 'manifest.json'}",
-                hint=f"run `dbt parse` (or any dbt command) in {self.dir}, or fix `project_dir:`",
-            )
-        found = []
-        for uid, node in (manifest.get("nodes") or {}).items():
-            if not isinstance(node, dict) or node.get("resource_type") != "model":
-                continue
-            alias = str(node.get("alias") or node.get("name") or "").lower()
-            schema = str(node.get("schema") or "").lower()
-            found.append(
-                DbtModel(
-                    unique_id=uid,
-                    name=str(node.get("name")),
-                    relation=f"{schema}.{alias}" if schema else alias,
-                    alias=alias,
-                )
-            )
-        return found
-
-    def watched(self, sync: str, sql: str) -> list[DbtModel]:
-        """The dbt models sync ``sync`` waits for: named in ``models:``, or read by its SQL."""
-        models = self.models()
+    def watched(self, sync: str, sql: str, model: DbtRef | None = None) -> list[DbtModel]:
+        """The dbt models sync ``sync`` waits for: named in ``models:``, else its dbt model
+        (``model``, when it is of this project), else the models its SQL reads."""
+        manifest = read_manifest(self.target)
         if self.watch.models:
-            by_name = {m.name: m for m in models}
             out = []
             for name in self.watch.models:
-                if name not in by_name:
+                try:
+                    out.append(manifest.find(name))
+                except ConfigError as exc:
                     raise ConfigError(
-                        f"sync {sync!r}: "
-                        + unknown_name("dbt model", name, by_name)
-                        + f" in {self.dir}",
+                        f"sync {sync!r}: {exc.raw_message}",
                         hint="`after: [{dbt: {models: [...]}}]` takes dbt model names",
-                    )
-                out.append(by_name[name])
+                    ) from None
             return out
-        text = re.sub(r"[\"`\[\]]", "", sql.lower())
-        qualified = [m for m in models if re.search(rf"\b{re.escape(m.relation)}\b", text)]
-        if qualified:
-            return qualified
-        bare = [
-            m
-            for m in models
-            if re.search(rf"(?:from|join)\s+(?:[\w]+\.)*{re.escape(m.alias)}\b", text)
-        ]
-        if not bare:
+        if model is not None and (self.root / model.project_dir).resolve() == self.dir:
+            return [manifest.find(model.model, package=model.package, version=model.version)]
+        found = manifest.read_by(sql)
+        if not found:
             raise ConfigError(
                 f"sync {sync!r}: its SQL reads none of the models of the dbt project {self.dir}",
                 hint="name them: `after: [{dbt: {project_dir: ..., models: [model_name]}}]`",
             )
-        return bare
+        return found
 
     def poll(self, state: OrchestrationState, now: datetime) -> int:
         """Record the model results of the current run_results.json; return how many are new."""

@@ -19,10 +19,13 @@ import bisect
 import contextlib
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+import polars as pl
+import pyarrow as pa
 
 from undertow.config.models import ModelConfig, SyncConfig
 from undertow.destinations.base import Batch, Capabilities, Destination
@@ -109,8 +112,14 @@ class SyncContext:
         )
 
 
-def compile_for(ctx: SyncContext) -> tuple[CompiledMapping, DiffSpec]:
-    schema = ctx.source.describe(ctx.sql, model=ctx.model_name)
+def compile_for(
+    ctx: SyncContext, schema: pa.Schema | Mapping[str, pl.DataType] | None = None
+) -> tuple[CompiledMapping, DiffSpec]:
+    """The sync's mapping and diff spec, against ``schema`` or the model's described on its
+    source (``validate --offline`` passes a dbt model's columns from dbt's artifacts)."""
+    if schema is None:
+        schema = ctx.source.describe(ctx.sql, model=ctx.model_name)
+    names = list(schema.names if isinstance(schema, pa.Schema) else schema)
     caps = ctx.caps
     if caps.requires_match and not ctx.sync.match:
         raise PlanError(
@@ -120,15 +129,15 @@ def compile_for(ctx: SyncContext) -> tuple[CompiledMapping, DiffSpec]:
         )
     mapping = compile_mapping(ctx.name, ctx.sync, schema, max_payload_bytes=caps.max_payload_bytes)
     keys = list(ctx.model.primary_key)
-    missing = [k for k in keys if k not in schema.names]
+    missing = [k for k in keys if k not in names]
     if missing:
         from undertow.errors import PrimaryKeyError, did_you_mean
 
-        hints = [h for h in (did_you_mean(k, schema.names) for k in missing) if h]
+        hints = [h for h in (did_you_mean(k, names) for k in missing) if h]
         raise PrimaryKeyError(
             f"model {ctx.model_name!r}: primary key column(s) "
             f"{', '.join(map(repr, missing))} not among its columns "
-            f"({', '.join(schema.names)})",
+            f"({', '.join(names)})",
             hint=hints[0] if hints else "fix `primary_key:` or add the column to the SQL",
         )
     columns = keys + [c for c in mapping.columns if c not in keys]
