@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -48,11 +49,13 @@ class TerminalConsole:
             self.out.print(*items, **kwargs)
 
     def error(self, text: str) -> None:
-        self.err.print(f"[bold red]error:[/] {redact(text)}", markup=True, highlight=False)
+        # escaped: a message quoting `after: [dbt]` or `data_tests: [unique, not_null]` must not
+        # lose those words to rich's markup
+        self.err.print(f"[bold red]error:[/] {escape(redact(text))}", markup=True, highlight=False)
 
     def warn(self, text: str) -> None:
         if not self.json_mode:
-            self.err.print(f"[yellow]warning:[/] {redact(text)}")
+            self.err.print(f"[yellow]warning:[/] {escape(redact(text))}")
 
     # -- progress (the Reporter protocol of pipeline/run.py) --------------------------------
 
@@ -89,7 +92,7 @@ class TerminalConsole:
 
     def note(self, sync: str, text: str) -> None:
         if not self.json_mode:
-            self.err.print(f"[dim]{sync}:[/] {redact(text)}")
+            self.err.print(f"[dim]{escape(sync)}:[/] {escape(redact(text))}")
 
     def done_progress(self) -> None:
         if self._progress is not None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load
 from undertow.console import TerminalConsole
@@ -66,7 +67,7 @@ def validate(
     elif problems:
         console.err.print(f"[bold red]{len(problems)} problem(s) found:[/]")
         for problem in problems:
-            console.err.print(f"  [red]✗[/] {problem}", highlight=False)
+            console.err.print(f"  [red]✗[/] {escape(str(problem))}", highlight=False)
     else:
         console.print("[green]✓ project is valid[/]")
     if problems:
