@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dbt_support import copy_shop, materialize
 
 from undertow.demo import DEMO_TOKEN, PROJECT_YML
@@ -20,6 +21,8 @@ from undertow.project import Project
 from undertow.samples import build_customers, change_customers
 from undertow.testing.hubspot import HubSpotFake
 from undertow.testing.server import serve_in_thread
+
+pytestmark = pytest.mark.e2e
 
 DEMO_MODEL = "    sql: select * from customers where active\n    primary_key: customer_id\n"
 DBT_MODEL = "    dbt: {project_dir: ../shop, model: active_customers}\n"

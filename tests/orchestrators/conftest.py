@@ -1,10 +1,11 @@
-"""The Airflow operator and the Dagster helpers against the real libraries.
+"""The Airflow operator, the Dagster helpers and dbt (exposures, dbt-built models) against
+the real libraries.
 
 Marked ``orchestrators`` and left out of ``make test``: Airflow cannot share the dev
 virtualenv (it pins FastAPI below the version `undertow serve` uses and brings uvloop and
 httptools, which change how uvicorn serves every fake in the suite) and takes minutes to
 install. ``make test-orchestrators`` builds ``.venv-orchestrators`` with
-``.[dev,airflow,dagster]`` and runs them. A library that is missing there fails the test
+``.[dev,airflow,dagster]`` and dbt-core 1.10 + dbt-duckdb, and runs them. A library that is missing there fails the test
 with the command to install it; it never skips silently.
 """
 

@@ -13,6 +13,8 @@ from dbt_support import copy_shop
 from undertow.errors import ConfigError
 from undertow.project import Project
 
+pytestmark = pytest.mark.unit
+
 
 def load(base: Path, body: str) -> Project:
     root = base / "proj"

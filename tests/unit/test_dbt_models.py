@@ -20,6 +20,8 @@ from undertow.errors import ConfigError, ConfigErrors
 from undertow.project import Project
 from undertow.samples import build_customers
 
+pytestmark = pytest.mark.unit
+
 
 def write_project(base: Path, models: str, syncs: str = "", extra: str = "") -> Path:
     """``extra``: more lines under ``sources:``."""
