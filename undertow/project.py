@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from undertow.config.loader import LoadedProject, load_project
 from undertow.config.models import SyncConfig
 from undertow.destinations.base import Destination
-from undertow.errors import ConfigError, SourceError, UndertowError, unknown_name
+from undertow.errors import ConfigError, SourceError, UndertowError, did_you_mean, unknown_name
 from undertow.pipeline.engines import make_engine
 from undertow.pipeline.preview import PlanPreview, preview
 from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for
@@ -125,7 +125,9 @@ class Project:
             # a file path in a project file is relative to the project, not to the shell's cwd
             resolved = (self.root / Path(path).expanduser()).resolve()
             cfg = cfg.model_copy(update={"path": str(resolved)})
-        return destination_class(cfg.type)(cfg, name=name)
+        destination = destination_class(cfg.type)(cfg, name=name)
+        destination.base_dir = str(self.root)  # `local://inbox.jsonl` is the project's file
+        return destination
 
     def context(self, name: str) -> SyncContext:
         sync = self.sync(name)
@@ -146,9 +148,14 @@ class Project:
 
     def validate(self, *, connect: bool = True) -> list[Problem]:
         """Compile every model and mapping; with ``connect``, check every connection too."""
-        problems: list[Problem] = []
+        # a connector whose ${VAR} is not set: one problem, first, and not again for each
+        # model or sync using it (the checks that need the connector wait for the secret)
+        deferred = list(self.loaded.deferred.values())
+        problems = [Problem(e.detail, e.file, e.line, e.key) for e in deferred]
 
         def add(exc: UndertowError, *path: str) -> None:
+            if any(exc is d for d in deferred):
+                return
             where = self.loaded.where(*path) if path else None
             file, line = where or (None, None)
             key = ".".join(path) if path else None
@@ -230,9 +237,10 @@ class Project:
             )
         if objects is not None and (obj is None or obj not in objects):
             what = "needs" if obj is None else f"has no object {obj!r};"
+            closest = did_you_mean(obj, objects) if obj is not None else None
             raise ConfigError(
                 f"sync {ctx.name!r}: destination {ctx.destination_name!r} {what} `object:` "
-                f"one of {', '.join(objects)}",
+                f"one of {', '.join(objects)}" + (f"; {closest}" if closest else ""),
                 hint=f"e.g. `object: {objects[0]}`",
             )
 

@@ -28,6 +28,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from undertow import __version__
+
+        typer.echo(f"undertow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Reverse ETL that sends every change exactly once."""
+
+
 ProjectOpt = Annotated[
     Path, typer.Option("--project", "-p", help="Project folder (holds undertow.yml).")
 ]

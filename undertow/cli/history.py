@@ -11,7 +11,7 @@ from rich.table import Table
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load, when
 from undertow.console import TerminalConsole
 from undertow.results import SyncStatus
-from undertow.state.store import RowError, RowStatus, RunRecord
+from undertow.state.store import RowError, RowStatus, RunRecord, RunStatus
 
 
 @app.command()
@@ -107,7 +107,7 @@ def runs(
         table.add_row(
             r.id,
             r.created_at.isoformat()[:19],
-            str(r.status),
+            _status_cell(r),
             f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
             *(
                 f"{c[k]:,}"
@@ -124,6 +124,15 @@ def runs(
             ),
         )
     console.print(table)
+    for r in records:
+        if r.warning is not None and r.status is RunStatus.SUCCEEDED:
+            console.print(f"  [yellow]warning[/] {r.id}: {r.warning}", highlight=False)
+
+
+def _status_cell(run: RunRecord) -> str:
+    if run.warning is not None and run.status is RunStatus.SUCCEEDED:
+        return "[yellow]succeeded with warning[/]"
+    return str(run.status)
 
 
 @app.command()

@@ -52,7 +52,8 @@ def validate(
         from undertow.project import Problem
 
         try:
-            proj = load(project)
+            # a missing ${VAR} is one problem among others, not the end of the check
+            proj = load(project, require_secrets=False)
         except ConfigError as exc:  # the files themselves: report them as problems
             errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
             return [Problem(message=e.detail, file=e.file, line=e.line, key=e.key) for e in errors]

@@ -140,7 +140,8 @@ def load_project(path: str | Path = ".", *, require_secrets: bool = True) -> Loa
     if not require_secrets:
         errors = _defer_missing_secrets(errors, deferred, sources, destinations)
     if errors or config is None:
-        raise _combined(errors, files)
+        # a missing ${VAR} set aside above is still a problem when others stop the load
+        raise _combined(errors + list(deferred.values()), files)
     return LoadedProject(
         deferred=deferred,
         root=root,

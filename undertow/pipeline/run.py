@@ -462,10 +462,26 @@ class SyncRun:
                 RunStatus.FAILED,
                 f"{what}, more than max_rejected_ratio {limit:g} ({percent(limit)}); the "
                 f"accepted rows are recorded and the rejected ones are sent again by the next "
-                f"run; {where}, fix them, then `undertow retry {run.sync}`",
+                f"run; {where}, {self._next_step(run)}",
                 None,
             )
         return RunStatus.SUCCEEDED, None, f"{what}, within max_rejected_ratio {limit:g}; {where}"
+
+    @staticmethod
+    def _next_step(run: RunRecord) -> str:
+        """What fixes a run's rejections: rows with a NULL or duplicate primary key never
+        reach the destination (``undertow retry`` skips them again), so the model is fixed."""
+        invalid = run.counts.get("invalid", 0)
+        retry = f"fix them, then `undertow retry {run.sync}`"
+        if not invalid:
+            return retry
+        keys = (
+            f"fix the model's primary key ({invalid:,} row(s) have a NULL or duplicate key), "
+            f"then `undertow run {run.sync}`"
+        )
+        if invalid >= run.counts.get("rejected", 0):
+            return keys
+        return f"{keys}; for the other rows, {retry}"
 
     async def _deliver(
         self,
