@@ -104,3 +104,13 @@ def fakesnow_server() -> Iterator[dict[str, Any]]:
         )
     with fakesnow.server() as kwargs:
         yield kwargs
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_budgets() -> Iterator[None]:
+    """Each test starts with no shared rate budget (budgets are per process otherwise)."""
+    from undertow.destinations.rate import forget_budgets
+
+    forget_budgets()
+    yield
+    forget_budgets()

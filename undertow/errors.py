@@ -14,8 +14,10 @@
     │                                  *rejections*, not exceptions)
     └── DeliveryError                  a destination failed
         ├── RetryableError             429, 5xx, timeouts: try again with backoff
-        ├── FatalDeliveryError         bad credentials, unreachable host after retries:
-        │                              stop the run, rows stay undelivered
+        ├── FatalDeliveryError         bad credentials, retries exhausted, a wait longer
+        │                              than max_wait: stop the run, rows stay undelivered
+        ├── InterruptedDelivery        Ctrl-C / SIGTERM during a wait: the batch stays
+        │                              undelivered, the run ends cancelled
         └── RejectedBatchError         the destination refused the batch's rows (4xx):
                                        reject every row of the batch, keep going
 
@@ -146,6 +148,10 @@ class RetryableError(DeliveryError):
 
 class FatalDeliveryError(DeliveryError):
     """A failure no retry will fix (bad credentials, missing object): stop the run."""
+
+
+class InterruptedDelivery(DeliveryError):
+    """The run was stopped while a batch waited (backoff, rate limit): it stays undelivered."""
 
 
 class RejectedBatchError(DeliveryError):

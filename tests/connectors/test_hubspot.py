@@ -10,8 +10,10 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from undertow.destinations import retry
 from undertow.destinations.base import Batch, BatchResult, Operation
 from undertow.destinations.hubspot import HubSpotConfig, HubSpotDestination
+from undertow.destinations.retry import RetryPolicy
 from undertow.errors import FatalDeliveryError, RetryableError
 from undertow.redact import redact
 from undertow.testing.hubspot import HubSpotFake
@@ -55,15 +57,28 @@ def destination(fake: HubSpotFake, *, token: str = TOKEN, **extra: Any) -> HubSp
     return HubSpotDestination(config, name="crm")
 
 
-def write(fake: HubSpotFake, b: Batch, **extra: Any) -> BatchResult:
+def write(
+    fake: HubSpotFake, b: Batch, *, attempts: int = 6, max_wait: float = 900, **extra: Any
+) -> BatchResult:
     async def go() -> BatchResult:
         dest = destination(fake, **extra)
+        policy = RetryPolicy(max_attempts=attempts, base_delay=0.01, max_delay=0.05)
         try:
-            return await dest.write_batch(b)
+            with retry.delivery(policy=policy, stop=None, max_wait=max_wait):
+                return await dest.write_batch(b)
         finally:
             await dest.close()
 
     return asyncio.run(go())
+
+
+def first_answer(fake: HubSpotFake, b: Batch) -> RetryableError:
+    """The retryable error of a single attempt (the kit wraps it once retries run out)."""
+    with pytest.raises(FatalDeliveryError, match="still failing after 1 attempts") as caught:
+        write(fake, b, attempts=1)
+    cause = caught.value.__cause__
+    assert isinstance(cause, RetryableError)
+    return cause
 
 
 def check(fake: HubSpotFake, **extra: Any) -> None:
@@ -319,11 +334,21 @@ def test_bad_token_is_fatal_and_never_shows_the_token(fake: HubSpotFake) -> None
 
 def test_burst_429_is_retryable_with_the_window_as_wait(fake: HubSpotFake) -> None:
     fake.throttle_next(1)
-    with pytest.raises(RetryableError) as caught:
-        write(fake, batch([{"email": "a@x.io"}]))
-    assert caught.value.retry_after == 10.0
-    assert "TEN_SECONDLY_ROLLING" in str(caught.value)
+    error = first_answer(fake, batch([{"email": "a@x.io"}]))
+    assert error.retry_after == 10.0
+    assert "TEN_SECONDLY_ROLLING" in str(error)
     assert fake.objects["contacts"] == {}
+
+
+def test_burst_429_is_waited_out_then_the_batch_is_written() -> None:
+    hubspot = HubSpotFake(TOKEN, window_seconds=0.3)  # the interval header says 300 ms
+    with serve_in_thread(hubspot.app) as server:
+        hubspot.url = server.url  # type: ignore[attr-defined]
+        hubspot.throttle_next(1)
+        result = write(hubspot, batch([{"email": "a@x.io"}]))
+    assert result == BatchResult()
+    upserts = [r for r in hubspot.requests if r.path.endswith("batch/upsert")]
+    assert len(upserts) == 2 and hubspot.objects["contacts"].by_email("a@x.io") is not None
 
 
 def test_rolling_window_of_the_fake_throttles_for_real() -> None:
@@ -332,10 +357,10 @@ def test_rolling_window_of_the_fake_throttles_for_real() -> None:
         hubspot.url = server.url  # type: ignore[attr-defined]
         write(hubspot, batch([{"email": "a@x.io"}]))
         write(hubspot, batch([{"email": "b@x.io"}]))
-        with pytest.raises(RetryableError) as caught:
-            write(hubspot, batch([{"email": "c@x.io"}]))
-    assert caught.value.retry_after == 10.0
+        error = first_answer(hubspot, batch([{"email": "c@x.io"}]))
+    assert error.retry_after == 10.0
     assert len(hubspot.objects["contacts"]) == 2
+    assert hubspot.slow_downs == 1
 
 
 def test_daily_limit_stops_the_run(fake: HubSpotFake) -> None:
@@ -346,13 +371,14 @@ def test_daily_limit_stops_the_run(fake: HubSpotFake) -> None:
 
 def test_server_error_and_locked_are_retryable(fake: HubSpotFake) -> None:
     fake.fail_next(status=503)
-    with pytest.raises(RetryableError):
-        write(fake, batch([{"email": "a@x.io"}]))
+    first_answer(fake, batch([{"email": "a@x.io"}]))
     fake.fail_next(status=423, body={"status": "error", "message": "locked", "category": "LOCKED"})
-    with pytest.raises(RetryableError) as caught:
-        write(fake, batch([{"email": "a@x.io"}]))
-    assert caught.value.retry_after == 2.0
+    error = first_answer(fake, batch([{"email": "a@x.io"}]))
+    assert error.retry_after == 2.0
     assert fake.objects["contacts"] == {}
+    fake.fail_next(status=503)
+    assert write(fake, batch([{"email": "a@x.io"}])) == BatchResult()  # retried, then written
+    assert fake.objects["contacts"].by_email("a@x.io") is not None
 
 
 def test_unknown_object_is_fatal_and_suggests_the_closest(fake: HubSpotFake) -> None:
@@ -416,8 +442,6 @@ def test_429_without_rate_headers_falls_back_on_the_policy_name(fake: HubSpotFak
 
     answers = iter(["TEN_SECONDLY_ROLLING", "DAILY"])
     fake.faults = lambda request: JSONResponse(fake.rate_limit_body(next(answers)), status_code=429)
-    with pytest.raises(RetryableError) as caught:
-        write(fake, batch([{"email": "a@x.io"}]))
-    assert caught.value.retry_after == 10.0
+    assert first_answer(fake, batch([{"email": "a@x.io"}])).retry_after == 10.0
     with pytest.raises(FatalDeliveryError, match="daily API limit"):
         write(fake, batch([{"email": "a@x.io"}]))

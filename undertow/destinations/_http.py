@@ -6,6 +6,12 @@ are retryable (``RetryableError``, with ``Retry-After`` honoured by the deliver 
 mid-run); other 4xx are returned to the connector,
 which turns them into per-record rejections (``RejectedBatchError`` by default).
 
+Only an explicit success is a success. Redirects are never followed (aiohttp follows them by
+default): a 3xx answer reaches the caller, which by default stops the run, naming where the
+redirect pointed, and never re-sends the body or the credentials there. The client sends only
+to its own origin (scheme, host, port) and to origins it was told about (``also``): an
+absolute URL elsewhere is refused before anything leaves.
+
 Messages carry the method, the path, the status, the vendor's request id and a trimmed,
 redacted body; never a token, a query string or a record's values.
 """
@@ -16,6 +22,7 @@ import asyncio
 import email.utils
 import io
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +58,12 @@ class Response:
                 return self.headers[name]
         return None
 
+    @property
+    def location(self) -> str | None:
+        """Where a redirect points, without query string or user info (safe to show)."""
+        target = self.headers.get("location")
+        return redact_url(target) if target else None
+
     def describe(self) -> str:
         """`POST /crm/v3/... -> 400 (request id abc): trimmed body` — safe for messages."""
         path = urlsplit(self.url).path or "/"
@@ -74,6 +87,19 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the default port made explicit."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
 class HttpClient:
     """One aiohttp session per destination instance; opened lazily, closed by ``close``."""
 
@@ -84,12 +110,19 @@ class HttpClient:
         headers: dict[str, str] | None = None,
         timeout: float = 30.0,
         max_connections: int = 16,
+        also: Iterable[str] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.headers = headers or {}
         self.timeout = timeout
         self.max_connections = max_connections
+        self.origins = {origin(self.base_url), *(origin(u) for u in also)}
+        """Where this client may send requests (its base URL's origin and ``also``)."""
         self._session: aiohttp.ClientSession | None = None
+
+    def allow(self, url: str) -> None:
+        """Also send to ``url``'s origin (e.g. an instance URL learnt at login)."""
+        self.origins.add(origin(url))
 
     async def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -108,6 +141,12 @@ class HttpClient:
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
+            if origin(path) not in self.origins:
+                raise FatalDeliveryError(
+                    f"refused to send to {redact_url(path)}: not this destination's origin "
+                    f"({redact_url(self.base_url)}); its body and credentials stay here",
+                    hint="an answer pointed to another host; report it if the vendor documents it",
+                )
             return path
         return f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
 
@@ -119,14 +158,17 @@ class HttpClient:
         body: bytes | None = None,
         json: Any = None,
         headers: dict[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str | None = "application/json",
         raise_for_status: bool = True,
     ) -> Response:
-        """Send a request; raise for transport errors, 429, 5xx, 401 and 403.
+        """Send a request; raise for transport errors, 429, 5xx, 3xx, 401 and 403.
 
         Other statuses (2xx and the remaining 4xx) are returned for the connector to read.
         With ``raise_for_status=False`` every status is returned (transport errors still
         raise): for a vendor whose 429 or 401 needs reading before classing, the connector
-        reads it first and then calls :func:`raise_for_status_class` itself.
+        reads it first and then calls :func:`raise_for_status_class` itself. Redirects are
+        never followed.
         """
         url = self.url(path)
         raw = orjson.dumps(json) if json is not None else body
@@ -135,14 +177,21 @@ class HttpClient:
             # aiohttp writes a big bytes body in one go (and warns that it blocks the loop);
             # a file-like body is streamed in chunks
             data = io.BytesIO(raw)
-        send_headers = {"Content-Type": "application/json"}
+        send_headers = {"Content-Type": content_type} if content_type else {}
         if headers:
             send_headers.update(headers)
         where = f"{method} {redact_url(url)}"
         session = await self.session()
         started = time.time()
         try:
-            async with session.request(method, url, data=data, headers=send_headers) as resp:
+            async with session.request(
+                method,
+                url,
+                data=data,
+                headers=send_headers,
+                params=params,
+                allow_redirects=False,
+            ) as resp:
                 payload = await resp.read()
                 response = Response(
                     status=resp.status,
@@ -212,9 +261,23 @@ class HttpClient:
         return None
 
 
+def redirect_error(response: Response, vendor: str = "the destination") -> FatalDeliveryError:
+    """The error for a 3xx answer: not delivered, not followed, says where it pointed."""
+    where = f" to {response.location}" if response.location else ""
+    return FatalDeliveryError(
+        f"{vendor} answered {response.status}, a redirect{where}, which Undertow never "
+        f"follows (the batch and its credentials are not sent on); nothing in it is counted "
+        f"as delivered: {response.describe()}",
+        hint="point the destination's URL at the final address (a login page here usually "
+        "means the URL or its credentials are wrong)",
+    )
+
+
 def raise_for_status_class(response: Response) -> None:
-    """Raise the error class a status belongs to; return for 2xx/3xx and plain 4xx."""
+    """Raise the error class a status belongs to; return for 2xx and plain 4xx."""
     status = response.status
+    if 300 <= status < 400:
+        raise redirect_error(response)
     if status == 429:
         raise RetryableError(
             f"rate limited: {response.describe()}",

@@ -1,23 +1,35 @@
 """What a destination is: a small class with a config, declared capabilities, and a few methods.
 
-A destination module subclasses :class:`Destination`, sets ``name``, a pydantic ``Config``
-(secrets as ``SecretStr``) and a frozen :class:`Capabilities`, and implements
+A destination module subclasses :class:`Destination` (or the declarative HTTP kit's
+:class:`~undertow.destinations.kit.HttpDestination`) parametrised by its pydantic config
+model, sets ``name`` and a frozen :class:`Capabilities`, and implements
 :meth:`Destination.check` and :meth:`Destination.write_batch`, which returns a result per
-record. It registers under the ``undertow.destinations`` entry point group.
+record. It registers under the ``undertow.destinations`` entry point group. ``KIT.md`` and
+``docs/writing-a-destination.md`` walk through one.
+
+``Destination[MyConfig]`` is generic over its config: the base validates the config into
+``MyConfig`` once, so ``self.config`` is typed and no connector checks its config's type.
 
 The pipeline never imports a concrete destination: it reads ``capabilities`` to batch,
-pace and plan, and calls ``write_batch`` with a :class:`Batch` of already-mapped records.
+pace and plan (:meth:`Capabilities.check_sync` refuses a sync the destination cannot carry
+out before anything is sent), and calls ``write_batch`` with a :class:`Batch` of
+already-mapped records.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, cast, get_args
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from typing_extensions import TypeVar
+
+from undertow.errors import unknown_name
 
 
 class Operation(StrEnum):
@@ -33,10 +45,12 @@ class Operation(StrEnum):
 
 @dataclass(frozen=True)
 class RateLimit:
-    """At most ``requests`` requests every ``per_seconds`` seconds (a token bucket)."""
+    """At most ``requests`` requests in any rolling window of ``per_seconds`` seconds."""
 
     requests: int
     per_seconds: float
+    doc: str | None = None
+    """The vendor page that states this limit."""
 
     @property
     def rate(self) -> float:
@@ -44,25 +58,139 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class MatchRule:
+    """How many ``match`` fields a sync needs, and which ones the destination knows.
+
+    ``fields`` None means any field name (e.g. HubSpot's custom unique properties);
+    otherwise a ``match`` field outside it is refused with a did-you-mean.
+    """
+
+    min_fields: int = 0
+    max_fields: int | None = None
+    fields: tuple[str, ...] | None = None
+    example: str = "match: {email: email}"
+
+    @classmethod
+    def exactly_one(cls, *fields: str, example: str = "match: {email: email}") -> MatchRule:
+        return cls(1, 1, fields or None, example)
+
+
+DEFAULT_RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
+"""Statuses worth retrying by default (singer-sdk's classes, plus 425 Too Early)."""
+
+
+@dataclass(frozen=True)
 class Capabilities:
-    """What a destination can do, declared as data. Each limit cites the vendor doc."""
+    """What a destination can do, declared as data. Each limit cites the vendor doc.
+
+    The kit and the pipeline read these; :meth:`check_sync` refuses a sync that breaks
+    them before anything is sent, and :meth:`problems` finds declarations that contradict
+    themselves (a test runs it over every registered destination).
+    """
 
     operations: frozenset[Operation]
     max_batch_size: int
     """Largest number of records in one request."""
     max_concurrency: int = 4
-    """Requests in flight at once."""
+    """Requests in flight at once, per sync."""
     rate_limit: RateLimit | None = None
+    """The main rolling-window limit (kept for callers that read one limit)."""
+    rate_limits: tuple[RateLimit, ...] = ()
+    """Further rolling windows that hold at the same time (e.g. 10/s *and* 150/min)."""
+    max_in_flight: int | None = None
+    """Requests in flight at once across every sync on the same account (Mailchimp: 10)."""
     per_record_results: bool = False
     """True when the API says which records of a batch failed (else the batch fails whole)."""
     idempotency_key: bool = False
     """True when the destination honours an idempotency key per batch."""
     max_payload_bytes: int | None = None
     """Largest JSON body of one record; bigger records are rejected before sending."""
+    max_request_bytes: int | None = None
+    """Largest body of one request (the kit splits a batch that would be bigger)."""
     requires_match: bool = False
     """True when syncs must name the destination identifier in ``match``."""
+    match: MatchRule | None = None
+    """The rule for the sync's ``match`` (None: ``requires_match`` alone decides)."""
+    match_operations: frozenset[Operation] | None = None
+    """Operations that use ``match`` (default: all but insert)."""
+    retryable_statuses: frozenset[int] = DEFAULT_RETRYABLE
+    """HTTP statuses retried with backoff; 5xx not listed here are retried too."""
+    bisect: bool = False
+    """True when a whole-batch 4xx that names no record is split to find the bad records."""
     docs: tuple[str, ...] = ()
     """Links to the vendor docs that state the limits above."""
+    cite: Mapping[str, str] = field(default_factory=dict)
+    """Field name -> the vendor URL that states that limit (``undertow destinations``)."""
+
+    @property
+    def limits(self) -> tuple[RateLimit, ...]:
+        """Every rolling window, the main one first."""
+        return ((self.rate_limit,) if self.rate_limit else ()) + tuple(self.rate_limits)
+
+    def uses_match(self, operation: Operation) -> bool:
+        wanted = self.match_operations
+        if wanted is None:
+            return operation is not Operation.INSERT
+        return operation in wanted
+
+    def check_sync(
+        self, *, sync: str, destination: str, match: Mapping[str, str], object: str | None = None
+    ) -> None:
+        """Raise a ConfigError when the sync's ``match`` breaks the declared rule."""
+        from undertow.errors import ConfigError
+
+        rule = self.match or (MatchRule(min_fields=1) if self.requires_match else None)
+        if rule is None:
+            return
+        where = f"sync {sync!r}: destination {destination!r}"
+        if object:
+            where += f" ({object})"
+        count = len(match)
+        if count < rule.min_fields or (rule.max_fields is not None and count > rule.max_fields):
+            if rule.min_fields == rule.max_fields:
+                want = "exactly one" if rule.min_fields == 1 else f"exactly {rule.min_fields}"
+            elif rule.max_fields is None:
+                want = f"at least {rule.min_fields}"
+            else:
+                want = f"{rule.min_fields} to {rule.max_fields}"
+            got = ", ".join(sorted(match)) or "none"
+            raise ConfigError(
+                f"{where} needs {want} match field (`match:`) to know which record a row "
+                f"is, got {got}",
+                key=f"syncs.{sync}.match",
+                hint=f"e.g. `{rule.example}` (destination field: model column)",
+            )
+        if rule.fields is not None:
+            for name in match:
+                if name not in rule.fields:
+                    raise ConfigError(
+                        f"{where}: cannot match on "
+                        + unknown_name("identifier", name, rule.fields)[len("unknown ") :],
+                        key=f"syncs.{sync}.match",
+                        hint=f"match on one of {', '.join(rule.fields)}",
+                    )
+
+    def problems(self) -> list[str]:
+        """Declarations that contradict themselves (empty when coherent)."""
+        found: list[str] = []
+        if not self.operations:
+            found.append("declares no operation")
+        if self.max_batch_size < 1:
+            found.append(f"max_batch_size {self.max_batch_size} is below 1")
+        if self.max_concurrency < 1:
+            found.append(f"max_concurrency {self.max_concurrency} is below 1")
+        for limit in self.limits:
+            if limit.requests < 1 or limit.per_seconds <= 0:
+                found.append(f"rate limit {limit} allows nothing")
+        bad = sorted(s for s in self.retryable_statuses if s < 400 or s > 599)
+        if bad:
+            found.append(f"retryable_statuses {bad} are not error statuses")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            found.append("max_in_flight is below 1")
+        rule = self.match
+        if rule is not None and rule.max_fields is not None and rule.max_fields < rule.min_fields:
+            found.append("match rule allows no field count")
+        return found
 
 
 class DestinationConfig(BaseModel):
@@ -70,6 +198,17 @@ class DestinationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     type: str
+    account: str | None = Field(default=None, min_length=1)
+    """Syncs of destinations with the same ``account`` share one rate budget (default: the
+    same type, endpoint and credentials)."""
+    max_wait: float = Field(default=900.0, gt=0)
+    """The longest wait (seconds) Undertow accepts from the vendor (``Retry-After``, a
+    rate-limit reset) or from its own backoff; a vendor asking for more ends the run
+    ``failed`` with the wait it asked for."""
+
+
+ConfigT = TypeVar("ConfigT", bound=DestinationConfig, default=DestinationConfig)
+"""A destination's config model; bare ``Destination`` means ``Destination[DestinationConfig]``."""
 
 
 @dataclass
@@ -104,6 +243,21 @@ class Batch:
         """The records as one JSON array, without re-encoding them."""
         return b"[" + ",".join(self.payloads).encode() + b"]"
 
+    def subset(self, indices: list[int]) -> Batch:
+        """The same batch narrowed to these record indices (in this order)."""
+        records = self.records()
+        return Batch(
+            sync=self.sync,
+            operation=self.operation,
+            number=self.number,
+            idempotency_key=self.idempotency_key,
+            keys=[self.keys[i] for i in indices],
+            payloads=[self.payloads[i] for i in indices],
+            identifiers={f: [v[i] for i in indices] for f, v in self.identifiers.items()},
+            object=self.object,
+            _records=[records[i] for i in indices],
+        )
+
 
 @dataclass
 class BatchResult:
@@ -128,31 +282,89 @@ class BatchResult:
     def accepted(self, size: int) -> int:
         return size - len(self.rejected) - len(self.failed)
 
+    def merge(self, other: BatchResult, indices: list[int]) -> None:
+        """Fold the result of a sub-batch (``other``'s index i is this batch's indices[i])."""
+        for i, reason in other.rejected.items():
+            self.rejected[indices[i]] = reason
+        for i, reason in other.failed.items():
+            self.failed[indices[i]] = reason
 
-class Destination(ABC):
-    """Base of every destination connector."""
+
+@dataclass(frozen=True)
+class DemoProfile:
+    """How ``undertow demo --destination TYPE`` syncs the sample customers into this type.
+
+    ``destination`` is the destination block (``${FAKE_URL}`` is the local fake's address,
+    ``${FAKE_TOKEN}`` its credential); ``sync`` the sync block without ``model`` and
+    ``destination``. The sample model's columns are in ``undertow/samples.py``.
+    """
+
+    destination: str
+    sync: str
+    token: str = "demo-token"
+
+
+class Destination(ABC, Generic[ConfigT]):
+    """Base of every destination connector, generic over its config model."""
 
     name: ClassVar[str]
-    Config: ClassVar[type[DestinationConfig]]
+    Config: ClassVar[type[DestinationConfig]] = DestinationConfig
+    """Set from the generic parameter (``Destination[MyConfig]``) unless given."""
     capabilities: ClassVar[Capabilities]
     objects: ClassVar[tuple[str, ...] | None] = None
     """Objects a sync may target (e.g. ``contacts``); None when ``object`` is not used."""
+    fake: ClassVar[str | None] = None
+    """``module:Class`` of this destination's local fake (``undertow fake TYPE``)."""
+    demo: ClassVar[DemoProfile | None] = None
+    """How ``undertow demo --destination TYPE`` uses it (None: no demo)."""
+    docs_url: ClassVar[str | None] = None
+    """The vendor's main API reference (``undertow destinations``)."""
+    paces_requests: ClassVar[bool] = False
+    """True when the destination paces each request itself (the HTTP kit does): the
+    deliver stage then does not pace whole batches on top."""
 
     base_dir: str = "."
     """The project folder: relative paths in the config resolve against it (set by Project)."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Config" in cls.__dict__:
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, DestinationConfig):
+                    cls.Config = arg
+                    return
+
     def __init__(self, config: DestinationConfig, *, name: str) -> None:
-        self.config = config
+        wanted = type(self).Config
+        if not isinstance(config, wanted):
+            config = wanted.model_validate(config.model_dump(by_alias=True))
+        self.config: ConfigT = cast(ConfigT, config)
         self.instance_name = name
 
     def capabilities_for(self, object: str | None) -> Capabilities:
         """Capabilities for one object (override when they differ per object or config)."""
         return self.capabilities
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
+    def account_key(self) -> str:
+        """Which rate budget this destination draws from: ``account:`` if set, else its
+        type, endpoint and credentials (hashed: the key never holds a secret)."""
+        if self.config.account:
+            return f"account:{self.config.account}"
+        parts: list[str] = [self.name]
+        for key, value in sorted(self.config):
+            if isinstance(value, SecretStr):
+                parts.append(f"{key}={value.get_secret_value()}")
+            elif key in ("base_url", "url", "host", "instance_url", "subdomain", "region"):
+                parts.append(f"{key}={value}")
+        digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+        return f"{self.name}:{digest}"
+
+    async def open(self) -> None:
         """Open connections (called once before the first batch)."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release connections (always called, even after a failure)."""
 
     def preview(self, batch: Batch) -> list[Any]:
@@ -162,6 +374,16 @@ class Destination(ABC):
         ``{"idProperty", "id", "properties"}`` inputs) override it. Sends nothing.
         """
         return list(batch.records())
+
+    async def validate_sync(
+        self, *, sync: str, object: str | None, match: Mapping[str, str], fields: list[str]
+    ) -> list[str]:
+        """Problems with a sync found from the vendor's own metadata (``undertow validate``).
+
+        Called with the connection open; the default finds none. HubSpot reads its
+        properties API and names unknown properties with a did-you-mean.
+        """
+        return []
 
     @abstractmethod
     async def check(self) -> None:

@@ -1,67 +1,97 @@
 """deliver: send batches concurrently within the destination's limits, with retries.
 
-Batches go out at most ``concurrency`` at a time, paced by a token bucket when the
-destination declares a rate limit. A ``RetryableError`` (429, 5xx, timeouts) is retried with
-exponential backoff and full jitter, never sooner than the ``Retry-After`` the destination
-asked for. A ``RejectedBatchError`` rejects every record of the batch. A
-``FatalDeliveryError``, or a batch that still fails after the last attempt, stops the
+Batches go out at most ``concurrency`` at a time. A destination that paces its own requests
+(the HTTP kit: every request draws from the account's rate budget) is not paced again here;
+any other one with a rate limit draws one place per batch from the same shared budget
+(``undertow.destinations.rate``: an exact sliding log, shared by every sync on the account).
+A ``RetryableError`` (429, 5xx, timeouts) is retried with exponential backoff and full
+jitter, never sooner than the ``Retry-After`` the destination asked for and never longer
+than the destination's ``max_wait`` (a vendor asking for more stops the run, saying so). A
+``RejectedBatchError`` rejects every record of the batch. A ``FatalDeliveryError``, or a
+batch that still fails after the last attempt (also a ``FatalDeliveryError``), stops the
 delivery: batches in flight finish and are recorded, nothing new is sent, and the rows not
-sent stay undelivered for the next run.
+sent stay undelivered for the next run. Every wait ends at once when ``stop`` is set
+(Ctrl-C, SIGTERM): the batch stays undelivered and the run ends cancelled.
+
+The batches run inside :func:`undertow.destinations.retry.delivery`, so a kit destination's
+own request retries use the sync's policy, ``max_wait`` and stop event.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from undertow.destinations import capture
+from undertow.destinations import capture, retry
 from undertow.destinations.base import Batch, BatchResult, Destination, RateLimit
+from undertow.destinations.rate import (
+    Interrupted,
+    LocalBudget,
+    RateBudget,
+    WaitTooLong,
+    budget_for,
+    pause,
+)
+from undertow.destinations.retry import RetryPolicy
 from undertow.errors import (
-    DeliveryError,
     FatalDeliveryError,
+    InterruptedDelivery,
     RejectedBatchError,
     RetryableError,
     UndertowError,
 )
 
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 6
-    base_delay: float = 0.5
-    max_delay: float = 60.0
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        backoff = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        wait = random.uniform(backoff / 2, backoff)
-        return max(wait, retry_after or 0.0)
+__all__ = [
+    "DeliveryReport",
+    "Outcome",
+    "Pacer",
+    "RetryPolicy",
+    "TokenBucket",
+    "deliver",
+    "send_with_retries",
+]
 
 
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` banked; ``acquire`` waits for one."""
+class Pacer:
+    """One place per batch in a rate budget (for destinations that do not pace requests)."""
 
-    def __init__(self, limit: RateLimit | None) -> None:
-        self.rate = limit.rate if limit else 0.0
-        self.burst = float(limit.requests) if limit else 0.0
-        self.tokens = self.burst
-        self.stamp = time.monotonic()
-        self._lock = asyncio.Lock()
+    def __init__(self, budget: RateBudget | None, max_wait: float, destination: str) -> None:
+        self.budget = budget
+        self.max_wait = max_wait
+        self.destination = destination
 
-    async def acquire(self) -> None:
-        if self.rate <= 0:
-            return
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                await asyncio.sleep((1 - self.tokens) / self.rate)
+    async def acquire(self, stop: asyncio.Event) -> object:
+        if self.budget is None:
+            return None
+        try:
+            return await self.budget.acquire(stop=stop, max_wait=self.max_wait)
+        except WaitTooLong as exc:
+            raise retry.too_long(
+                self.destination, exc.seconds, f"the rate budget ({exc.reason})", self.max_wait
+            ) from None
+
+    async def release(self, permit: object) -> None:
+        if self.budget is not None and permit is not None:
+            await self.budget.release(permit)  # type: ignore[arg-type]
+
+    async def penalize(self, seconds: float) -> None:
+        if self.budget is not None:
+            await self.budget.penalize(seconds)
+
+
+class TokenBucket(Pacer):
+    """One unshared sliding-log budget for ``limit`` (kept for callers of the old name)."""
+
+    def __init__(self, limit: RateLimit | None, max_wait: float = 900.0) -> None:
+        budget = LocalBudget("unshared", [limit]) if limit is not None else None
+        super().__init__(budget, max_wait, "destination")
+
+
+def _budget(destination: Destination, limits: Sequence[RateLimit]) -> RateBudget | None:
+    if destination.paces_requests or not limits:
+        return None
+    return budget_for(destination.account_key(), limits)
 
 
 @dataclass
@@ -84,30 +114,41 @@ class DeliveryReport:
 async def send_with_retries(
     destination: Destination,
     batch: Batch,
-    bucket: TokenBucket,
+    pacer: Pacer,
     policy: RetryPolicy,
     stop: asyncio.Event,
 ) -> Outcome:
     attempt = 0
+    max_wait = pacer.max_wait
     while True:
         attempt += 1
-        await bucket.acquire()
         try:
-            with capture.context(
-                sync=batch.sync,
-                destination=destination.instance_name,
-                batch=batch.number,
-                operation=str(batch.operation),
-                keys=tuple(batch.keys),
-                attempt=attempt,
+            permit = await pacer.acquire(stop)
+        except Interrupted:
+            return _cancelled(batch, attempt - 1, "stopped while waiting for the rate limit")
+        except FatalDeliveryError as exc:
+            return Outcome(batch, BatchResult.all_failed(len(batch), str(exc)), attempt, False, exc)
+        try:
+            with (
+                capture.context(
+                    sync=batch.sync,
+                    destination=destination.instance_name,
+                    batch=batch.number,
+                    operation=str(batch.operation),
+                    keys=tuple(batch.keys),
+                    attempt=attempt,
+                ),
+                retry.delivery(policy=policy, stop=stop, max_wait=max_wait),
             ):
                 result = await destination.write_batch(batch)
             return Outcome(batch, result, attempt, sent=True)
         except RejectedBatchError as exc:
             return Outcome(batch, BatchResult.all_rejected(len(batch), str(exc)), attempt, True)
+        except InterruptedDelivery as exc:
+            return _cancelled(batch, attempt, str(exc))
         except RetryableError as exc:
             if attempt >= policy.max_attempts:
-                failed = DeliveryError(
+                failed = FatalDeliveryError(
                     f"batch {batch.number} of sync {batch.sync!r} still failing after "
                     f"{attempt} attempts: {exc}",
                     hint="the rows stay undelivered and the next run retries them",
@@ -116,17 +157,27 @@ async def send_with_retries(
                     batch, BatchResult.all_failed(len(batch), str(exc)), attempt, True, failed
                 )
             delay = policy.delay(attempt, exc.retry_after)
-            if stop.is_set() and delay > 5:
-                # shutting down: do not hold the run for a long backoff
+            if delay > max_wait:
+                why = "the destination" if exc.retry_after else "the retry backoff"
+                too_long = retry.too_long(destination.instance_name, delay, why, max_wait, str(exc))
                 return Outcome(
-                    batch,
-                    BatchResult.all_failed(len(batch), f"cancelled during retry: {exc}"),
-                    attempt,
-                    True,
+                    batch, BatchResult.all_failed(len(batch), str(exc)), attempt, True, too_long
                 )
-            await asyncio.sleep(delay)
+            if exc.retry_after:
+                await pacer.penalize(delay)  # every sync on the account waits too
+            try:
+                await pause(delay, stop)
+            except Interrupted:
+                return _cancelled(batch, attempt, f"cancelled during retry: {exc}")
         except FatalDeliveryError as exc:
             return Outcome(batch, BatchResult.all_failed(len(batch), str(exc)), attempt, True, exc)
+        finally:
+            await pacer.release(permit)
+
+
+def _cancelled(batch: Batch, attempts: int, reason: str) -> Outcome:
+    """Stopped while waiting: the batch stays undelivered, the run ends cancelled."""
+    return Outcome(batch, BatchResult.all_failed(len(batch), reason), attempts, attempts > 0)
 
 
 async def deliver(
@@ -138,6 +189,8 @@ async def deliver(
     on_outcome: Callable[[Outcome], Awaitable[None] | None],
     stop: asyncio.Event,
     policy: RetryPolicy | None = None,
+    max_wait: float | None = None,
+    rate_limits: Sequence[RateLimit] = (),
 ) -> DeliveryReport:
     """Send every batch from ``batches``; call ``on_outcome`` once per batch, in the loop.
 
@@ -146,7 +199,10 @@ async def deliver(
     and is raised once the batches in flight have finished.
     """
     policy = policy or RetryPolicy()
-    bucket = TokenBucket(rate_limit)
+    if max_wait is None:
+        max_wait = float(getattr(getattr(destination, "config", None), "max_wait", 900.0))
+    limits = ((rate_limit,) if rate_limit else ()) + tuple(rate_limits)
+    pacer = Pacer(_budget(destination, limits), max_wait, destination.instance_name)
     slots = asyncio.Semaphore(max(1, concurrency))
     report = DeliveryReport()
     tasks: set[asyncio.Task[None]] = set()
@@ -154,7 +210,7 @@ async def deliver(
 
     async def run_one(batch: Batch) -> None:
         try:
-            outcome = await send_with_retries(destination, batch, bucket, policy, stop)
+            outcome = await send_with_retries(destination, batch, pacer, policy, stop)
             if outcome.error is not None and report.stopped is None:
                 report.stopped = outcome.error
                 stop.set()

@@ -27,6 +27,9 @@ It answers like HubSpot documents (see ``docs/destinations/hubspot.md`` for the 
   ``x-hubspot-correlation-id`` are on every response.
 * ``GET /crm/v3/objects/{object}?limit=1`` lists records (used by the connector's check).
 
+It is built on the fakes kit (:mod:`undertow.testing.fakes`): auth, the rolling windows,
+scripted answers, the request log and the record store come from there.
+
 Scripting misbehaviour: :meth:`HubSpotFake.fail_next` queues canned responses,
 :meth:`HubSpotFake.throttle_next` queues realistic 429s, :attr:`HubSpotFake.faults` is a
 hook that may answer any request first, and ``fault_plan`` (a seeded
@@ -39,21 +42,17 @@ in ``.applied``, and with a ``ledger`` every applied record's stored properties 
 from __future__ import annotations
 
 import re
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from undertow.testing.fakes import CapturedRequest, FakeAPI, RecordStore, Window, bearer, now_iso
 from undertow.testing.faults import Decision, FaultPlan, Ledger
 
 MAX_INPUTS = 100
@@ -64,11 +63,9 @@ OPERATIONS = ("create", "update", "upsert", "read", "archive")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _AUTH_DOCS = "https://developers.hubspot.com/docs/methods/auth/oauth-overview"
 
+__all__ = ["CapturedRequest", "HubSpotFake", "ObjectStore"]
+
 Properties = dict[str, str | None]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _text(value: Any) -> str | None:
@@ -80,86 +77,13 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-class ObjectStore(dict[str, Properties]):
-    """Stored records of one object type: HubSpot id -> properties, plus timestamps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.created_at: dict[str, str] = {}
-        self.updated_at: dict[str, str] = {}
-        self.archived: dict[str, Properties] = {}
-        self._index: dict[str, dict[str, str]] = {}
-        """prop -> value (emails lower-cased) -> id, built on the first lookup of a prop."""
-
-    @staticmethod
-    def _norm(prop: str, value: Any) -> str | None:
-        text = _text(value)
-        return text.lower() if prop == "email" and text else text
-
-    def index_put(self, object_id: str) -> None:
-        """Index a stored record (call after every write to it)."""
-        props = self[object_id]
-        for prop, index in self._index.items():
-            value = self._norm(prop, props.get(prop))
-            if value:
-                index.setdefault(value, object_id)
-
-    def index_drop(self, object_id: str) -> None:
-        """Forget a record's indexed values (call before changing or archiving it)."""
-        props = self.get(object_id, {})
-        for prop, index in self._index.items():
-            value = self._norm(prop, props.get(prop))
-            if value and index.get(value) == object_id:
-                del index[value]
+class ObjectStore(RecordStore):
+    """Stored records of one object type: HubSpot id -> properties (emails caseless)."""
 
     def find(self, prop: str, value: Any) -> str | None:
-        """The id of the record whose ``prop`` equals ``value`` (emails compare caseless)."""
-        if value is None:
-            return None
         if prop == "hs_object_id":
-            return str(value) if str(value) in self else None
-        index = self._index.get(prop)
-        if index is None:
-            index = self._index[prop] = {}
-            for object_id, props in self.items():
-                have = self._norm(prop, props.get(prop))
-                if have:
-                    index.setdefault(have, object_id)
-        wanted = self._norm(prop, value)
-        return index.get(wanted) if wanted else None
-
-    def by_email(self, email: str) -> Properties | None:
-        """The properties of the contact with this email, or None."""
-        object_id = self.find("email", email)
-        return None if object_id is None else self[object_id]
-
-    def by(self, prop: str, value: Any) -> Properties | None:
-        """The properties of the record whose unique ``prop`` is ``value``, or None."""
-        object_id = self.find(prop, value)
-        return None if object_id is None else self[object_id]
-
-
-@dataclass
-class CapturedRequest:
-    """One request the fake received (the token is never kept)."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
-    authorized: bool
-
-
-@dataclass
-class Fault:
-    """A canned response for the next matching request."""
-
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    path: str | None = None
-    """Only requests whose path ends with this (e.g. ``batch/upsert``); None for any."""
+            return str(value) if value is not None and str(value) in self else None
+        return super().find(prop, value)
 
 
 class _InputError(Exception):
@@ -172,8 +96,12 @@ class _InputError(Exception):
         self.context = context
 
 
-class HubSpotFake:
+class HubSpotFake(FakeAPI):
     """An in-memory HubSpot account served as a Starlette app (``.app``)."""
+
+    type = "hubspot"
+    vendor = "HubSpot"
+    request_id_header = "x-hubspot-correlation-id"
 
     def __init__(
         self,
@@ -186,35 +114,43 @@ class HubSpotFake:
         clock: Callable[[], float] = time.monotonic,
         fault_plan: FaultPlan | None = None,
         ledger: Ledger | None = None,
+        window_seconds: float = WINDOW_SECONDS,
     ) -> None:
         self.token = token
-        self.fault_plan = fault_plan
-        self.ledger = ledger
-        self.rate_limit_per_10s = rate_limit_per_10s
         self.daily_limit = daily_limit
+        self.window_seconds = window_seconds
+        windows = []
+        if daily_limit is not None:
+            windows.append(Window(daily_limit, 86_400.0, "DAILY"))
+        windows.append(Window(rate_limit_per_10s, window_seconds, "TEN_SECONDLY_ROLLING"))
         self.unique_properties = {k: set(v) for k, v in UNIQUE_PROPERTIES.items()}
         for name, props in (unique_properties or {}).items():
             self.unique_properties.setdefault(name, {"hs_object_id"}).update(props)
         self.known_properties = known_properties
         """When set, a property outside these names is a per-record PROPERTY_DOESNT_EXIST."""
-        self.clock = clock
         self.objects: dict[str, ObjectStore] = {name: ObjectStore() for name in OBJECT_TYPES}
         self.applied: list[tuple[str, str, dict[str, Any]]] = []
-        self.requests: list[CapturedRequest] = []
-        self.faults: Callable[[CapturedRequest], Response | None] | None = None
-        self._queued: deque[Fault] = deque()
-        self._window: deque[float] = deque()
-        self._daily_used = 0
         self._next_id = 1001
-        self._lock = threading.Lock()
-        self.app = Starlette(
-            routes=[
-                Route("/crm/v3/objects/{object}", self._list, methods=["GET"]),
-                Route("/crm/v3/objects/{object}/batch/{operation}", self._batch, methods=["POST"]),
-            ]
+        super().__init__(
+            auth=bearer(token), windows=windows, fault_plan=fault_plan, ledger=ledger, clock=clock
         )
 
-    # -- scripting -------------------------------------------------------------------------
+    @property
+    def rate_limit_per_10s(self) -> int:
+        """The burst window's limit (settable while serving)."""
+        return self.windows[-1].limit
+
+    @rate_limit_per_10s.setter
+    def rate_limit_per_10s(self, value: int) -> None:
+        self.windows[-1].limit = value
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/crm/v3/objects/{object}", self._list, methods=["GET"]),
+            Route("/crm/v3/objects/{object}/batch/{operation}", self._batch, methods=["POST"]),
+        ]
+
+    # -- the vendor's answers ----------------------------------------------------------------
 
     def fail_next(
         self,
@@ -227,22 +163,35 @@ class HubSpotFake:
     ) -> None:
         """Answer the next ``n`` requests (matching ``path``, if given) with this response."""
         if body is None:
-            body = {
-                "status": "error",
-                "message": "internal error",
-                "correlationId": str(uuid.uuid4()),
-                "category": "INTERNAL_ERROR",
-            }
-        with self._lock:
-            for _ in range(n):
-                self._queued.append(Fault(status, body, dict(headers or {}), path))
+            body = self._error("INTERNAL_ERROR", "internal error", str(uuid.uuid4()))
+        super().fail_next(n, status=status, body=body, headers=headers, path=path)
 
-    def throttle_next(self, n: int = 1, *, policy: str = "TEN_SECONDLY_ROLLING") -> None:
+    def throttle_next(
+        self, n: int = 1, *, policy: str = "TEN_SECONDLY_ROLLING", path: str | None = None
+    ) -> None:
         """Answer the next ``n`` requests with HubSpot's 429 for ``policy`` (or ``DAILY``)."""
         headers = self._limit_headers(remaining=0)
         if policy == "DAILY":
             headers["X-HubSpot-RateLimit-Daily-Remaining"] = "0"
-        self.fail_next(n, status=429, body=self.rate_limit_body(policy), headers=headers)
+        for _ in range(n):
+            super().fail_next(
+                status=429, body=self.rate_limit_body(policy), headers=headers, path=path
+            )
+
+    def slow_down(self, window: Window | None) -> Response:
+        policy = window.name if window is not None else "TEN_SECONDLY_ROLLING"
+        return self.respond(429, self.rate_limit_body(policy))
+
+    def unauthorized(self, captured: CapturedRequest) -> Response:
+        message = (
+            "The access token provided is invalid or has expired."
+            if captured.credentials
+            else "Authentication credentials not found. This API supports OAuth 2.0 "
+            f"authentication and you can find more details at {_AUTH_DOCS}"
+        )
+        return self.respond(
+            401, self._error("INVALID_AUTHENTICATION", message, str(uuid.uuid4())), {}
+        )
 
     def rate_limit_body(self, policy: str = "TEN_SECONDLY_ROLLING") -> dict[str, Any]:
         """HubSpot's documented 429 body for a policy (``TEN_SECONDLY_ROLLING`` or ``DAILY``)."""
@@ -259,27 +208,26 @@ class HubSpotFake:
     def reset(self) -> None:
         """Forget every record, request, fault and rate-limit count."""
         with self._lock:
+            super().reset()
             self.objects = {name: ObjectStore() for name in OBJECT_TYPES}
             self.applied.clear()
-            self.requests.clear()
-            self._queued.clear()
-            self._window.clear()
-            self._daily_used = 0
 
-    # -- plumbing --------------------------------------------------------------------------
+    def headers(self) -> dict[str, str]:
+        return self._limit_headers()
 
     def _limit_headers(self, *, remaining: int | None = None) -> dict[str, str]:
+        now = self.clock()
+        window = self.windows[-1]
         if remaining is None:
-            remaining = max(0, self.rate_limit_per_10s - len(self._window))
+            remaining = window.remaining(now)
         headers = {
             "X-HubSpot-RateLimit-Max": str(self.rate_limit_per_10s),
             "X-HubSpot-RateLimit-Remaining": str(remaining),
-            "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(WINDOW_SECONDS * 1000)),
+            "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(self.window_seconds * 1000)),
         }
         if self.daily_limit is not None:
             headers["X-HubSpot-RateLimit-Daily"] = str(self.daily_limit)
-            left = max(0, self.daily_limit - self._daily_used)
-            headers["X-HubSpot-RateLimit-Daily-Remaining"] = str(left)
+            headers["X-HubSpot-RateLimit-Daily-Remaining"] = str(self.windows[0].remaining(now))
         return headers
 
     def _respond(
@@ -290,16 +238,10 @@ class HubSpotFake:
         correlation_id: str,
         headers: dict[str, str] | None = None,
     ) -> Response:
-        all_headers = {"x-hubspot-correlation-id": correlation_id}
-        all_headers.update(self._limit_headers() if headers is None else headers)
-        if body is None:
-            return Response(status_code=status, headers=all_headers)
-        return Response(
-            orjson.dumps(body),
-            status_code=status,
-            media_type="application/json;charset=utf-8",
-            headers=all_headers,
-        )
+        extra = {"x-hubspot-correlation-id": correlation_id}
+        if headers is not None:
+            extra.update(headers)
+        return self.respond(status, body, extra)
 
     @staticmethod
     def _error(category: str, message: str, correlation_id: str, **extra: Any) -> dict[str, Any]:
@@ -311,74 +253,12 @@ class HubSpotFake:
             **extra,
         }
 
-    async def _capture(self, request: Request) -> CapturedRequest:
-        raw = await request.body()
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = raw.decode("utf-8", "replace")
-        auth = request.headers.get("authorization", "")
-        captured = CapturedRequest(
-            method=request.method,
-            path=request.url.path,
-            query=dict(request.query_params),
-            headers={k: v for k, v in request.headers.items() if k != "authorization"},
-            body=body,
-            authorized=auth == f"Bearer {self.token}",
-        )
-        with self._lock:
-            self.requests.append(captured)
-        return captured
-
-    def _gate(
-        self, captured: CapturedRequest, correlation_id: str, *, credentials: bool
-    ) -> Response | None:
-        """Faults, auth and rate limits: the answer when the request goes no further."""
-        if self.faults is not None:
-            answer = self.faults(captured)
-            if answer is not None:
-                return answer
-        with self._lock:
-            for fault in self._queued:
-                if fault.path is None or captured.path.endswith(fault.path):
-                    self._queued.remove(fault)
-                    headers = {**self._limit_headers(), **fault.headers}
-                    return self._respond(
-                        fault.status, fault.body, correlation_id=correlation_id, headers=headers
-                    )
-        if not captured.authorized:
-            message = (
-                "Authentication credentials not found. This API supports OAuth 2.0 "
-                f"authentication and you can find more details at {_AUTH_DOCS}"
-                if not credentials
-                else "The access token provided is invalid or has expired."
-            )
-            body = self._error("INVALID_AUTHENTICATION", message, correlation_id)
-            return self._respond(401, body, correlation_id=correlation_id, headers={})
-        with self._lock:
-            now = self.clock()
-            while self._window and now - self._window[0] >= WINDOW_SECONDS:
-                self._window.popleft()
-            policy = None
-            if self.daily_limit is not None and self._daily_used >= self.daily_limit:
-                policy = "DAILY"
-            elif len(self._window) >= self.rate_limit_per_10s:
-                policy = "TEN_SECONDLY_ROLLING"
-            if policy is not None:
-                body = self.rate_limit_body(policy)
-                body["correlationId"] = correlation_id
-                return self._respond(429, body, correlation_id=correlation_id)
-            self._window.append(now)
-            self._daily_used += 1
-        return None
-
     # -- endpoints -------------------------------------------------------------------------
 
     async def _list(self, request: Request) -> Response:
         correlation_id = str(uuid.uuid4())
-        captured = await self._capture(request)
-        credentials = "authorization" in request.headers
-        if (early := self._gate(captured, correlation_id, credentials=credentials)) is not None:
+        _, early = await self.admit(request)
+        if early is not None:
             return early
         name = request.path_params["object"]
         if name not in self.objects:
@@ -406,9 +286,8 @@ class HubSpotFake:
 
     async def _batch(self, request: Request) -> Response:
         correlation_id = str(uuid.uuid4())
-        captured = await self._capture(request)
-        credentials = "authorization" in request.headers
-        if (early := self._gate(captured, correlation_id, credentials=credentials)) is not None:
+        captured, early = await self.admit(request)
+        if early is not None:
             return early
         name = request.path_params["object"]
         operation = request.path_params["operation"]
@@ -424,7 +303,7 @@ class HubSpotFake:
             body = self._error("VALIDATION_ERROR", problem, correlation_id)
             return self._respond(400, body, correlation_id=correlation_id)
         inputs: list[dict[str, Any]] = captured.body["inputs"]
-        started = _now()
+        started = now_iso()
         fate, refused = Decision(), []
         if self.fault_plan is not None and operation != "read":
             # archive answers 204 with no per-record results: never partly refused
@@ -599,7 +478,7 @@ class HubSpotFake:
             "results": results,
             "requestedAt": started,
             "startedAt": started,
-            "completedAt": _now(),
+            "completedAt": now_iso(),
         }
         if errors:
             answer["errors"] = errors
@@ -681,39 +560,29 @@ class HubSpotFake:
         store = self.objects[name]
         object_id = str(self._next_id)
         self._next_id += 1
-        stamp = _now()
+        stamp = now_iso()
         stored: Properties = {k: _text(v) for k, v in props.items()}
         if name == "contacts" and stored.get("email"):
             stored["email"] = str(stored["email"]).lower()
-        stored["hs_object_id"] = object_id
-        stored["createdate"] = stamp
-        stored["lastmodifieddate"] = stamp
-        store[object_id] = stored
-        store.index_put(object_id)
-        store.created_at[object_id] = stamp
-        store.updated_at[object_id] = stamp
+        stored.update(hs_object_id=object_id, createdate=stamp, lastmodifieddate=stamp)
+        store.create(stored, object_id=object_id)
         return self._public(store, object_id)
 
     def _update(self, name: str, object_id: str, props: dict[str, Any]) -> dict[str, Any]:
         store = self.objects[name]
-        stamp = _now()
-        stored = store[object_id]
-        store.index_drop(object_id)
+        changes: Properties = {}
         for key, value in props.items():
             text = _text(value)
             if name == "contacts" and key == "email" and text:
                 text = text.lower()
-            stored[key] = text
-        stored["lastmodifieddate"] = stamp
-        store.index_put(object_id)
-        store.updated_at[object_id] = stamp
+            changes[key] = text
+        changes["lastmodifieddate"] = now_iso()
+        store.modify(object_id, changes)
         return self._public(store, object_id)
 
     def _archive(self, name: str, object_id: str) -> None:
         store = self.objects[name]
-        if object_id in store:
-            store.index_drop(object_id)
-            store.archived[object_id] = store.pop(object_id)
+        if store.archive(object_id):
             self.applied.append((name, "archive", {"id": object_id}))
             if self.ledger is not None:
                 self.ledger.apply("archive", store.archived[object_id])
