@@ -1,23 +1,17 @@
-"""deliver: concurrency, pacing, retries and stopping, against a tiny in-memory destination."""
+"""deliver: concurrency, pacing, retries and stopping, against the in-memory destination."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
-from undertow.destinations.base import (
-    Batch,
-    BatchResult,
-    Capabilities,
-    Destination,
-    DestinationConfig,
-    Operation,
-    RateLimit,
-)
+from undertow.destinations.base import Batch, BatchResult, Operation, RateLimit
+from undertow.destinations.memory import MemoryConfig, MemoryDestination
 from undertow.errors import (
     DeliveryError,
     FatalDeliveryError,
@@ -30,40 +24,18 @@ from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deli
 pytestmark = pytest.mark.unit
 
 FAST = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002)
-Behaviour = Callable[["FakeDestination", Batch], Awaitable[BatchResult]]
+Behaviour = Callable[[MemoryDestination, Batch], Awaitable[BatchResult | None]]
 
 
-async def accept(dest: FakeDestination, batch: Batch) -> BatchResult:
+async def accept(dest: MemoryDestination, batch: Batch) -> BatchResult:
     return BatchResult()
 
 
-class FakeDestination(Destination):
-    """Runs ``behaviour`` for each batch and records what it was asked to write."""
-
-    name: ClassVar[str] = "fake"
-    Config: ClassVar[type[DestinationConfig]] = DestinationConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        operations=frozenset(Operation), max_batch_size=100
-    )
-
-    def __init__(self, behaviour: Behaviour = accept) -> None:
-        super().__init__(DestinationConfig(type="fake"), name="fake")
-        self.behaviour = behaviour
-        self.calls: list[int] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-
-    async def check(self) -> None:
-        pass
-
-    async def write_batch(self, batch: Batch) -> BatchResult:
-        self.calls.append(batch.number)
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            return await self.behaviour(self, batch)
-        finally:
-            self.in_flight -= 1
+def fake(behaviour: Behaviour = accept) -> MemoryDestination:
+    """The in-memory destination, answering each batch with ``behaviour``."""
+    dest = MemoryDestination(MemoryConfig(store=f"deliver-{uuid.uuid4().hex}"), name="fake")
+    dest.box.behaviour = behaviour
+    return dest
 
 
 def make_batch(number: int, size: int = 3) -> Batch:
@@ -83,7 +55,7 @@ async def batches_of(count: int) -> AsyncIterator[Batch]:
 
 
 def run_delivery(
-    dest: FakeDestination,
+    dest: MemoryDestination,
     count: int,
     *,
     concurrency: int = 1,
@@ -143,14 +115,14 @@ def fake_sleep(monkeypatch: pytest.MonkeyPatch) -> SleepRecorder:
 
 @pytest.mark.parametrize("limit", [1, 3, 8])
 def test_concurrency_never_exceeds_the_limit(limit: int) -> None:
-    async def slow(dest: FakeDestination, batch: Batch) -> BatchResult:
+    async def slow(dest: MemoryDestination, batch: Batch) -> BatchResult:
         for _ in range(5):
             await asyncio.sleep(0.001)
         return BatchResult()
 
-    dest = FakeDestination(slow)
+    dest = fake(slow)
     report, outcomes = run_delivery(dest, 20, concurrency=limit)
-    assert dest.max_in_flight == limit  # reached, never passed
+    assert dest.box.max_in_flight == limit  # reached, never passed
     assert sorted(outcomes) == list(range(20))
     assert report.stopped is None and not report.cancelled
     assert all(o.sent and o.attempts == 1 and not o.result.failed for o in outcomes.values())
@@ -159,14 +131,14 @@ def test_concurrency_never_exceeds_the_limit(limit: int) -> None:
 def test_rate_limit_is_never_exceeded_in_any_rolling_window() -> None:
     spans: list[tuple[float, float]] = []
 
-    async def stamp(dest: FakeDestination, batch: Batch) -> BatchResult:
+    async def stamp(dest: MemoryDestination, batch: Batch) -> BatchResult:
         started = time.monotonic()
         await asyncio.sleep(0.01)
         spans.append((started, time.monotonic()))
         return BatchResult()
 
     limit = RateLimit(requests=3, per_seconds=0.3)
-    run_delivery(FakeDestination(stamp), 10, concurrency=4, rate_limit=limit)
+    run_delivery(fake(stamp), 10, concurrency=4, rate_limit=limit)
     assert len(spans) == 10
     starts = sorted(start for start, _ in spans)
     # a sliding log: the 4th request starts only after the 1st answer left the window
@@ -176,7 +148,7 @@ def test_rate_limit_is_never_exceeded_in_any_rolling_window() -> None:
 
 
 def test_no_rate_limit_means_no_waiting(fake_sleep: SleepRecorder) -> None:
-    run_delivery(FakeDestination(), 10, concurrency=2)
+    run_delivery(fake(), 10, concurrency=2)
     assert fake_sleep.delays == []
 
 
@@ -184,12 +156,12 @@ def test_no_rate_limit_means_no_waiting(fake_sleep: SleepRecorder) -> None:
 
 
 def test_retryable_error_is_retried_honouring_retry_after(fake_sleep: SleepRecorder) -> None:
-    async def flaky(dest: FakeDestination, batch: Batch) -> BatchResult:
-        if dest.calls.count(batch.number) <= 2:
+    async def flaky(dest: MemoryDestination, batch: Batch) -> BatchResult:
+        if dest.box.writes.count(batch.number) <= 2:
             raise RetryableError("429 Too Many Requests", retry_after=7.0)
         return BatchResult()
 
-    report, outcomes = run_delivery(FakeDestination(flaky), 1)
+    report, outcomes = run_delivery(fake(flaky), 1)
     assert fake_sleep.delays == [7.0, 7.0]
     assert outcomes[0].attempts == 3
     assert outcomes[0].result == BatchResult()
@@ -197,13 +169,13 @@ def test_retryable_error_is_retried_honouring_retry_after(fake_sleep: SleepRecor
 
 
 def test_backoff_without_retry_after_grows_with_jitter(fake_sleep: SleepRecorder) -> None:
-    async def flaky(dest: FakeDestination, batch: Batch) -> BatchResult:
-        if len(dest.calls) <= 3:
+    async def flaky(dest: MemoryDestination, batch: Batch) -> BatchResult:
+        if len(dest.box.writes) <= 3:
             raise RetryableError("503")
         return BatchResult()
 
     policy = RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=3.0)
-    run_delivery(FakeDestination(flaky), 1, policy=policy)
+    run_delivery(fake(flaky), 1, policy=policy)
     assert len(fake_sleep.delays) == 3
     for attempt, delay in enumerate(fake_sleep.delays, start=1):
         backoff = min(3.0, 2 ** (attempt - 1))
@@ -211,12 +183,12 @@ def test_backoff_without_retry_after_grows_with_jitter(fake_sleep: SleepRecorder
 
 
 def test_exhausted_retries_fail_the_batch_and_stop_delivery(fake_sleep: SleepRecorder) -> None:
-    async def down(dest: FakeDestination, batch: Batch) -> BatchResult:
+    async def down(dest: MemoryDestination, batch: Batch) -> BatchResult:
         raise RetryableError("502 Bad Gateway")
 
-    dest = FakeDestination(down)
+    dest = fake(down)
     report, outcomes = run_delivery(dest, 5, policy=RetryPolicy(max_attempts=3))
-    assert dest.calls == [0, 0, 0]  # three attempts at batch 0, nothing after it
+    assert dest.box.writes == [0, 0, 0]  # three attempts at batch 0, nothing after it
     assert list(outcomes) == [0]
     assert outcomes[0].attempts == 3
     assert outcomes[0].result.failed == dict.fromkeys(range(3), "502 Bad Gateway")
@@ -226,12 +198,12 @@ def test_exhausted_retries_fail_the_batch_and_stop_delivery(fake_sleep: SleepRec
 
 
 def test_rejected_batch_rejects_every_row_and_delivery_continues() -> None:
-    async def picky(dest: FakeDestination, batch: Batch) -> BatchResult:
+    async def picky(dest: MemoryDestination, batch: Batch) -> BatchResult:
         if batch.number == 1:
             raise RejectedBatchError("422: field 'plan' is unknown")
         return BatchResult(rejected={0: "bad email"} if batch.number == 2 else {})
 
-    dest = FakeDestination(picky)
+    dest = fake(picky)
     report, outcomes = run_delivery(dest, 4)
     assert sorted(outcomes) == [0, 1, 2, 3]
     assert outcomes[1].result.rejected == dict.fromkeys(range(3), "422: field 'plan' is unknown")
@@ -239,18 +211,18 @@ def test_rejected_batch_rejects_every_row_and_delivery_continues() -> None:
     assert outcomes[2].result.rejected == {0: "bad email"}
     assert outcomes[0].result.accepted(3) == 3
     assert report.stopped is None and not report.cancelled
-    assert dest.calls == [0, 1, 2, 3]
+    assert dest.box.writes == [0, 1, 2, 3]
 
 
 def test_fatal_error_stops_delivery() -> None:
-    async def fatal(dest: FakeDestination, batch: Batch) -> BatchResult:
+    async def fatal(dest: MemoryDestination, batch: Batch) -> BatchResult:
         if batch.number == 1:
             raise FatalDeliveryError("401 Unauthorized: the token was revoked")
         return BatchResult()
 
-    dest = FakeDestination(fatal)
+    dest = fake(fatal)
     report, outcomes = run_delivery(dest, 6)
-    assert dest.calls == [0, 1]
+    assert dest.box.writes == [0, 1]
     assert sorted(outcomes) == [0, 1]
     assert outcomes[1].result.failed == dict.fromkeys(range(3), str(report.stopped))
     assert isinstance(report.stopped, FatalDeliveryError)
@@ -263,15 +235,15 @@ def test_fatal_error_stops_delivery() -> None:
 def test_stop_event_sends_nothing_new_and_records_batches_in_flight() -> None:
     stop = asyncio.Event()
 
-    async def stopper(dest: FakeDestination, batch: Batch) -> BatchResult:
+    async def stopper(dest: MemoryDestination, batch: Batch) -> BatchResult:
         if batch.number == 1:
             stop.set()  # e.g. SIGTERM while batches 0 and 1 are in flight
         await asyncio.sleep(0.001)
         return BatchResult()
 
-    dest = FakeDestination(stopper)
+    dest = fake(stopper)
     report, outcomes = run_delivery(dest, 10, concurrency=2, stop=stop)
-    assert sorted(dest.calls) == [0, 1]
+    assert sorted(dest.box.writes) == [0, 1]
     assert sorted(outcomes) == [0, 1]  # both in-flight batches recorded
     assert all(o.result.accepted(3) == 3 for o in outcomes.values())
     assert report.cancelled and report.stopped is None
@@ -280,20 +252,20 @@ def test_stop_event_sends_nothing_new_and_records_batches_in_flight() -> None:
 def test_stop_before_start_sends_nothing() -> None:
     stop = asyncio.Event()
     stop.set()
-    dest = FakeDestination()
+    dest = fake()
     report, outcomes = run_delivery(dest, 3, stop=stop)
-    assert dest.calls == [] and outcomes == {}
+    assert dest.box.writes == [] and outcomes == {}
     assert report.cancelled
 
 
 def test_a_long_backoff_is_not_waited_for_after_stop(fake_sleep: SleepRecorder) -> None:
     stop = asyncio.Event()
 
-    async def throttled(dest: FakeDestination, batch: Batch) -> BatchResult:
+    async def throttled(dest: MemoryDestination, batch: Batch) -> BatchResult:
         stop.set()
         raise RetryableError("429", retry_after=120.0)
 
-    report, outcomes = run_delivery(FakeDestination(throttled), 3, stop=stop)
+    report, outcomes = run_delivery(fake(throttled), 3, stop=stop)
     assert fake_sleep.delays == []
     assert list(outcomes) == [0]
     assert len(outcomes[0].result.failed) == 3  # stays undelivered for the next run
@@ -306,10 +278,10 @@ def test_a_failing_record_step_stops_delivery_and_is_raised() -> None:
     def broken_store(outcome: Outcome) -> None:
         raise StateError("the state store is down")
 
-    dest = FakeDestination()
+    dest = fake()
     with pytest.raises(StateError, match="state store is down"):
         run_delivery(dest, 10, concurrency=1, on_outcome=broken_store)
-    assert dest.calls == [0]
+    assert dest.box.writes == [0]
 
 
 def test_async_on_outcome_is_awaited() -> None:
@@ -319,5 +291,5 @@ def test_async_on_outcome_is_awaited() -> None:
         await asyncio.sleep(0)
         seen.append(outcome.batch.number)
 
-    run_delivery(FakeDestination(), 4, concurrency=2, on_outcome=record)
+    run_delivery(fake(), 4, concurrency=2, on_outcome=record)
     assert sorted(seen) == [0, 1, 2, 3]

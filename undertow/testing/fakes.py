@@ -384,8 +384,9 @@ class FakeAPI:
             for scripted in self._queued:
                 if scripted.path is None or captured.path.endswith(scripted.path):
                     self._queued.remove(scripted)
-                    if scripted.slow_down:
+                    if scripted.slow_down or scripted.status == 429:
                         self.slow_downs += 1
+                    if scripted.slow_down:
                         answer = self.slow_down(None)
                     else:
                         answer = self.respond(scripted.status, scripted.body, scripted.headers)

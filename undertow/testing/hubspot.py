@@ -303,6 +303,7 @@ class HubSpotFake(FakeAPI):
             body = self._error("VALIDATION_ERROR", problem, correlation_id)
             return self._respond(400, body, correlation_id=correlation_id)
         inputs: list[dict[str, Any]] = captured.body["inputs"]
+        self.note_batch(len(inputs))
         started = now_iso()
         fate, refused = Decision(), []
         if self.fault_plan is not None and operation != "read":
