@@ -1,33 +1,22 @@
 """One scripted destination and one project builder for the tests that run a whole project
 (``tests/unit/test_run.py``, ``test_safety.py``, ``tests/integration/test_row_history.py``).
 
-The ``script`` fixture (a plugin of ``tests/conftest.py``) registers destination type
-``scripted``: an in-process destination that accepts every record unless the script says to
-reject it, fail it transiently, or crash the process mid-delivery, and records what it
-received. It stands in for *a* destination, not for one we claim to support, so it is no
-fake of a vendor API.
+The ``script`` fixture (a plugin of ``tests/conftest.py``) gives a fresh store of the
+in-memory destination (``type: memory``, ``undertow/destinations/memory.py``) that the
+projects' ``dest`` writes into: it accepts every record unless the script says to reject
+it, fail it transiently, or crash the process mid-delivery, and records what it received.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any
 
 import duckdb
 import pytest
 
-import undertow.project
-from undertow import registry
-from undertow.destinations.base import (
-    Batch,
-    BatchResult,
-    Capabilities,
-    Destination,
-    DestinationConfig,
-    Operation,
-)
+from undertow.destinations import memory
 from undertow.project import Project
 from undertow.state.store import RunRecord
 
@@ -39,101 +28,22 @@ class SimulatedCrash(BaseException):
     """Stands in for the process dying mid-delivery (nothing catches a BaseException)."""
 
 
-class Received(NamedTuple):
-    idempotency_key: str
-    batch: int
-    operation: str
-    key: str
-    record: dict[str, Any]
+Script = memory.MemoryStore
+"""What the ``scripted`` destination does (reject, fail, crash_on_call, operations) and what
+it received: the in-memory destination's store (``undertow/destinations/memory.py``)."""
 
-
-@dataclass
-class Script:
-    """What the scripted destination does, and what it received."""
-
-    operations: frozenset[Operation] = frozenset(Operation)
-    reject: dict[str, str] = field(default_factory=dict)
-    """Row key -> the rejection message the destination answers."""
-    fail: set[str] = field(default_factory=set)
-    """Row keys that fail transiently (a connection reset)."""
-    crash_on_call: int | None = None
-    """Raise :class:`SimulatedCrash` after this call to ``write_batch`` (1-based)."""
-    received: list[Received] = field(default_factory=list)
-    calls: int = 0
-
-    def keys(self) -> list[str]:
-        """Row keys received, in order."""
-        return [r.key for r in self.received]
-
-    def sorted_keys(self) -> list[str]:
-        return sorted(self.keys(), key=int)
-
-    def sent(self) -> list[tuple[str, str]]:
-        """(operation, row key) per record received, in order."""
-        return [(r.operation, r.key) for r in self.received]
-
-    def ops(self, operation: str) -> list[str]:
-        """Row keys received with ``operation``, in key order."""
-        return sorted((r.key for r in self.received if r.operation == operation), key=int)
-
-
-class ScriptedConfig(DestinationConfig):
-    type: Literal["scripted"] = "scripted"
-    max_concurrency: int = 2
-
-
-class ScriptedDestination(Destination):
-    name: ClassVar[str] = "scripted"
-    Config: ClassVar[type[DestinationConfig]] = ScriptedConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        operations=frozenset(Operation),
-        max_batch_size=1000,
-        max_concurrency=2,
-        per_record_results=True,
-    )
-    script: ClassVar[Script] = Script()
-
-    def capabilities_for(self, object: str | None) -> Capabilities:
-        return Capabilities(
-            operations=self.script.operations,
-            max_batch_size=1000,
-            max_concurrency=2,
-            per_record_results=True,
-        )
-
-    async def check(self) -> None:
-        pass
-
-    async def write_batch(self, batch: Batch) -> BatchResult:
-        script = self.script
-        script.calls += 1
-        result = BatchResult()
-        for index, (key, record) in enumerate(zip(batch.keys, batch.records(), strict=True)):
-            if key in script.fail:
-                result.failed[index] = "connection reset while writing"
-                continue
-            script.received.append(
-                Received(batch.idempotency_key, batch.number, str(batch.operation), key, record)
-            )
-            if key in script.reject:
-                result.rejected[index] = script.reject[key]
-        if script.crash_on_call == script.calls:
-            raise SimulatedCrash
-        return result
+SCRIPTED = "{type: memory, store: scripted, max_concurrency: 2}"
+"""The destination block of the scripted destination in a project file."""
 
 
 @pytest.fixture
-def script(monkeypatch: pytest.MonkeyPatch) -> Iterator[Script]:
-    """A fresh :class:`Script` behind destination type ``scripted`` for this test."""
-    ScriptedDestination.script = fresh = Script()
-    real = registry.destination_class
-
-    def lookup(type_name: str) -> type[Destination]:
-        return ScriptedDestination if type_name == "scripted" else real(type_name)
-
-    monkeypatch.setattr(registry, "destination_class", lookup)
-    monkeypatch.setattr(undertow.project, "destination_class", lookup)
+def script() -> Iterator[Script]:
+    """A fresh store behind the ``scripted`` destination (``SCRIPTED``) for this test."""
+    memory.drop("scripted")
+    fresh = memory.store("scripted")
+    fresh.crash = SimulatedCrash
     yield fresh
+    memory.drop("scripted")
 
 
 def write_users(folder: Path, rows: Sequence[Sequence[Any]], *, columns: str = USERS) -> None:
@@ -158,7 +68,7 @@ def users_project(
     *,
     syncs: str,
     columns: str = USERS,
-    destinations: str = "dest: {type: scripted}",
+    destinations: str = f"dest: {SCRIPTED}",
     state: str | None = None,
     name: str = "p",
 ) -> Project:

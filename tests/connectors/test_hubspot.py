@@ -15,7 +15,6 @@ from undertow.destinations.base import Batch, BatchResult, Operation
 from undertow.destinations.hubspot import HubSpotConfig, HubSpotDestination
 from undertow.destinations.retry import RetryPolicy
 from undertow.errors import FatalDeliveryError, RetryableError
-from undertow.redact import redact
 from undertow.testing.hubspot import HubSpotFake
 from undertow.testing.server import serve_in_thread
 from undertow.testing.template import DestinationTests

@@ -45,7 +45,7 @@ def make_project(
         rows,
         name="p1",
         columns=COLUMNS,
-        destinations="out: {type: file, path: out.jsonl, format: jsonl}\nfake: {type: scripted}",
+        destinations="out: {type: file, path: out.jsonl, format: jsonl}\nfake: " + support.SCRIPTED,
         syncs=f"""  users_out:
     model: users
     destination: out

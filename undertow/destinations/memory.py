@@ -96,7 +96,7 @@ class MemoryStore:
     operations: frozenset[Operation] | None = None
     """When set, overrides the config's operations (capabilities change at run time)."""
     crash_on_call: int | None = None
-    crash: BaseException | type[BaseException] = RuntimeError("simulated crash")
+    crash: BaseException | type[BaseException] = RuntimeError
     behaviour: Behaviour | None = None
     """Called first for every write; a BatchResult it returns is the answer."""
     calls: int = 0
@@ -107,7 +107,19 @@ class MemoryStore:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def keys(self) -> list[str]:
+        """Row keys received, in order."""
         return [r.key for r in self.received]
+
+    def sorted_keys(self) -> list[str]:
+        return sorted(self.keys(), key=int)
+
+    def sent(self) -> list[tuple[str, str]]:
+        """(operation, row key) per record received, in order."""
+        return [(r.operation, r.key) for r in self.received]
+
+    def ops(self, operation: str) -> list[str]:
+        """Row keys received with ``operation``, in key order."""
+        return sorted((r.key for r in self.received if r.operation == operation), key=int)
 
     def duplicates(self) -> dict[Hashable, int]:
         return {k: n for k, n in self.applied.items() if n > 1}

@@ -528,6 +528,7 @@ class SyncRun:
                 batches(),
                 concurrency=ctx.caps.max_concurrency,
                 rate_limit=ctx.caps.rate_limit,
+                rate_limits=ctx.caps.rate_limits,
                 on_outcome=on_outcome,
                 stop=self.stop,
                 policy=ctx.retry,
