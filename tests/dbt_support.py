@@ -14,6 +14,8 @@ from pathlib import Path
 
 import duckdb
 
+from undertow.project import Project
+
 DBT_FIXTURES = Path(__file__).parent / "fixtures" / "dbt"
 SHOP_FOLDERS = ("shop", "marketing", "dbt_utils_lite")
 
@@ -53,3 +55,12 @@ def materialize(dbt_project: Path, warehouse: Path) -> list[str]:
         for uid in sorted(nodes):
             build(uid, con)
     return done
+
+
+def offline_problems(root: Path) -> dict[str, str]:
+    """``undertow validate --offline`` of the project in ``root``: key -> message."""
+    project = Project.load(str(root))
+    try:
+        return {p.key or "": p.message for p in project.validate(connect=False)}
+    finally:
+        project.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from dbt_support import copy_shop, materialize
+from dbt_support import copy_shop, materialize, offline_problems
 
 from undertow.config import load_project
 from undertow.dbt.check import polars_type
@@ -277,11 +277,7 @@ def test_offline_validate_checks_mappings_against_dbt_columns(shop: Path) -> Non
         acct: {model: accounts, destination: out, mappings: {country: country, n: {column: seats, cast: int}}}
         """,
     )
-    project = Project.load(str(root))
-    try:
-        problems = {p.key: p.message for p in project.validate(connect=False)}
-    finally:
-        project.close()
+    problems = offline_problems(root)
     assert set(problems) == {"syncs.typo", "syncs.cast"}
     assert "unknown column 'emial'; did you mean 'email'?" in problems["syncs.typo"]
     # catalog.json says signup_date is a DATE: a bool cast is refused without a query
@@ -300,11 +296,7 @@ def test_offline_validate_without_catalog_describes_on_the_source(shop: Path) ->
         b: {model: accounts, destination: out, mappings: {country: country}}
         """,
     )
-    project = Project.load(str(root))
-    try:
-        problems = {p.key: p.message for p in project.validate(connect=False)}
-    finally:
-        project.close()
+    problems = offline_problems(root)
     # accounts' enforced contract lists its columns; active_customers' documented columns
     # are not all of them, so it is described on the warehouse, where it does not exist yet
     assert set(problems) == {"models.active", "syncs.a"}

@@ -291,8 +291,9 @@ def _version(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
+def parse_time(value: Any) -> datetime | None:
+    """A timestamp of a dbt artifact (``2026-11-21T14:14:10.36Z``) as an aware datetime."""
+    if not isinstance(value, str) or not value:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -352,7 +353,7 @@ def _parse_manifest(path: Path, data: dict[str, Any]) -> Manifest:
     return Manifest(
         path=path,
         project_name=str(metadata.get("project_name") or ""),
-        generated_at=_time(metadata.get("generated_at")),
+        generated_at=parse_time(metadata.get("generated_at")),
         dbt_version=str(metadata.get("dbt_version") or "?"),
         models=models,
         disabled=disabled,

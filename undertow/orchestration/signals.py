@@ -14,11 +14,11 @@ the sync's own dbt model (``models: {x: {dbt: ...}}``), or each model whose rela
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from undertow.dbt.artifacts import DbtModel, read_manifest
+from undertow.dbt.artifacts import DbtModel, parse_time, read_manifest
 from undertow.errors import ConfigError
 from undertow.orchestration.config import DbtWatch
 from undertow.state.orchestration import OrchestrationState
@@ -33,16 +33,6 @@ def webhook_signal(name: str) -> str:
 
 def sync_signal(name: str) -> str:
     return f"sync:{name}"
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def resolve_watch(watch: DbtWatch, model: ModelConfig) -> DbtWatch:
@@ -116,7 +106,7 @@ class DbtProject:
         results = self._read("run_results.json")
         if results is None:
             return 0
-        generated = _parse_time((results.get("metadata") or {}).get("generated_at")) or now
+        generated = parse_time((results.get("metadata") or {}).get("generated_at")) or now
         invocation = (results.get("metadata") or {}).get("invocation_id")
         new = 0
         for result in results.get("results") or []:
@@ -129,7 +119,7 @@ class DbtProject:
             finished = None
             for timing in result.get("timing") or []:
                 if isinstance(timing, dict) and timing.get("name") == "execute":
-                    finished = _parse_time(timing.get("completed_at"))
+                    finished = parse_time(timing.get("completed_at"))
             detail = {
                 "invocation_id": invocation,
                 "dbt_status": result.get("status"),
