@@ -20,12 +20,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install undertow with its dev tools
+install: $(STAMP) chromium ## create .venv and install undertow with its dev tools (and chromium)
 
 demo: $(STAMP) ## generate a sample warehouse and sync it into a local fake HubSpot, twice
 	$(BIN)/undertow demo --dir .demo
+	@echo "Open the web UI on the demo project: $(BIN)/undertow demo --ui --dir .demo"
 
-test: $(STAMP) ## run the whole test suite (real services on this machine)
+screenshots: $(STAMP) chromium ## the web UI's pages at 1280x800 into docs/ui/ (headless chromium)
+	$(BIN)/python tests/e2e/ui_screenshots.py docs/ui
+
+chromium: ## install Debian's headless chromium for the web UI tests, when missing
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: $(STAMP) chromium ## run the whole test suite (real services on this machine)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not orchestrators and not warehouses"
 
 $(ORCH)/bin/dbt: pyproject.toml Makefile
@@ -64,4 +71,4 @@ bench: $(STAMP) ## print throughput and memory figures (never fails on timing)
 clean: ## remove the virtualenv and generated files
 	rm -rf $(VENV) .venv-orchestrators .venv-warehouses .demo .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install demo test test-orchestrators dbt-fixtures test-warehouses test-fast lint format bench clean
+.PHONY: help install chromium screenshots demo test test-orchestrators dbt-fixtures test-warehouses test-fast lint format bench clean

@@ -169,6 +169,10 @@ def run_demo(directory: Path, *, customers: int, console: TerminalConsole) -> bo
             f"Explore it: undertow status --project {directory} · "
             f"undertow runs customers_to_hubspot --project {directory}"
         )
+        console.print(
+            f"Open the web UI on it: [bold]undertow demo --ui --dir {_shown(directory)}[/] "
+            "(then http://127.0.0.1:8765/ with the token it prints)"
+        )
     else:
         console.error("the demo did not end as expected: see the runs above")
     return ok
@@ -231,3 +235,53 @@ def _summary(console: TerminalConsole, runs: list[tuple[RunRecord, int]]) -> Non
 def _trim(record: dict[str, Any]) -> str:
     text = ", ".join(f"{k}={v!r}" for k, v in list(record.items())[:12])
     return text[:300]
+
+
+def _shown(directory: Path) -> str:
+    try:
+        return str(directory.relative_to(Path.cwd()))
+    except ValueError:
+        return str(directory)
+
+
+def serve_demo(
+    directory: Path,
+    *,
+    console: TerminalConsole,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    customers: int = 100_000,
+) -> None:
+    """``undertow demo --ui``: the demo project served with its web UI, and the fake
+    HubSpot it syncs to running beside it (a new, empty one: the demo's upserts are
+    idempotent, so a run sends what the snapshot says is new or changed)."""
+    import secrets
+
+    from undertow.project import Project
+    from undertow.server.serve import serve
+
+    directory = directory.resolve()
+    if not (directory / DEMO_MARKER).exists():
+        write_project(directory, customers)
+        console.print(f"• generated the demo project in {directory}")
+    token = token or os.environ.get("UNDERTOW_API_TOKEN") or secrets.token_urlsafe(18)
+    fake = HubSpotFake(DEMO_TOKEN, rate_limit_per_10s=5000)
+    with serve_in_thread(fake.app) as hubspot:
+        os.environ["HUBSPOT_TOKEN"] = DEMO_TOKEN
+        os.environ["HUBSPOT_BASE_URL"] = hubspot.url
+        console.print(f"• the local fake HubSpot listens at {hubspot.url}")
+        console.print(f"• web UI: [bold]http://{host}:{port}/[/]  API token: [bold]{token}[/]")
+        console.print("  (Ctrl-C stops both)")
+        project = Project.load(str(directory))
+        try:
+            serve(
+                project,
+                token=token,
+                host=host,
+                port=port,
+                interval=1.0,
+                announce=lambda text: console.err.print(text, markup=False),
+            )
+        finally:
+            project.close()

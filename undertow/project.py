@@ -22,6 +22,7 @@ from undertow.config.loader import LoadedProject, load_project
 from undertow.config.models import SyncConfig
 from undertow.destinations.base import Destination
 from undertow.errors import ConfigError, SourceError, UndertowError, did_you_mean, unknown_name
+from undertow.inspection import Inspection
 from undertow.pipeline.engines import make_engine
 from undertow.pipeline.preview import PlanPreview, preview
 from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for
@@ -32,6 +33,7 @@ from undertow.state.store import RowError, RowStatus, RunRecord, StateStore
 
 if TYPE_CHECKING:
     from undertow.dbt.exposures import Exposures
+    from undertow.debugger import DebugRecorder
     from undertow.orchestration.service import Due, Orchestration
 
 
@@ -53,13 +55,14 @@ class Problem:
         return f"{where}{key}: {self.message}" if (where or key) else self.message
 
 
-class Project:
+class Project(Inspection):
     def __init__(self, loaded: LoadedProject) -> None:
         self.loaded = loaded
         self.config = loaded.config
         self.root = loaded.root
         self._store: StateStore | None = None
         self._orchestration: Orchestration | None = None
+        self._recorder: DebugRecorder | None = None
 
     @classmethod
     def load(cls, path: str = ".", *, require_secrets: bool = True) -> Project:
@@ -93,7 +96,20 @@ class Project:
             )
         return self._orchestration
 
+    @property
+    def debugger(self) -> DebugRecorder:
+        """Stores what each sync's destination was sent and answered (``undertow debug``)."""
+        if self._recorder is None:
+            from undertow.debugger import DebugRecorder
+            from undertow.state.debug_log import DebugLog
+
+            self._recorder = DebugRecorder(self.config, DebugLog(self.store))
+        return self._recorder
+
     def close(self) -> None:
+        if self._recorder is not None:
+            self._recorder.flush()
+            self._recorder = None
         self._orchestration = None
         if self._store is not None:
             self._store.close()
@@ -295,7 +311,8 @@ class Project:
                     ctx, self.store, reporter, trigger=trigger, allow_deletes=allow_deletes
                 )
                 sync_run.halt = halt
-                records.append(stale or sync_run.execute(full=full))
+                with self.debugger.recording():
+                    records.append(stale or sync_run.execute(full=full))
             finally:
                 ctx.source.close()
             for downstream in self.orchestration.after_run(records[-1]):
@@ -320,14 +337,15 @@ class Project:
             return None
         ctx = self.context(name)
         try:
-            return SyncRun(
-                ctx,
-                self.store,
-                reporter,
-                trigger="retry",
-                allow_deletes=allow_deletes,
-                only_keys=keys,
-            ).execute()
+            with self.debugger.recording():
+                return SyncRun(
+                    ctx,
+                    self.store,
+                    reporter,
+                    trigger="retry",
+                    allow_deletes=allow_deletes,
+                    only_keys=keys,
+                ).execute()
         finally:
             ctx.source.close()
 

@@ -98,7 +98,7 @@ def test_run_failed_alerts_once_per_change_of_state(
         assert project.run(["crm"])[0].status == RunStatus.FAILED
     [text] = fakes.slack_texts()
     assert "crm: run failed" in text and "project orch" in text
-    assert "undertow runs crm" in text and "http://undertow.test/api/runs/" in text
+    assert "undertow runs crm" in text and "http://undertow.test/runs/" in text
     assert "users" in text  # why: the error names the missing table
     [body] = fakes.hook_bodies()
     assert body["state"] == "firing" and body["sync"] == "crm" and body["alert"] == "run_failed"

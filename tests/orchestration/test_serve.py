@@ -5,14 +5,9 @@ restart (the same run resumes), SIGTERM (graceful: exit 0, the rest runs after r
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +15,15 @@ import duckdb
 import pytest
 
 from undertow.state.store import RunStatus, StateStore
-from undertow.testing.server import RunningServer, free_port, serve_in_thread
+from undertow.testing.server import RunningServer, serve_in_thread
+from undertow.testing.serving import ServeProcess, wait_for
 from undertow.testing.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.timeout(120)
 
-UNDERTOW = str(Path(sys.executable).with_name("undertow"))
 TOKEN = "t0ken-for-tests-123"
 ROWS = 1500
-SERVE = [UNDERTOW, "serve", "--interval", "0.2", "--grace", "20"]
+SERVE = ["--interval", "0.2", "--grace", "20"]
 
 
 @pytest.fixture
@@ -72,82 +67,12 @@ syncs:
     )
 
 
-class Served:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[str] | None = None
-        self.log = folder / "serve.log"
-        self.starts = 0
-
-    def output(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    def start(self) -> None:
-        self.starts += 1
-        env = {**os.environ, "UNDERTOW_API_TOKEN": TOKEN, "NO_COLOR": "1"}
-        with self.log.open("a") as log:
-            self.proc = subprocess.Popen(
-                [*SERVE, "--project", str(self.folder), "--port", str(self.port)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        wait_for(lambda: self.ok("/health"), "the server to answer /health", server=self)
-
-    def ok(self, path: str) -> bool:
-        try:
-            return self.call("GET", path, token=None)[0] == 200
-        except OSError:
-            return False
-
-    def call(
-        self, method: str, path: str, body: Any = None, *, token: str | None = TOKEN
-    ) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                raw = response.read()
-                kind = response.headers.get("Content-Type", "")
-                return response.status, json.loads(raw) if "json" in kind else raw.decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-def wait_for(
-    condition: Callable[[], bool],
-    what: str,
-    timeout: float = 60.0,
-    server: Served | None = None,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if server is not None and server.proc is not None and server.proc.poll() is not None:
-            raise AssertionError(
-                f"the server exited ({server.proc.returncode}) waiting for {what}:\n"
-                + server.output()
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
-def served(tmp_path: Path, receiver: tuple[WebhookReceiver, RunningServer]) -> Iterator[Served]:
+def served(
+    tmp_path: Path, receiver: tuple[WebhookReceiver, RunningServer]
+) -> Iterator[ServeProcess]:
     write_project(tmp_path / "proj", receiver[1].url)
-    server = Served(tmp_path / "proj")
+    server = ServeProcess(tmp_path / "proj", token=TOKEN, args=SERVE)
     try:
         yield server
     finally:
@@ -167,7 +92,7 @@ def delivered_ids(hook: WebhookReceiver) -> set[int]:
 
 
 def test_api_auth_trigger_kill_and_resume(
-    served: Served, receiver: tuple[WebhookReceiver, RunningServer]
+    served: ServeProcess, receiver: tuple[WebhookReceiver, RunningServer]
 ) -> None:
     hook, _ = receiver
     served.start()
@@ -237,13 +162,14 @@ def test_api_auth_trigger_kill_and_resume(
     assert 'undertow_sync_lag_seconds{sync="users_hook"}' in metrics
     assert 'undertow_run_duration_seconds_count{sync="users_hook"} 1.0' in metrics
 
-    status, openapi = served.call("GET", "/openapi.json", token=None)
+    assert served.call("GET", "/openapi.json", token=None)[0] == 401
+    status, openapi = served.call("GET", "/openapi.json")
     assert status == 200 and "/api/syncs/{sync}/trigger" in openapi["paths"]
     assert TOKEN not in json.dumps(openapi)
 
 
 def test_sigterm_is_graceful_and_the_rest_runs_after_restart(
-    served: Served, receiver: tuple[WebhookReceiver, RunningServer]
+    served: ServeProcess, receiver: tuple[WebhookReceiver, RunningServer]
 ) -> None:
     hook, _ = receiver
     served.start()

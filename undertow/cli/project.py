@@ -81,13 +81,26 @@ def demo(
         ".demo"
     ),
     customers: Annotated[int, typer.Option("--customers")] = 100_000,
+    ui: Annotated[
+        bool, typer.Option("--ui", help="Serve the demo project with its web UI (Ctrl-C stops).")
+    ] = False,
+    port: Annotated[int, typer.Option("--port", help="The web UI's port (with --ui).")] = 8765,
     json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Build a sample warehouse, sync it into a local fake HubSpot, change it, sync again."""
-    from undertow.demo import run_demo
+    from undertow.demo import run_demo, serve_demo
+    from undertow.server.logs import configure
 
     console = TerminalConsole(json_mode=json)
+    if ui:
+        configure("text")
+        guard(
+            console,
+            debug,
+            lambda: serve_demo(directory, console=console, port=port, customers=customers),
+        )
+        return
     ok = guard(console, debug, lambda: run_demo(directory, customers=customers, console=console))
     if not ok:
         raise typer.Exit(1)
@@ -116,17 +129,21 @@ def serve(
     grace: Annotated[
         float, typer.Option("--grace", help="Seconds a shutdown waits for runs to stop.")
     ] = 30.0,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="`text` (default) or `json` (one object a line).")
+    ] = "text",
     debug: DebugOpt = False,
 ) -> None:
-    """Run the scheduler and the HTTP API (triggers, signals, status, /metrics) until SIGTERM."""
-    import logging
-
+    """Run the scheduler, the web UI and the HTTP API (triggers, signals, status, /metrics)
+    until SIGTERM."""
+    from undertow.server.logs import configure
     from undertow.server.serve import serve as run_server
 
     console = TerminalConsole()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if log_format not in ("text", "json"):
+        console.error(f"--log-format takes `text` or `json`, not {log_format!r}")
+        raise typer.Exit(2)
+    configure(log_format)
 
     def work() -> None:
         proj = load(project)

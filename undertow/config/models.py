@@ -7,6 +7,7 @@ Connector configs (``sources`` and ``destinations``) are validated by each conne
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -116,6 +117,32 @@ class DbtRef(Strict):
         return name if self.version is None else f"{name} v{self.version}"
 
 
+class DebuggerConfig(Strict):
+    """The live debugger of a sync (see docs/debugger.md); per sync or for the project.
+
+    ``debugger: {keep: 100, max_age: 7d, payloads: masked}``: keep the newest ``keep``
+    requests of the sync and none older than ``max_age``; ``masked`` stores every value of
+    a request or response body as ``***`` (the structure and field names stay).
+    """
+
+    enabled: bool = True
+    keep: int = Field(default=100, ge=1, le=10_000)
+    max_age: Duration = Field(default_factory=lambda: timedelta(days=7))
+    payloads: Literal["full", "masked"] = "full"
+
+
+class SyncLogsConfig(Strict):
+    """Sync logs written into the source warehouse after each run (docs/sync-logs.md).
+
+    ``sync_logs: {schema: undertow_audit}`` on a sync, a source or the project; the tables
+    ``sync_runs`` and ``sync_changelog`` in that schema are shared by all syncs.
+    """
+
+    schema_: str = Field(alias="schema", min_length=1, max_length=128)
+    changelog: bool = True
+    """Write ``sync_changelog`` (one row per record sent or rejected), not only ``sync_runs``."""
+
+
 class ModelConfig(Strict):
     """A SQL model: rows of a source with a primary key."""
 
@@ -180,6 +207,10 @@ class SyncConfig(Strict):
     """The most the destination may lag behind the warehouse before an alert."""
     then: list[ThenAction] = Field(default_factory=list)
     description: str | None = None
+    debugger: DebuggerConfig | None = None
+    """Overrides the project's ``debugger:`` for this sync."""
+    sync_logs: SyncLogsConfig | None = None
+    """Overrides the source's and the project's ``sync_logs:`` for this sync."""
 
     def fingerprint(self) -> int:
         """A stable 63-bit number for what a row's payload depends on.
@@ -214,3 +245,7 @@ class ProjectConfig(Strict):
     """Upstream signals an HTTP call raises (`undertow serve`), named in a sync's `after:`."""
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    debugger: DebuggerConfig = Field(default_factory=DebuggerConfig)
+    """The live debugger of every sync that sets none of its own."""
+    sync_logs: SyncLogsConfig | None = None
+    """Sync logs of every sync whose source and sync set none of their own."""

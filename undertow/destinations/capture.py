@@ -14,7 +14,8 @@ Who fills in what:
 * the HTTP client (``destinations/_http.py``) emits one :class:`Exchange` per request it
   sends, after the answer arrives or the transport fails;
 * the deliver stage sets the :func:`context` of each batch it sends (sync, batch number,
-  the records' keys, the attempt), so every exchange says which records it carried;
+  the records' keys, the attempt), and the run the run id around its delivery, so every
+  exchange says which records, and which run, it carried;
 * a connector that does not speak HTTP (a database, a queue) may call :func:`emit` itself.
 
 Invariants: with no listener, :func:`emit` is one ``if`` and costs nothing; an exchange is
@@ -59,6 +60,8 @@ class CallContext:
     operation: str | None = None
     keys: tuple[str, ...] = ()
     attempt: int = 1
+    run_id: str | None = None
+    """The run sending the batch (set by the run around its delivery; None for test-a-row)."""
 
 
 @dataclass(frozen=True)

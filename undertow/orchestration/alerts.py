@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -182,9 +183,10 @@ class AlertManager:
     def link(self, sync: str, run_id: str | None = None) -> str | None:
         if self.link_base is None:
             return None
+        # the web UI's pages: a person follows an alert's link
         if run_id:
-            return f"{self.link_base}/api/runs/{run_id}"
-        return f"{self.link_base}/api/syncs/{sync}"
+            return f"{self.link_base}/runs/{run_id}"
+        return f"{self.link_base}/syncs/{quote(sync)}"
 
     def update(
         self,
@@ -232,7 +234,22 @@ class AlertManager:
             channel = self.config.channels.get(name)
             if channel is None:
                 continue
+            fields = {"sync": alert.sync, "channel": name, "rule": rule.when}
             try:
                 send(channel, alert)
             except Exception as exc:  # a broken channel must not break the run
-                log.warning("alert channel %s failed: %s", name, redact(f"{exc}"))
+                log.warning(
+                    "alert channel %s failed: %s",
+                    name,
+                    redact(f"{exc}"),
+                    extra={"event": "alert.failed", **fields, "error": redact(f"{exc}")},
+                )
+                continue
+            log.info(
+                "alert sent: %s %s on %s via %s",
+                rule.when,
+                "firing" if alert.firing else "resolved",
+                alert.sync,
+                name,
+                extra={"event": "alert.sent", **fields, "firing": alert.firing},
+            )

@@ -326,6 +326,8 @@ class ServerConfig(_Strict):
     """The public base URL of `undertow serve`, for links in alerts."""
     workers: int = Field(default=2, ge=1)
     """Syncs run at the same time by `undertow serve`."""
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Request bodies larger than this are refused with 413 (a trigger or signal is tiny)."""
 
 
 Schedule = Annotated[ScheduleSpec | None, BeforeValidator(_schedule)]

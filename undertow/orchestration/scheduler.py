@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("undertow.scheduler")
 
+RETRY = "retry"
+"""The reason of a queued trigger that sends only the rejected and failed rows again."""
+
 
 class Scheduler:
     def __init__(
@@ -54,6 +57,7 @@ class Scheduler:
         self._pool = None if inline else ThreadPoolExecutor(workers, thread_name_prefix="sync")
         self.records: list[RunRecord] = []
         """Every run this scheduler finished (newest last)."""
+        self._waiting: dict[str, list[str]] = {}
         self.errors: list[str] = []
 
     # -- one pass ---------------------------------------------------------------------------
@@ -74,6 +78,13 @@ class Scheduler:
                 break
             self.project.launched(due)
             started.append(due.sync)
+            log.info(
+                "due: %s (%s%s)",
+                due.sync,
+                due.reason,
+                ", full resync" if due.full else "",
+                extra={"event": "sync.due", "sync": due.sync, "reason": due.reason},
+            )
             if self._pool is None:
                 with self._lock:
                     self.running[due.sync] = None
@@ -81,6 +92,7 @@ class Scheduler:
             else:
                 with self._lock:
                     self.running[due.sync] = self._pool.submit(self._run, due)
+        self._log_waiting()
         try:
             self.project.check_slas()
         except UndertowError as exc:
@@ -89,16 +101,39 @@ class Scheduler:
 
     def _run(self, due: Due) -> list[RunRecord]:
         records: list[RunRecord] = []
+        log.info(
+            "run started: %s (trigger %s)",
+            due.sync,
+            due.reason,
+            extra={"event": "run.started", "sync": due.sync, "trigger": due.reason},
+        )
         try:
-            records = self.project.run(
-                [due.sync], full=due.full, trigger=due.reason[:40], chain=False, halt=self.halt
-            )
+            if due.reason == RETRY:  # "retry rejected" from the UI or the API
+                retried = self.project.retry(due.sync)
+                records = [retried] if retried is not None else []
+            else:
+                records = self.project.run(
+                    [due.sync], full=due.full, trigger=due.reason[:40], chain=False, halt=self.halt
+                )
             self.records.extend(records)
+            for record in records:
+                _log_run(record)
+            if not records:
+                log.info(
+                    "run skipped: %s (no rejected or failed row to retry)",
+                    due.sync,
+                    extra={"event": "run.skipped", "sync": due.sync, "reason": "nothing to retry"},
+                )
             if self.halt.is_set() and any(r.status == RunStatus.CANCELLED for r in records):
                 # stopped by a shutdown: finish it at the next start
                 self.project.trigger(due.sync, reason="resume after shutdown")
         except SyncLockedError:
-            pass  # `undertow run` in another process has it: the next tick looks again
+            # `undertow run` in another process has it: the next tick looks again
+            log.info(
+                "run skipped: %s is running elsewhere",
+                due.sync,
+                extra={"event": "run.skipped", "sync": due.sync, "reason": "locked"},
+            )
         except UndertowError as exc:
             self._error(f"sync {due.sync}: {exc}")
         except Exception as exc:  # a bug must not kill the scheduler
@@ -108,6 +143,19 @@ class Scheduler:
             with self._lock:
                 self.running.pop(due.sync, None)
         return records
+
+    def _log_waiting(self) -> None:
+        """Log each sync that starts or stops waiting for its ``after:`` parents."""
+        waiting = dict(self.project.orchestration.waiting)
+        for sync, reasons in waiting.items():
+            if self._waiting.get(sync) != reasons:
+                log.info(
+                    "waiting for parents: %s: %s",
+                    sync,
+                    "; ".join(reasons),
+                    extra={"event": "sync.waiting", "sync": sync, "waiting_for": reasons},
+                )
+        self._waiting = waiting
 
     def _error(self, text: str) -> None:
         text = redact(text)
@@ -155,3 +203,31 @@ class Scheduler:
             except Exception:
                 return False
         return True
+
+
+def _log_run(record: RunRecord) -> None:
+    """One record per finished run: its status, counts and duration (and why, if not ok)."""
+    counts = {k: record.counts.get(k, 0) for k in ("extracted", "sent", "succeeded")}
+    counts.update({k: record.counts.get(k, 0) for k in ("rejected", "failed")})
+    stale = record.status == RunStatus.SKIPPED
+    level = logging.WARNING if record.status == RunStatus.FAILED else logging.INFO
+    log.log(
+        level,
+        "run %s: %s %s in %.1fs: %s%s",
+        "skipped as stale" if stale else "finished",
+        record.sync,
+        record.status,
+        record.duration_s or 0.0,
+        " ".join(f"{k} {v:,}" for k, v in counts.items()),
+        f" ({record.error or record.warning})" if (record.error or record.warning) else "",
+        extra={
+            "event": "run.skipped" if stale else "run.finished",
+            "sync": record.sync,
+            "run_id": record.id,
+            "status": str(record.status),
+            "trigger": record.trigger,
+            "duration_s": round(record.duration_s or 0.0, 3),
+            "counts": counts,
+            "error": record.error or record.warning,
+        },
+    )

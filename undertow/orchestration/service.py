@@ -86,6 +86,8 @@ class Orchestration:
             config.alerts, self.state, project=config.name, link_base=config.server.url
         )
         self._dbt: dict[str, DbtProject] = {}
+        self.waiting: dict[str, list[str]] = {}
+        """What each sync due but for its ``after:`` parents waited for at the last pass."""
         self._watched: dict[tuple[str, int], list[str]] = {}
         for secret in self._secrets():
             register_secret(secret)
@@ -417,6 +419,7 @@ class Orchestration:
 
     def due(self, running: set[str]) -> list[Due]:
         now = self.now()
+        self.waiting = {}
         busy = set(running) | set(self.store.held_locks())
         out: dict[str, Due] = {}
         stale_ids = []
@@ -443,12 +446,19 @@ class Orchestration:
                 nxt = self.next_run(name, now)
                 if nxt is None or now < nxt:
                     continue
-                if sync.after and not self.readiness(name, now).ok:
+                if sync.after and not self._ready(name, now):
                     continue  # the tick stays due until the upstreams have completed
                 out[name] = Due(name, False, "schedule", advance=True)
-            elif sync.after and self.readiness(name, now).ok:
+            elif sync.after and self._ready(name, now):
                 out[name] = Due(name, False, "after")
         return list(out.values())
+
+    def _ready(self, name: str, now: datetime) -> bool:
+        """Readiness of ``name``; what it waits for is kept in :attr:`waiting` (the log)."""
+        ready = self.readiness(name, now)
+        if not ready.ok:
+            self.waiting[name] = ready.waiting
+        return ready.ok
 
     def launched(self, due: Due) -> None:
         """The scheduler started ``due``: take its queued triggers, move its schedule on."""

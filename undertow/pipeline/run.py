@@ -28,6 +28,7 @@ import polars as pl
 import pyarrow as pa
 
 from undertow.config.models import ModelConfig, SyncConfig
+from undertow.destinations import capture
 from undertow.destinations.base import Batch, Capabilities, Destination
 from undertow.errors import PlanError, StateError, UndertowError
 from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deliver
@@ -523,16 +524,17 @@ class SyncRun:
 
         await ctx.destination.open()
         try:
-            return await deliver(
-                ctx.destination,
-                batches(),
-                concurrency=ctx.caps.max_concurrency,
-                rate_limit=ctx.caps.rate_limit,
-                rate_limits=ctx.caps.rate_limits,
-                on_outcome=on_outcome,
-                stop=self.stop,
-                policy=ctx.retry,
-            )
+            with capture.context(run_id=run.id):  # the debugger files each request by run
+                return await deliver(
+                    ctx.destination,
+                    batches(),
+                    concurrency=ctx.caps.max_concurrency,
+                    rate_limit=ctx.caps.rate_limit,
+                    rate_limits=ctx.caps.rate_limits,
+                    on_outcome=on_outcome,
+                    stop=self.stop,
+                    policy=ctx.retry,
+                )
         finally:
             await ctx.destination.close()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,6 +19,7 @@ import uvicorn
 
 from undertow.errors import UndertowError
 from undertow.orchestration.scheduler import Scheduler
+from undertow.redact import register_secret
 from undertow.server.app import create_app
 
 if TYPE_CHECKING:
@@ -45,12 +46,26 @@ def serve(
             hint="set UNDERTOW_API_TOKEN (or pass --token, or `server: {token: ${VAR}}` in "
             "undertow.yml); e.g. `export UNDERTOW_API_TOKEN=$(openssl rand -hex 24)`",
         )
+    register_secret(token)  # given by --token or the environment: never in a log or a page
     scheduler = Scheduler(
         project, interval=interval, workers=workers or project.config.server.workers
     )
-    app = create_app(project, token=token, scheduler=scheduler)
+    app = create_app(
+        project,
+        token=token,
+        scheduler=scheduler,
+        max_body_bytes=project.config.server.max_body_bytes,
+    )
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        # open live streams (run pages, the debugger) must not hold a shutdown
+        timeout_graceful_shutdown=3,
+        log_config=None,
     )
     server = uvicorn.Server(config)
     stopping: list[int] = []
@@ -63,7 +78,10 @@ def serve(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     thread = scheduler.start()
     if announce is not None:
-        announce(f"undertow serve: http://{host}:{port} (API docs at /docs, metrics at /metrics)")
+        announce(
+            f"undertow serve: web UI at http://{host}:{port}/ (log in with the API token), "
+            "API docs at /docs, metrics at /metrics"
+        )
     try:
         server.run()
     finally:

@@ -83,6 +83,10 @@ class RunSummary(TypedDict):
     attempt: int
     error: str | None
     warning: str | None
+    batch_size: int | None
+    total_batches: int | None
+    stages: dict[str, str]
+    """When the run entered each status (ISO times): the run page's timeline."""
 
 
 class RowStatusSummary(TypedDict):
@@ -116,6 +120,8 @@ class RunRecord:
     attempt: int = 1
     warning: str | None = None
     """Set on a run that succeeded with some rows rejected (below ``max_rejected_ratio``)."""
+    stages: dict[str, str] = field(default_factory=dict)
+    """When the run entered each status (ISO times), for the run page's timeline."""
 
     @property
     def duration_s(self) -> float | None:
@@ -147,6 +153,9 @@ class RunRecord:
             attempt=self.attempt,
             error=self.error,
             warning=self.warning,
+            batch_size=self.batch_size,
+            total_batches=self.total_batches,
+            stages=dict(self.stages),
         )
 
 

@@ -20,6 +20,7 @@ class RunStore(StoreConnection):
         now = utc_now()
         run_id = now.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         counts = empty_counts()
+        stages = {str(RunStatus.PENDING): now.isoformat()}
         with self._tx() as conn:
             conn.execute(
                 runs.insert().values(
@@ -32,6 +33,7 @@ class RunStore(StoreConnection):
                     created_at=now,
                     updated_at=now,
                     attempt=1,
+                    stages=json.dumps(stages),
                 )
             )
         return RunRecord(
@@ -43,6 +45,7 @@ class RunStore(StoreConnection):
             counts=counts,
             created_at=now,
             updated_at=now,
+            stages=stages,
         )
 
     def _record(self, row: sa.RowMapping) -> RunRecord:
@@ -61,6 +64,7 @@ class RunStore(StoreConnection):
             total_batches=row["total_batches"],
             attempt=row["attempt"],
             warning=row.get("warning"),
+            stages=json.loads(row.get("stages") or "{}"),
         )
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -71,7 +75,10 @@ class RunStore(StoreConnection):
     def find_runs(self, prefix: str) -> list[RunRecord]:
         with self._tx() as conn:
             rows = (
-                conn.execute(sa.select(runs).where(runs.c.id.startswith(prefix)).limit(5))
+                # autoescape: a prefix is text, never a LIKE pattern (`%` matches no run)
+                conn.execute(
+                    sa.select(runs).where(runs.c.id.startswith(prefix, autoescape=True)).limit(5)
+                )
                 .mappings()
                 .all()
             )
@@ -138,6 +145,8 @@ class RunStore(StoreConnection):
         """Persist the run's status, counts and plan facts (one transaction)."""
         now = utc_now()
         if status is not None:
+            if status != run.status or not run.stages:
+                run.stages.setdefault(str(status), now.isoformat())
             run.status = status
         if error is not None:
             run.error = error
@@ -154,6 +163,7 @@ class RunStore(StoreConnection):
             "batch_size": run.batch_size,
             "total_batches": run.total_batches,
             "attempt": run.attempt,
+            "stages": json.dumps(run.stages),
         }
         if run.status.final:
             run.finished_at = now

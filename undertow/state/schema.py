@@ -26,6 +26,7 @@ runs = sa.Table(
     sa.Column("counts", sa.Text, nullable=False, default="{}"),
     sa.Column("error", sa.Text),
     sa.Column("warning", sa.Text),  # m0002: succeeded, but some rows were rejected
+    sa.Column("stages", sa.Text),  # m0004: {"extracting": iso time, ...} as each stage began
     sa.Column("attempt", sa.Integer, nullable=False, default=1),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
