@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from conftest import Receiver, SampleProject
+if TYPE_CHECKING:
+    from tests.e2e.conftest import Receiver, SampleProject
 
 SECRET = "whk-secret-5d1f0c9a"
 
