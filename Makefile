@@ -67,6 +67,7 @@ bench: $(STAMP) ## print throughput and memory figures (never fails on timing)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/diff.py
+	$(BIN)/python bench/sync_logs.py
 
 clean: ## remove the virtualenv and generated files
 	rm -rf $(VENV) .venv-orchestrators .venv-warehouses .demo .pytest_cache .mypy_cache .ruff_cache

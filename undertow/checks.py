@@ -56,4 +56,42 @@ def source_access(loaded: LoadedProject, name: str, source: Source) -> list[Acce
     problems = source.check_access(sorted(relations), scratch_schema=None)
     for schema in schemas:
         problems += [p for p in source.check_access([], scratch_schema=schema) if p not in problems]
+    for schema in sync_log_schemas(loaded, name, source):
+        # the sync logs need what the engine's scratch schema needs (create a table, insert,
+        # delete), so the same probe answers, worded for the logs
+        for problem in source.check_access([], scratch_schema=schema):
+            relabelled = AccessProblem(_for_logs(problem.message), problem.grants)
+            if relabelled not in problems:
+                problems.append(relabelled)
     return problems
+
+
+def sync_log_schemas(loaded: LoadedProject, name: str, source: Source) -> list[str]:
+    """The ``sync_logs`` schemas the syncs of source ``name`` write to."""
+    from undertow.config.models import SyncLogsConfig
+
+    config = loaded.config
+    own = getattr(source.config, "sync_logs", None)
+    fallback = SyncLogsConfig.model_validate(own) if own else config.sync_logs
+    found = set()
+    for sync in config.syncs.values():
+        if config.models[sync.model].source != name:
+            continue
+        settings = sync.sync_logs or fallback
+        if settings is not None:
+            found.add(settings.schema_)
+    return sorted(found)
+
+
+_ENGINE_WORDS = (
+    "the warehouse diff engine keeps its tables in",
+    "the warehouse diff engine keeps its tables",
+    "the warehouse diff engine writes its tables",
+)
+
+
+def _for_logs(message: str) -> str:
+    for words in _ENGINE_WORDS:
+        if words in message:
+            return message.replace(words, "the sync logs (`sync_logs:`) are written to", 1)
+    return f"sync logs (`sync_logs:`): {message}"

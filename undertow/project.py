@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from undertow.config.loader import LoadedProject, load_project
-from undertow.config.models import SyncConfig
+from undertow.config.models import SyncConfig, SyncLogsConfig
 from undertow.destinations.base import Destination
 from undertow.errors import ConfigError, SourceError, UndertowError, did_you_mean, unknown_name
 from undertow.inspection import Inspection
@@ -311,8 +311,11 @@ class Project(Inspection):
                     ctx, self.store, reporter, trigger=trigger, allow_deletes=allow_deletes
                 )
                 sync_run.halt = halt
+                logs = self._sync_logs(ctx, sync_run)
                 with self.debugger.recording():
                     records.append(stale or sync_run.execute(full=full))
+                if logs is not None:
+                    self._write_sync_logs(ctx, logs, records[-1])
             finally:
                 ctx.source.close()
             for downstream in self.orchestration.after_run(records[-1]):
@@ -337,17 +340,39 @@ class Project(Inspection):
             return None
         ctx = self.context(name)
         try:
+            sync_run = SyncRun(
+                ctx,
+                self.store,
+                reporter,
+                trigger="retry",
+                allow_deletes=allow_deletes,
+                only_keys=keys,
+            )
+            logs = self._sync_logs(ctx, sync_run)
             with self.debugger.recording():
-                return SyncRun(
-                    ctx,
-                    self.store,
-                    reporter,
-                    trigger="retry",
-                    allow_deletes=allow_deletes,
-                    only_keys=keys,
-                ).execute()
+                record = sync_run.execute()
+            if logs is not None:
+                self._write_sync_logs(ctx, logs, record)
+            return record
         finally:
             ctx.source.close()
+
+    def _sync_logs(self, ctx: SyncContext, sync_run: SyncRun) -> SyncLogsConfig | None:
+        from undertow.sync_logs import settings_for, spool_dir
+
+        settings = settings_for(ctx, self.config.sync_logs)
+        if settings is not None and settings.changelog:
+            sync_run.changelog_dir = spool_dir(ctx.state_dir, ctx.name)
+        return settings
+
+    def _write_sync_logs(self, ctx: SyncContext, logs: SyncLogsConfig, record: RunRecord) -> None:
+        """Write the run into the warehouse's sync logs; a failure is a warning on the run."""
+        from undertow.sync_logs import after_run
+
+        warning = after_run(ctx, logs, self.store, record)
+        if warning is not None:
+            joined = f"{record.warning}; {warning}" if record.warning else warning
+            self.store.update_run(record, warning=joined)
 
     # -- history ----------------------------------------------------------------------------
 

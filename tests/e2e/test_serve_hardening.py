@@ -8,6 +8,8 @@ taking the API token however it was given (environment or --token); and the run 
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import re
 from collections.abc import Iterator
@@ -119,9 +121,30 @@ def test_a_body_over_the_limit_is_refused_with_413_and_nothing_is_stored(
     by_env: ServeProcess,
 ) -> None:
     before = signals(by_env)
-    big = b'{"tables": "' + b"x" * (2 * 1024 * 1024) + b'"}'
-    status, body = by_env.call("POST", "/api/signals/loaded", raw=big)
-    assert status == 413 and "larger than 1,048,576 bytes" in body["detail"]
+    # a declared length over the limit is answered before any of the body is read
+    conn = http.client.HTTPConnection("127.0.0.1", by_env.port, timeout=10)
+    conn.putrequest("POST", "/api/signals/loaded")
+    conn.putheader("Authorization", f"Bearer {TOKEN}")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(2 * 1024 * 1024))
+    conn.endheaders()
+    answer = conn.getresponse()
+    assert answer.status == 413
+    assert "larger than 1,048,576 bytes" in json.loads(answer.read())["detail"]
+    conn.close()
+    # a body streamed without a length is cut off once past the limit
+    conn = http.client.HTTPConnection("127.0.0.1", by_env.port, timeout=10)
+    chunks = (b"x" * 65536 for _ in range(40))
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        conn.request(
+            "POST",
+            "/api/signals/loaded",
+            body=chunks,
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+    assert conn.getresponse().status == 413
+    conn.close()
     assert signals(by_env) == before
 
 

@@ -12,9 +12,13 @@ every checkpoint it wrote.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from undertow.destinations.base import BatchResult, Operation
 from undertow.state.store import RowError, RunRecord, StateStore
+
+if TYPE_CHECKING:
+    from undertow.sync_logs import ChangelogSpool
 
 
 @dataclass
@@ -33,10 +37,17 @@ class Work:
 
 class Recorder:
     def __init__(
-        self, store: StateStore, run: RunRecord, *, open_keys: set[str] | None = None
+        self,
+        store: StateStore,
+        run: RunRecord,
+        *,
+        open_keys: set[str] | None = None,
+        changelog: ChangelogSpool | None = None,
     ) -> None:
         self.store = store
         self.run = run
+        self.changelog = changelog
+        """Where each batch's outcome is spooled for the sync logs (``sync_logs:``), first."""
         self.open_keys = open_keys or set()
         """Rows with an open failure (``undertow_row_status``): accepted now, they resolve."""
 
@@ -87,6 +98,8 @@ class Recorder:
         counts["succeeded"] += accepted
         counts["rejected"] += len(work.map_rejected) + (len(result.rejected) if result else 0)
         counts["failed"] += len(result.failed) if result else 0
+        if self.changelog is not None:  # before the checkpoint: a crash between them is a
+            self.changelog.add(work, result)  # batch spooled twice, never one not spooled
         self.store.checkpoint(
             self.run,
             batch_no=work.number,

@@ -215,6 +215,8 @@ class SyncRun:
         """Plan only these row keys (``undertow retry``); None plans every change."""
         self.open_keys: set[str] = set()
         """Keys of rows whose latest outcome was rejected or failed, when the run started."""
+        self.changelog_dir: Path | None = None
+        """Set (``sync_logs:``): each batch's outcome is spooled here for the sync logs."""
 
     def execute(self, *, full: bool = False) -> RunRecord:
         ctx = self.ctx
@@ -411,7 +413,12 @@ class SyncRun:
     ) -> RunRecord:
         ctx = self.ctx
         done = self.store.done_batches(run.id)
-        recorder = Recorder(self.store, run, open_keys=self.open_keys)
+        spool = None
+        if self.changelog_dir is not None:
+            from undertow.sync_logs import ChangelogSpool
+
+            spool = ChangelogSpool(self.changelog_dir, run)
+        recorder = Recorder(self.store, run, open_keys=self.open_keys, changelog=spool)
         remaining = run.counts.get("planned", 0)
         self.reporter.stage(ctx.name, "deliver", total=remaining)
         error: UndertowError | None = None
@@ -421,6 +428,8 @@ class SyncRun:
             error = report.stopped
             cancelled = report.cancelled
         finally:
+            if spool is not None:
+                spool.close()
             self.reporter.stage(ctx.name, "record")
             done = self.store.done_batches(run.id)
             engine.fold(run.id, spec, done, self.store.not_accepted_seqs(run.id))

@@ -25,6 +25,20 @@ class PostgresSession:
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         return list(self.conn.execute(sql).fetchall())
 
+    def insert_arrow(self, table: str, columns: str, data: Any) -> None:
+        """Bulk insert (``sources.base.insert_arrow``): one ``COPY ... FROM STDIN`` of CSV."""
+        import io
+
+        import pyarrow.csv as pacsv
+
+        buffer = io.BytesIO()
+        pacsv.write_csv(data, buffer, pacsv.WriteOptions(include_header=False))
+        with (
+            self.conn.cursor() as cur,
+            cur.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy,
+        ):
+            copy.write(buffer.getvalue())
+
     def close(self) -> None:
         self.conn.close()
 

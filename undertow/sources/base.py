@@ -55,6 +55,22 @@ class SourceConfig(BaseModel):
     diff: dict[str, Any] | None = None
     """The diff engine of the syncs reading this source unless a sync sets its own:
     ``{engine: local|warehouse, schema: undertow}`` (a ``DiffConfig``)."""
+    sync_logs: dict[str, Any] | None = None
+    """Sync logs of the syncs reading this source unless a sync sets its own:
+    ``{schema: undertow_audit}`` (a ``SyncLogsConfig``, see docs/sync-logs.md)."""
+
+    @field_validator("sync_logs")
+    @classmethod
+    def _sync_logs(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from undertow.config.models import SyncLogsConfig
+
+        try:
+            return SyncLogsConfig.model_validate(value).model_dump(by_alias=True)
+        except ValidationError as exc:
+            errors = "; ".join(str(e["msg"]) for e in exc.errors())
+            raise ValueError(f"sync_logs: {errors} (e.g. `sync_logs: {{schema: audit}}`)") from None
 
     @field_validator("diff")
     @classmethod
@@ -85,11 +101,16 @@ class SqlSession(Protocol):
 
 
 class CursorSession:
-    """A :class:`SqlSession` over a DB-API connection: one cursor per statement."""
+    """A :class:`SqlSession` over a DB-API connection: one cursor per statement.
 
-    def __init__(self, conn: Any, dialect: str) -> None:
+    ``placeholder`` (``%s`` for PyMySQL and the Snowflake connector) enables the bulk insert
+    of :func:`insert_arrow` through ``executemany``, which both drivers send as multi-row
+    INSERTs with values escaped by the driver."""
+
+    def __init__(self, conn: Any, dialect: str, *, placeholder: str | None = None) -> None:
         self.conn = conn
         self.dialect = dialect
+        self.placeholder = placeholder
 
     def execute(self, sql: str) -> None:
         cur = self.conn.cursor()
@@ -108,6 +129,74 @@ class CursorSession:
 
     def close(self) -> None:
         self.conn.close()
+
+    def insert_many(self, table: str, columns: str, data: pa.Table) -> bool:
+        """``executemany`` of the rows when the driver takes parameters; False otherwise."""
+        if self.placeholder is None:
+            return False
+        marks = ", ".join([self.placeholder] * data.num_columns)
+        cur = self.conn.cursor()
+        try:
+            for batch in data.to_batches(max_chunksize=5000):
+                rows = [tuple(r.values()) for r in batch.to_pylist()]
+                cur.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
+        finally:
+            cur.close()
+        return True
+
+
+_BACKSLASH_DIALECTS = frozenset({"mysql", "snowflake", "clickhouse", "bigquery", "databricks"})
+"""Dialects whose string literals treat ``\\`` as an escape character."""
+
+
+def sql_value(value: Any, dialect: str) -> str:
+    """A Python value (None, bool, int, float, str, datetime) as a SQL literal of ``dialect``."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    if hasattr(value, "isoformat"):
+        text = value.isoformat(sep=" ") if hasattr(value, "hour") else value.isoformat()
+        return f"CAST('{text}' AS TIMESTAMP)"
+    text = str(value)
+    if dialect in _BACKSLASH_DIALECTS:
+        text = (
+            text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
+        )
+        return f"'{text}'"
+    return "'" + text.replace("'", "''") + "'"
+
+
+def insert_arrow(
+    session: SqlSession, table: str, columns: list[str], data: pa.Table, *, chunk: int = 1000
+) -> None:
+    """Insert every row of ``data`` into ``table`` (quoted, qualified) in bulk.
+
+    The session's own bulk path when it has one (DuckDB reads Arrow, PostgreSQL ``COPY``,
+    ``executemany`` on drivers that take parameters); else multi-row ``INSERT ... VALUES``
+    of ``chunk`` rows each, the values written as literals of the session's dialect.
+    """
+    from sqlglot import exp
+
+    if data.num_rows == 0:
+        return
+    names = ", ".join(exp.to_identifier(c, quoted=True).sql(session.dialect) for c in columns)
+    fast = getattr(session, "insert_arrow", None)
+    if fast is not None:
+        fast(table, names, data)
+        return
+    many = getattr(session, "insert_many", None)
+    if many is not None and many(table, names, data):
+        return
+    for batch in data.to_batches(max_chunksize=chunk):
+        rows = batch.to_pylist()
+        values = ", ".join(
+            "(" + ", ".join(sql_value(v, session.dialect) for v in row.values()) + ")"
+            for row in rows
+        )
+        session.execute(f"INSERT INTO {table} ({names}) VALUES {values}")
 
 
 @dataclass(frozen=True)

@@ -395,6 +395,14 @@ class _DuckDBSession:
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         return list(self.con.execute(sql).fetchall())
 
+    def insert_arrow(self, table: str, columns: str, data: pa.Table) -> None:
+        """Bulk insert (``sources.base.insert_arrow``): DuckDB reads the Arrow table itself."""
+        self.con.register("_ut_rows", data)
+        try:
+            self.con.execute(f"INSERT INTO {table} ({columns}) SELECT * FROM _ut_rows")
+        finally:
+            self.con.unregister("_ut_rows")
+
     def close(self) -> None:
         self.con.close()
 

@@ -348,7 +348,7 @@ class MySQLSource(Source):
 
     def session(self) -> SqlSession:
         """A read-write connection (autocommit, UTC). The scratch schema is a database."""
-        return CursorSession(self._connect(read_only=False), "mysql")
+        return CursorSession(self._connect(read_only=False), "mysql", placeholder="%s")
 
 
 def _target(cfg: MySQLConfig) -> _Target:

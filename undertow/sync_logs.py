@@ -1,0 +1,375 @@
+"""Sync logs in the warehouse: every run, and every record it sent or rejected, as tables.
+
+With ``sync_logs: {schema: undertow_audit}`` on a sync, its source or the project, each
+run of the sync ends by writing, into that schema of the sync's *source* warehouse, two
+tables shared by every sync (docs/sync-logs.md documents their columns):
+
+* ``sync_runs``: one row per run, with the counts ``undertow runs`` shows;
+* ``sync_changelog``: one row per record the run sent or rejected: the row key as text
+  and as JSON, the operation, ``succeeded`` / ``rejected`` / ``failed``, the vendor's
+  message, the batch, when.
+
+How it stays out of the way of the sync:
+
+1. While the run delivers, each checkpointed batch's outcome is appended to a spool file
+   in the private state folder (``sync_logs/<sync>/<run>.<attempt>.arrow``, Arrow IPC,
+   flushed per batch) *before* the checkpoint is written. A run killed and resumed adds a
+   segment; batches sent twice appear twice and the last outcome wins.
+2. After the run has its final status, the spool is read, kept to the batches the state
+   store checkpointed, and written in bulk (DuckDB reads Arrow, PostgreSQL ``COPY``, MySQL
+   ``executemany``, elsewhere multi-row ``INSERT``), inside a transaction where the
+   warehouse has them, after deleting the rows of that run: writing a run twice (a retry)
+   leaves it once.
+3. A failure to write is never a failed run: it becomes a warning on the run, the spool
+   stays, and the next run of the sync writes it first. The spool is deleted once written.
+
+Runs whose spool lives on another machine's state folder are written by that machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from sqlglot import exp
+
+from undertow.redact import redact
+from undertow.sources.base import insert_arrow
+from undertow.sources.scratch_sql import ident, lit, transpile
+
+if TYPE_CHECKING:
+    from undertow.config.models import SyncLogsConfig
+    from undertow.destinations.base import BatchResult
+    from undertow.pipeline.record import Work
+    from undertow.pipeline.run import SyncContext
+    from undertow.state.store import RunRecord, StateStore
+
+log = logging.getLogger("undertow.sync_logs")
+
+RUNS = "sync_runs"
+CHANGELOG = "sync_changelog"
+COUNTS = ("extracted", "added", "changed", "removed", "sent", "succeeded", "rejected", "failed")
+RUN_COLUMNS: list[tuple[str, str]] = [
+    ("sync", "VARCHAR(255)"),
+    ("run_id", "VARCHAR(64)"),
+    ("status", "VARCHAR(20)"),
+    ("trigger", "VARCHAR(64)"),
+    ("full_resync", "BOOLEAN"),
+    ("started_at", "TIMESTAMP"),
+    ("finished_at", "TIMESTAMP"),
+    ("duration_s", "DOUBLE PRECISION"),
+    *[(name, "BIGINT") for name in COUNTS],
+    ("attempt", "INTEGER"),
+    ("error", "TEXT"),
+    ("warning", "TEXT"),
+    ("written_at", "TIMESTAMP"),
+]
+CHANGE_COLUMNS: list[tuple[str, str]] = [
+    ("sync", "VARCHAR(255)"),
+    ("run_id", "VARCHAR(64)"),
+    ("row_key", "TEXT"),
+    ("row_key_json", "TEXT"),
+    ("operation", "VARCHAR(20)"),
+    ("status", "VARCHAR(20)"),
+    ("message", "TEXT"),
+    ("batch_no", "INTEGER"),
+    ("at", "TIMESTAMP"),
+]
+SPOOL_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int64()),
+        ("row_key", pa.string()),
+        ("operation", pa.string()),
+        ("status", pa.string()),
+        ("message", pa.string()),
+        ("batch_no", pa.int32()),
+        ("at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+_BEGIN = {"postgres": "BEGIN", "duckdb": "BEGIN TRANSACTION", "mysql": "START TRANSACTION"}
+
+
+def settings_for(ctx: SyncContext, project_default: SyncLogsConfig | None) -> SyncLogsConfig | None:
+    """The sync's ``sync_logs``: its own, else its source's, else the project's."""
+    from undertow.config.models import SyncLogsConfig
+
+    if ctx.sync.sync_logs is not None:
+        return ctx.sync.sync_logs
+    own = getattr(ctx.source.config, "sync_logs", None)
+    if own is not None:
+        return SyncLogsConfig.model_validate(own)
+    return project_default
+
+
+def spool_dir(state_dir: Path, sync: str) -> Path:
+    digest = hashlib.sha1(sync.encode()).hexdigest()[:10]
+    return state_dir / "sync_logs" / f"{re.sub(r'[^A-Za-z0-9_-]', '_', sync)[:40]}-{digest}"
+
+
+class ChangelogSpool:
+    """Appends each checkpointed batch's outcome to the run's spool (see the module doc)."""
+
+    def __init__(self, folder: Path, run: RunRecord) -> None:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = folder / f"{run.id}.{run.attempt:04d}.arrow"
+        self._sink = self.path.open("wb")
+        self._writer = pa.ipc.new_stream(self._sink, SPOOL_SCHEMA)
+
+    def add(self, work: Work, result: BatchResult | None) -> None:
+        """Spool one checkpointed batch: the records sent (with their outcome) and those the
+        mapping refused. Built from the batch's lists in C (no loop over records but the
+        few refused ones)."""
+        refused = bool(result is not None and (result.rejected or result.failed))
+        seqs, keys = list(work.seqs), list(work.keys)
+        if refused or work.map_rejected:
+            statuses: list[str] = ["succeeded"] * len(seqs)
+            messages: list[str | None] = [None] * len(seqs)
+            if result is not None:
+                for kind, items in (("rejected", result.rejected), ("failed", result.failed)):
+                    for index, reason in items.items():
+                        statuses[index] = kind
+                        messages[index] = redact(reason)
+            for seq, key, reason in work.map_rejected:
+                seqs.append(seq)
+                keys.append(key)
+                statuses.append("rejected")
+                messages.append(redact(reason))
+            status_array = pa.array(statuses, pa.string())
+            message_array = pa.array(messages, pa.string())
+        else:  # the common case: every record accepted
+            status_array = pa.repeat(pa.scalar("succeeded"), len(seqs))
+            message_array = pa.nulls(len(seqs), pa.string())
+        total = len(seqs)
+        if not total:
+            return
+        now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
+        batch = pa.record_batch(
+            [
+                pa.array(seqs, pa.int64()),
+                pa.array(keys, pa.string()),
+                pa.repeat(pa.scalar(str(work.operation)), total),
+                status_array,
+                message_array,
+                pa.repeat(pa.scalar(work.number, pa.int32()), total),
+                pa.repeat(now, total),
+            ],
+            schema=SPOOL_SCHEMA,
+        )
+        self._writer.write_batch(batch)
+        self._sink.flush()  # a kill -9 keeps every batch written so far
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._sink.close()
+
+
+def read_spool(folder: Path, run_id: str, done: set[int]) -> pa.Table:
+    """The run's outcomes from every segment, done batches only, the last spooling of each
+    batch winning (a batch is spooled whole, once per time it was sent)."""
+    latest: dict[int, pa.RecordBatch] = {}
+    for path in sorted(folder.glob(f"{run_id}.*.arrow")):
+        with path.open("rb") as source, contextlib.suppress(pa.ArrowInvalid, OSError):
+            for batch in pa.ipc.open_stream(source):  # a torn last message: keep the rest
+                if batch.num_rows:
+                    number = batch.column("batch_no")[0].as_py()
+                    if number in done:
+                        latest[number] = batch
+    if not latest:
+        return SPOOL_SCHEMA.empty_table()
+    return pa.Table.from_batches([latest[n] for n in sorted(latest)], schema=SPOOL_SCHEMA)
+
+
+def key_json(keys: list[str], texts: pa.ChunkedArray) -> pa.Array:
+    """A composite row key as JSON: its text ``a=1, b=x`` split on the key's column names,
+    ``{"a":"1","b":"x"}`` (values as text), built by Polars; NULL for a one-column key,
+    whose text is the key."""
+    import polars as pl
+
+    if len(keys) == 1:  # the text is the key: JSON only for composite keys
+        return pa.nulls(len(texts), pa.string())
+    series = pl.from_arrow(texts)
+    assert isinstance(series, pl.Series)
+    frame = pl.DataFrame({"_k": series.cast(pl.String)})
+    if len(keys) == 1:
+        parts = [pl.col("_k").alias(keys[0])]
+    else:
+        pattern = "^" + ", ".join(f"{re.escape(k)}=(.*?)" for k in keys) + "$"
+        parts = [pl.col("_k").str.extract(pattern, i + 1).alias(key) for i, key in enumerate(keys)]
+    encoded = frame.select(pl.struct(parts).struct.json_encode().alias("j")).get_column("j")
+    return encoded.to_arrow().cast(pa.string())
+
+
+class SyncLogWriter:
+    """Writes runs (and their spools) into the ``sync_logs`` schema of a source."""
+
+    def __init__(self, ctx: SyncContext, settings: SyncLogsConfig, store: StateStore) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.store = store
+        self.folder = spool_dir(ctx.state_dir, ctx.name)
+
+    def _t(self, table: str, dialect: str) -> str:
+        return ".".join(
+            exp.to_identifier(name, quoted=True).sql(dialect)
+            for name in (self.settings.schema_, table)
+        )
+
+    def pending(self) -> list[str]:
+        """Run ids with a spool or a marker still to write (oldest first)."""
+        if not self.folder.exists():
+            return []
+        ids = {p.name.split(".")[0] for p in self.folder.glob("*.arrow")}
+        ids |= {p.name.removesuffix(".pending") for p in self.folder.glob("*.pending")}
+        return sorted(ids)
+
+    def mark(self, run_id: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.folder / f"{run_id}.pending").touch()
+
+    def write_pending(self) -> list[tuple[str, str]]:
+        """Write every finished run waiting; return (run id, error) of those that failed."""
+        failed = []
+        for run_id in self.pending():
+            run = self.store.get_run(run_id)
+            if run is None or not run.status.final:
+                continue  # unfinished (it resumes) or forgotten
+            try:
+                self.write(run)
+            except Exception as exc:  # never fails the sync: see the module docstring
+                failed.append((run_id, redact(f"{type(exc).__name__}: {exc}").splitlines()[0]))
+                continue
+            for path in [*self.folder.glob(f"{run_id}.*.arrow"), self.folder / f"{run_id}.pending"]:
+                path.unlink(missing_ok=True)
+        return failed
+
+    def write(self, run: RunRecord) -> None:
+        changes = None
+        if self.settings.changelog:
+            done = self.store.done_batches(run.id)
+            table = read_spool(self.folder, run.id, done)
+            invalid = [e for e in self.store.row_errors(run.id) if e.kind == "invalid_key"]
+            if invalid:
+                extra = pa.table(
+                    {
+                        "seq": pa.array([None] * len(invalid), pa.int64()),
+                        "row_key": [e.row_key for e in invalid],
+                        "operation": pa.array([None] * len(invalid), pa.string()),
+                        "status": ["rejected"] * len(invalid),
+                        "message": [redact(e.reason) for e in invalid],
+                        "batch_no": pa.array([None] * len(invalid), pa.int32()),
+                        "at": pa.array(
+                            [e.created_at for e in invalid], SPOOL_SCHEMA.field("at").type
+                        ),
+                    },
+                    schema=SPOOL_SCHEMA,
+                )
+                table = pa.concat_tables([table, extra])
+            n = table.num_rows
+            keys = list(self.ctx.model.primary_key)
+            changes = pa.table(
+                {
+                    "sync": pa.array([run.sync] * n, pa.string()),
+                    "run_id": pa.array([run.id] * n, pa.string()),
+                    "row_key": table["row_key"],
+                    "row_key_json": key_json(keys, table["row_key"]),
+                    "operation": table["operation"],
+                    "status": table["status"],
+                    "message": table["message"],
+                    "batch_no": table["batch_no"],
+                    "at": table["at"].cast(pa.timestamp("us")),
+                }
+            )
+        session = self.ctx.source.session()
+        try:
+            self._write(session, run, changes)
+        finally:
+            with contextlib.suppress(Exception):
+                session.close()
+
+    def _write(self, session: Any, run: RunRecord, changes: pa.Table | None) -> None:
+        dialect = session.dialect
+        schema = ident(self.settings.schema_)
+        session.execute(transpile(f"CREATE SCHEMA IF NOT EXISTS {schema}", dialect))
+        for table, columns in ((RUNS, RUN_COLUMNS), (CHANGELOG, CHANGE_COLUMNS)):
+            cols = ", ".join(f"{ident(c)} {t}" for c, t in columns)
+            session.execute(
+                transpile(f"CREATE TABLE IF NOT EXISTS {schema}.{ident(table)} ({cols})", dialect)
+            )
+        now = datetime.now(UTC).replace(tzinfo=None)
+
+        def naive(value: datetime | None) -> datetime | None:
+            return value.astimezone(UTC).replace(tzinfo=None) if value else None
+
+        row = {
+            "sync": run.sync,
+            "run_id": run.id,
+            "status": str(run.status),
+            "trigger": run.trigger,
+            "full_resync": run.full_resync,
+            "started_at": naive(run.created_at),
+            "finished_at": naive(run.finished_at),
+            "duration_s": run.duration_s,
+            **{k: int(run.counts.get(k, 0)) for k in COUNTS},
+            "attempt": run.attempt,
+            "error": redact(run.error) if run.error else None,
+            "warning": redact(run.warning) if run.warning else None,
+            "written_at": now,
+        }
+        runs = pa.Table.from_pylist([row], schema=_arrow_schema(RUN_COLUMNS))
+        begin = _BEGIN.get(dialect)
+        if begin:
+            session.execute(begin)
+        try:
+            where = f" WHERE {ident('run_id')} = {lit(run.id)}"
+            session.execute(transpile(f"DELETE FROM {schema}.{ident(RUNS)}{where}", dialect))
+            insert_arrow(session, self._t(RUNS, dialect), [c for c, _ in RUN_COLUMNS], runs)
+            if changes is not None:
+                session.execute(
+                    transpile(f"DELETE FROM {schema}.{ident(CHANGELOG)}{where}", dialect)
+                )
+                insert_arrow(
+                    session, self._t(CHANGELOG, dialect), [c for c, _ in CHANGE_COLUMNS], changes
+                )
+            if begin:
+                session.execute("COMMIT")
+        except BaseException:
+            if begin:
+                with contextlib.suppress(Exception):
+                    session.execute("ROLLBACK")
+            raise
+
+
+def _arrow_schema(columns: list[tuple[str, str]]) -> pa.Schema:
+    kinds = {
+        "BOOLEAN": pa.bool_(),
+        "TIMESTAMP": pa.timestamp("us"),
+        "DOUBLE PRECISION": pa.float64(),
+        "BIGINT": pa.int64(),
+        "INTEGER": pa.int32(),
+    }
+    return pa.schema([(c, kinds.get(t, pa.string())) for c, t in columns])
+
+
+def after_run(
+    ctx: SyncContext, settings: SyncLogsConfig, store: StateStore, record: RunRecord
+) -> str | None:
+    """Write ``record`` and every run of the sync still waiting; the warning, if any."""
+    writer = SyncLogWriter(ctx, settings, store)
+    writer.mark(record.id)
+    failed = writer.write_pending()
+    if not failed:
+        return None
+    for run_id, error in failed:
+        log.warning("sync logs of run %s not written: %s", run_id, error)
+    run_id, error = failed[-1]
+    return (
+        f"sync logs of {len(failed)} run(s) not written to schema {settings.schema_!r} of "
+        f"source {ctx.model.source!r} ({error}); the next run of {ctx.name} writes them"
+    )
