@@ -73,7 +73,7 @@ def test_jsonl_rejects_a_field_named_operation(tmp_path: Path) -> None:
 def test_csv_writes_the_header_once_and_encodes_cells(tmp_path: Path) -> None:
     path = tmp_path / "users.csv"
     dest = make_dest(path)  # format inferred from the suffix
-    assert dest.cfg.format == "csv"
+    assert dest.config.format == "csv"
     write(dest, make_batch([{"id": 1, "name": "Ada, Countess", "tags": ["a", "b"], "vip": True}]))
     write(dest, make_batch([{"id": 2, "name": None}], Operation.UPDATE, number=2))
 

@@ -208,7 +208,7 @@ def test_401_is_fatal_and_the_secret_header_never_shows() -> None:
     assert "401" in message
     assert receiver.requests[0].headers["authorization"] == f"Bearer {TOKEN}"  # it was sent
     assert TOKEN not in message
-    assert TOKEN not in repr(dest.cfg)
+    assert TOKEN not in repr(dest.config)
 
 
 def test_right_token_is_accepted() -> None:

@@ -305,7 +305,7 @@ def test_unknown_user_is_fatal_and_the_password_never_shows(pg_database: str) ->
         write(dest, make_batch([{"id": 1, "email": "a"}]))
     assert "cannot log in" in str(info.value)
     assert "hunter2-secret" not in str(info.value)
-    assert "hunter2-secret" not in repr(dest.cfg)
+    assert "hunter2-secret" not in repr(dest.config)
 
 
 def test_server_down_is_retryable() -> None:

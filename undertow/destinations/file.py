@@ -54,11 +54,10 @@ class FileConfig(DestinationConfig):
         return self
 
 
-class FileDestination(Destination):
+class FileDestination(Destination[FileConfig]):
     """Append records to a local file (JSON Lines or CSV)."""
 
     name: ClassVar[str] = "file"
-    Config: ClassVar[type[DestinationConfig]] = FileConfig
     capabilities: ClassVar[Capabilities] = Capabilities(
         operations=frozenset(Operation),
         max_batch_size=10_000,
@@ -67,10 +66,8 @@ class FileDestination(Destination):
     )
 
     def __init__(self, config: DestinationConfig, *, name: str) -> None:
-        if not isinstance(config, FileConfig):
-            config = FileConfig.model_validate(config.model_dump())
         super().__init__(config, name=name)
-        self.cfg: FileConfig = config
+        config = self.config
         self.path = Path(config.path)
         self._lock = asyncio.Lock()
         self._header: list[str] | None = None
@@ -102,7 +99,7 @@ class FileDestination(Destination):
                 f"{self._where()}: the file exists but is not writable",
                 hint="fix its permissions or choose another `path`",
             )
-        if self.cfg.format == "csv":
+        if self.config.format == "csv":
             self._read_header()
 
     async def write_batch(self, batch: Batch) -> BatchResult:
@@ -110,7 +107,7 @@ class FileDestination(Destination):
             return await asyncio.to_thread(self._write, batch)
 
     def _write(self, batch: Batch) -> BatchResult:
-        if self.cfg.format == "csv":
+        if self.config.format == "csv":
             data, result, header = self._csv_lines(batch)
         else:
             data, result = _jsonl_lines(batch)

@@ -114,11 +114,10 @@ def _import_psycopg() -> Any:
     return psycopg
 
 
-class PostgresDestination(Destination):
+class PostgresDestination(Destination[PostgresConfig]):
     """Write rows into a PostgreSQL table."""
 
     name: ClassVar[str] = "postgres"
-    Config: ClassVar[type[DestinationConfig]] = PostgresConfig
     capabilities: ClassVar[Capabilities] = Capabilities(
         operations=frozenset(
             {Operation.UPSERT, Operation.INSERT, Operation.UPDATE, Operation.DELETE}
@@ -129,10 +128,8 @@ class PostgresDestination(Destination):
     )
 
     def __init__(self, config: DestinationConfig, *, name: str) -> None:
-        if not isinstance(config, PostgresConfig):
-            config = PostgresConfig.model_validate(config.model_dump())
         super().__init__(config, name=name)
-        self.cfg: PostgresConfig = config
+        config = self.config
         if config.password is not None:
             register_secret(config.password.get_secret_value())
         if config.url is not None:
@@ -146,7 +143,7 @@ class PostgresDestination(Destination):
 
     @property
     def qualified(self) -> str:
-        return f"{self.cfg.schema_}.{self.cfg.table}"
+        return f"{self.config.schema_}.{self.config.table}"
 
     def _where(self) -> str:
         return f"postgres destination {self.instance_name!r} (table {self.qualified})"
@@ -154,13 +151,13 @@ class PostgresDestination(Destination):
     def _ident(self) -> sql.Identifier:
         from psycopg import sql
 
-        return sql.Identifier(self.cfg.schema_, self.cfg.table)
+        return sql.Identifier(self.config.schema_, self.config.table)
 
     def capabilities_for(self, object: str | None) -> Capabilities:
         caps = self.capabilities
         return Capabilities(
             operations=caps.operations,
-            max_batch_size=self.cfg.batch_size,
+            max_batch_size=self.config.batch_size,
             max_concurrency=1,
             per_record_results=True,
         )
@@ -169,7 +166,7 @@ class PostgresDestination(Destination):
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         pg = _import_psycopg()
-        cfg = self.cfg
+        cfg = self.config
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": cfg.connect_timeout}
         if cfg.url is not None:
             conninfo = _plain(cfg.url)
@@ -215,7 +212,7 @@ class PostgresDestination(Destination):
             " has_table_privilege(c.oid, 'UPDATE'), has_table_privilege(c.oid, 'DELETE')"
             " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-            (self.cfg.schema_, self.cfg.table),
+            (self.config.schema_, self.config.table),
         )
         row = await cur.fetchone()
         if row is None:
@@ -265,7 +262,7 @@ class PostgresDestination(Destination):
         try:
             table = await self._load_table(conn)
             if table is None:
-                if self.cfg.create_table:
+                if self.config.create_table:
                     return
                 raise FatalDeliveryError(
                     f"{self._where()}: the table does not exist",
@@ -350,7 +347,7 @@ class PostgresDestination(Destination):
         if self._table is None:
             self._table = await self._load_table(conn)
         if self._table is None:
-            if not self.cfg.create_table:
+            if not self.config.create_table:
                 raise FatalDeliveryError(
                     f"{self._where()}: the table does not exist",
                     hint="create it, or set `create_table: true`",

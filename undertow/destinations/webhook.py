@@ -107,11 +107,10 @@ class WebhookConfig(DestinationConfig):
         }
 
 
-class WebhookDestination(Destination):
+class WebhookDestination(Destination[WebhookConfig]):
     """Send batches of records to any HTTP endpoint as JSON."""
 
     name: ClassVar[str] = "webhook"
-    Config: ClassVar[type[DestinationConfig]] = WebhookConfig
     capabilities: ClassVar[Capabilities] = Capabilities(
         operations=frozenset(Operation),
         max_batch_size=1000,
@@ -121,10 +120,8 @@ class WebhookDestination(Destination):
     )
 
     def __init__(self, config: DestinationConfig, *, name: str) -> None:
-        if not isinstance(config, WebhookConfig):
-            config = WebhookConfig.model_validate(config.model_dump())
         super().__init__(config, name=name)
-        self.cfg: WebhookConfig = config
+        config = self.config
         headers: dict[str, str] = {}
         for header, value in config.headers.items():
             plain = value.get_secret_value() if isinstance(value, SecretStr) else value
@@ -151,29 +148,30 @@ class WebhookDestination(Destination):
     def capabilities_for(self, object: str | None) -> Capabilities:
         return Capabilities(
             operations=self.capabilities.operations,
-            max_batch_size=self.cfg.batch_size,
-            max_concurrency=self.cfg.max_concurrency,
+            max_batch_size=self.config.batch_size,
+            max_concurrency=self.config.max_concurrency,
             rate_limit=self._rate_limit,
             per_record_results=True,
             idempotency_key=True,
-            max_payload_bytes=self.cfg.max_record_bytes,
+            max_payload_bytes=self.config.max_record_bytes,
         )
 
     @property
     def _url(self) -> str:
-        return self._local.url if self._local is not None else self.cfg.url
+        return self._local.url if self._local is not None else self.config.url
 
     async def open(self) -> None:
         """For a ``local://FILE`` URL, start the built-in receiver that appends to FILE."""
-        if self.cfg.url.startswith(LOCAL_SCHEME) and self._local is None:
+        if self.config.url.startswith(LOCAL_SCHEME) and self._local is None:
             from undertow.testing.server import start_server
             from undertow.testing.webhook import WebhookReceiver
 
-            inbox = Path(self.cfg.url[len(LOCAL_SCHEME) :])
+            inbox = Path(self.config.url[len(LOCAL_SCHEME) :])
             if not inbox.is_absolute():
                 inbox = Path(self.base_dir) / inbox
             receiver = WebhookReceiver(inbox=inbox)
             self._local = await asyncio.to_thread(start_server, receiver.app)
+            self._client.allow(self._local.url)  # the built-in receiver is this URL's origin
 
     async def close(self) -> None:
         await self._client.close()
@@ -183,8 +181,8 @@ class WebhookDestination(Destination):
 
     async def check(self) -> None:
         """Resolve the host and open a TCP connection to it; nothing is sent."""
-        if self.cfg.url.startswith(LOCAL_SCHEME):
-            target = self.cfg.url[len(LOCAL_SCHEME) :]
+        if self.config.url.startswith(LOCAL_SCHEME):
+            target = self.config.url[len(LOCAL_SCHEME) :]
             folder = (Path(self.base_dir) / target).parent
             if not target or not folder.is_dir():
                 raise FatalDeliveryError(
@@ -193,10 +191,10 @@ class WebhookDestination(Destination):
                     hint="create the folder, or use `url: local://inbox.jsonl`",
                 )
             return
-        parts = urlsplit(self.cfg.url)
+        parts = urlsplit(self.config.url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        where = f"webhook destination {self.instance_name!r} ({redact_url(self.cfg.url)})"
+        where = f"webhook destination {self.instance_name!r} ({redact_url(self.config.url)})"
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
@@ -241,10 +239,10 @@ class WebhookDestination(Destination):
                 + batch.json_array()
                 + b"}"
             )
-        headers = {self.cfg.idempotency_header: batch.idempotency_key}
+        headers = {self.config.idempotency_header: batch.idempotency_key}
         # concurrency and the rate limit are the deliver stage's job (capabilities_for)
         response = await self._client.request(
-            self.cfg.method, self._url, body=body, headers=headers
+            self.config.method, self._url, body=body, headers=headers
         )
         if response.status >= 400:
             reason = f"destination refused the batch: {response.describe()}"

@@ -128,6 +128,14 @@ def compile_for(
             "which record a row updates",
             hint="add e.g. `match: {email: email}` (destination field: model column)",
         )
+    if str(ctx.sync.mode) != "insert":
+        # the destination's match rule, as data: exactly one field, known identifiers
+        caps.check_sync(
+            sync=ctx.name,
+            destination=ctx.destination_name,
+            match=ctx.sync.match,
+            object=ctx.sync.object,
+        )
     mapping = compile_mapping(ctx.name, ctx.sync, schema, max_payload_bytes=caps.max_payload_bytes)
     keys = list(ctx.model.primary_key)
     missing = [k for k in keys if k not in names]
