@@ -48,7 +48,7 @@ from undertow.destinations.kit import (
     envelope,
     parse_json,
 )
-from undertow.errors import FatalDeliveryError
+from undertow.errors import FatalDeliveryError, RejectedBatchError
 from undertow.redact import trim
 
 # -- vendor limits, each next to the doc that states it ------------------------------------
@@ -154,6 +154,9 @@ def read_batch_answer(call: Call, response: Response, body: Any) -> BatchResult:
         reason = _whole_batch_reason(response, body)
         context = body.get("context") if isinstance(body, dict) else None
         culprits = _attribute(context, by_trace, by_key) if isinstance(context, dict) else set()
+        if not culprits:
+            # HubSpot refused the whole request naming no input: the kit bisects it
+            raise RejectedBatchError(reason)
         for position in range(len(call.items)):
             if not culprits or position in culprits:
                 result.rejected[position] = reason
@@ -205,6 +208,7 @@ class HubSpotDestination(HttpDestination[HubSpotConfig]):
         per_record_results=True,
         requires_match=True,
         match=MatchRule.exactly_one(example="match: {email: email}"),
+        bisect=True,
         docs=DOCS,
         cite={"max_batch_size": BATCH_DOC, "rate_limit": LIMITS_DOC},
     )
