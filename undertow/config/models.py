@@ -190,6 +190,12 @@ class SyncConfig(Strict):
     mappings: dict[str, FieldSpec] = Field(default_factory=dict)
     nulls: Literal["null", "omit"] = "null"
     """Send NULL values as JSON null (default) or leave the field out."""
+
+    @field_validator("nulls", mode="before")
+    @classmethod
+    def _yaml_null(cls, value: Any) -> Any:
+        return "null" if value is None else value  # `nulls: null` is YAML's null, unquoted
+
     batch_size: int | None = Field(default=None, gt=0)
     max_deletes: int | None = Field(default=None, ge=0)
     """Most rows one run may delete (mirror) or remove from a list; None: no count limit."""
