@@ -91,7 +91,8 @@ class Rejection(TypedDict):
     key: str
     reason: str
     kind: str
-    """``invalid_key`` (NULL or duplicate primary key) or ``mapping``."""
+    """``invalid_key`` (NULL or duplicate primary key), ``mapping`` or ``destination`` (the
+    destination's own shaping refuses the record, e.g. a nested object for HubSpot)."""
 
 
 class PlanCounts(TypedDict):
@@ -115,3 +116,5 @@ class PlanDocument(TypedDict):
     samples: list[Sample]
     changes: list[FieldChange]
     rejected: list[Rejection]
+    warnings: list[str]
+    """What would stop ``run`` (a delete limit it would refuse)."""

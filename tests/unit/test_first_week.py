@@ -110,3 +110,58 @@ def test_other_rejections_still_point_at_retry(tmp_path: Path, script: Script) -
         assert failed.error is not None and "undertow retry users_sync" in failed.error
     finally:
         project.close()
+
+
+def test_plan_warns_when_the_delete_guard_will_refuse_the_run(tmp_path: Path) -> None:
+    folder = tmp_path / "p"
+    project = users_project(
+        folder,
+        [(i, f"u{i}@x.com") for i in range(1, 11)],
+        syncs="  users_sync: {model: users, destination: dest, mode: mirror}\n",
+    )
+    try:
+        assert str(run_one(project, "users_sync").status) == "succeeded"
+        assert project.plan("users_sync").warnings == []
+        with duckdb.connect(str(folder / "wh.duckdb")) as con:
+            con.execute("delete from users where id > 2")  # 80% of the rows leave the model
+        preview = project.plan("users_sync")
+        [warning] = preview.warnings
+        assert "will refuse this plan" in warning and "delete 8 of the 10" in warning
+        assert "--allow-deletes" in warning
+        assert preview.as_dict()["warnings"] == [warning]
+        assert str(run_one(project, "users_sync").status) == "failed"  # as plan said
+    finally:
+        project.close()
+
+
+def test_plan_counts_rows_the_destination_shaping_rejects(tmp_path: Path) -> None:
+    """HubSpot takes flat properties: a nested object is refused by the connector itself,
+    so plan counts those rows as rejected, as run will (Destination.preview says so)."""
+    rows = [(i, f"u{i}@x.com", '{"city": "Paris"}' if i % 2 else '"Paris"') for i in range(1, 9)]
+    project = users_project(
+        tmp_path / "p",
+        rows,
+        columns="id integer, email varchar, address varchar",
+        destinations='crm: {type: hubspot, token: "pat-test"}',
+        syncs="""  to_crm:
+    model: users
+    destination: crm
+    object: contacts
+    mode: upsert
+    match: {email: email}
+    mappings:
+      email: email
+      address: {json: address}          # an object on odd rows, a string on even ones
+""",
+    )
+    try:
+        preview = project.plan("to_crm", limit=2)
+    finally:
+        project.close()
+    counts = preview.as_dict()["counts"]
+    assert preview.shape_rejected == 4 and counts["rejected"] == 4 and counts["to_send"] == 4
+    shown = [r for r in preview.rejected if r["kind"] == "destination"]
+    assert len(shown) == 2 and all("nested object" in r["reason"] for r in shown)
+    assert len(preview.samples) == 2 and all(
+        "rejected" not in s["payload"] for s in preview.samples
+    )

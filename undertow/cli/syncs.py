@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load, print_runs
 from undertow.console import TerminalConsole
@@ -53,6 +54,8 @@ def plan(
     )
     ops = ", ".join(f"{k} → {v}" for k, v in data["operations"].items())
     console.print(f"operations: {ops}")
+    for warning in data["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if data["changes"]:
         console.print("\n[bold]changed fields[/] (old → new):")
         for change in data["changes"]:

@@ -72,7 +72,7 @@ def make_plan(
     return Plan(mode=mode, ops=ops, full=full)
 
 
-def check_deletes(
+def delete_limit_exceeded(
     *,
     sync: str,
     plan: Plan,
@@ -81,8 +81,9 @@ def check_deletes(
     snapshot: int,
     max_deletes: int | None,
     max_delete_ratio: float,
-) -> None:
-    """Refuse a plan that deletes more than the sync allows, before anything is sent.
+) -> str | None:
+    """What a plan that deletes more than the sync allows would do (``delete 8 of the 10
+    row(s) it has sent ...``), or None when it stays within the limits.
 
     ``deletes`` counts every planned ``delete`` or ``remove``; ``max_deletes`` limits it.
     ``max_delete_ratio`` limits the rows leaving the model (``removed``, in ``mirror`` mode)
@@ -101,6 +102,32 @@ def check_deletes(
             f"max_delete_ratio {max_delete_ratio:g} ({percent(max_delete_ratio)})"
         )
     else:
+        return None
+    return what
+
+
+def check_deletes(
+    *,
+    sync: str,
+    plan: Plan,
+    deletes: int,
+    removed: int,
+    snapshot: int,
+    max_deletes: int | None,
+    max_delete_ratio: float,
+) -> None:
+    """Refuse a plan that deletes more than the sync allows, before anything is sent (see
+    :func:`delete_limit_exceeded`)."""
+    what = delete_limit_exceeded(
+        sync=sync,
+        plan=plan,
+        deletes=deletes,
+        removed=removed,
+        snapshot=snapshot,
+        max_deletes=max_deletes,
+        max_delete_ratio=max_delete_ratio,
+    )
+    if what is None:
         return
     raise DeleteLimitError(
         f"sync {sync!r}: this run would {what}; nothing was sent and the change set is "

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 import orjson
 import polars as pl
 
-from undertow.destinations.base import Batch, Operation
+from undertow.destinations.base import Batch, Destination, Operation
 from undertow.pipeline.diff import ChangeStats, DiffEngine
 from undertow.pipeline.engines import make_engine
 from undertow.pipeline.extract import model_failures, open_model
 from undertow.pipeline.map import CompiledMapping
+from undertow.pipeline.plan import delete_limit_exceeded
 from undertow.results import FieldChange, OldNew, PlanCounts, PlanDocument, Rejection, Sample
 
 if TYPE_CHECKING:
@@ -43,6 +44,13 @@ class PlanPreview:
     samples: list[Sample] = field(default_factory=list)
     changes: list[FieldChange] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    """The first rows ``run`` would reject (up to the plan's limit), and why."""
+    map_rejected: int = 0
+    """Planned rows the mapping rejects (a failed cast, a NULL identifier, ...)."""
+    shape_rejected: int = 0
+    """Planned rows the destination's own shaping refuses (HubSpot's nested objects)."""
+    warnings: list[str] = field(default_factory=list)
+    """What would stop or change ``run``: a delete limit it would refuse, ..."""
 
     def as_dict(self) -> PlanDocument:
         return PlanDocument(
@@ -55,14 +63,14 @@ class PlanPreview:
                 changed=self.counts.changed,
                 removed=self.counts.removed,
                 unchanged=self.counts.unchanged,
-                rejected=self.counts.invalid
-                + len([r for r in self.rejected if r["kind"] == "mapping"]),
-                to_send=self.counts.planned,
+                rejected=self.counts.invalid + self.map_rejected + self.shape_rejected,
+                to_send=self.counts.planned - self.map_rejected - self.shape_rejected,
             ),
             operations=self.operations,
             samples=self.samples,
             changes=self.changes,
             rejected=self.rejected,
+            warnings=self.warnings,
         )
 
 
@@ -91,10 +99,38 @@ def preview(ctx: SyncContext, *, limit: int = 5, full: bool = False) -> PlanPrev
         ]
         if stats.planned:  # nothing planned: chunks() would leave a DuckDB result open
             _samples(ctx, engine, mapping, result, limit)
+        refused = delete_limit_exceeded(
+            sync=ctx.name,
+            plan=plan,
+            deletes=stats.deletes,
+            removed=stats.removed,
+            snapshot=stats.snapshot,
+            max_deletes=ctx.sync.max_deletes,
+            max_delete_ratio=ctx.sync.max_delete_ratio,
+        )
+        if refused is not None:
+            result.warnings.append(
+                f"`undertow run {ctx.name}` will refuse this plan and send nothing: it would "
+                f"{refused}; if the deletes are meant, run `undertow run {ctx.name} "
+                "--allow-deletes` once, or raise max_deletes / max_delete_ratio"
+            )
         result.changes = field_changes(engine, mapping, limit)
         return result
     finally:
         engine.close()
+
+
+def _shapes(destination: Destination) -> bool:
+    """Whether the destination reshapes records for the wire (and may refuse some there)."""
+    return type(destination).preview is not Destination.preview
+
+
+def _refusal(shaped: object) -> str | None:
+    """A record the destination's own shaping refuses previews as ``{"rejected": reason}``
+    (HubSpot's nested objects): the reason, else None."""
+    if isinstance(shaped, dict) and set(shaped) == {"rejected"}:
+        return str(shaped["rejected"])
+    return None
 
 
 def _samples(
@@ -104,33 +140,50 @@ def _samples(
     result: PlanPreview,
     limit: int,
 ) -> None:
-    """Samples (as the destination would send them) and mapping rejections, batch after
-    batch until there are ``limit`` of either."""
-    map_rejected = 0
-    for chunk in engine.chunks(PREVIEW_RUN, skip=set(), batches_per_chunk=1):
-        frame = chunk.frame.head(max(limit * 4, limit))
+    """Every planned row through the map stage and the destination's shaping: the first
+    ``limit`` payloads as they would be sent and of rejections, and how many rows each
+    refuses (``run`` rejects those rows without sending them)."""
+    shapes = _shapes(ctx.destination)
+    shown_rejected = 0
+    for chunk in engine.chunks(PREVIEW_RUN, skip=set()):
+        frame = chunk.frame
         mapped = mapping.map(model_part(frame))
         keys = frame.get_column("_ut_key").to_list()
         ops = frame.get_column("_ut_op").to_list()
-        for i, pos in enumerate(mapped.index[: limit - len(result.samples)]):
-            one = Batch(
+        result.map_rejected += len(mapped.rejected)
+        for pos, reason in mapped.rejected[: max(0, limit - shown_rejected)]:
+            result.rejected.append(Rejection(key=keys[pos], reason=reason, kind="mapping"))
+            shown_rejected += 1
+        wanted = limit - len(result.samples)
+        if not shapes and wanted <= 0:
+            continue  # the records are the payloads: nothing more to count or show
+        # one preview call per operation (the rows of a chunk share few operations)
+        by_op: dict[str, list[int]] = {}
+        for i, pos in enumerate(mapped.index):
+            by_op.setdefault(ops[pos], []).append(i)
+        for op, rows in by_op.items():
+            rows = rows if shapes else rows[:wanted]
+            batch = Batch(
                 sync=ctx.name,
-                operation=Operation(ops[pos]),
+                operation=Operation(op),
                 number=0,
                 idempotency_key=PREVIEW_RUN,
-                keys=[keys[pos]],
-                payloads=[mapped.payloads[i]],
-                identifiers={f: [v[i]] for f, v in mapped.identifiers.items()},
+                keys=[keys[mapped.index[i]] for i in rows],
+                payloads=[mapped.payloads[i] for i in rows],
+                identifiers={f: [v[i] for i in rows] for f, v in mapped.identifiers.items()},
                 object=ctx.sync.object,
             )
-            result.samples.append(
-                Sample(operation=ops[pos], key=keys[pos], payload=ctx.destination.preview(one)[0])
-            )
-        for pos, reason in mapped.rejected[: limit - map_rejected]:
-            result.rejected.append(Rejection(key=keys[pos], reason=reason, kind="mapping"))
-            map_rejected += 1
-        if len(result.samples) >= limit or map_rejected >= limit:
-            break
+            for key, shaped in zip(batch.keys, ctx.destination.preview(batch), strict=True):
+                refused = _refusal(shaped)
+                if refused is not None:
+                    result.shape_rejected += 1
+                    if shown_rejected < limit:
+                        result.rejected.append(
+                            Rejection(key=key, reason=refused, kind="destination")
+                        )
+                        shown_rejected += 1
+                elif len(result.samples) < limit:
+                    result.samples.append(Sample(operation=op, key=key, payload=shaped))
 
 
 def field_changes(engine: DiffEngine, mapping: CompiledMapping, limit: int) -> list[FieldChange]:
