@@ -291,6 +291,18 @@ class BatchResult:
 
 
 @dataclass(frozen=True)
+class Job:
+    """A batch an asynchronous API accepted, to be polled for its results.
+
+    ``data`` is what :meth:`Destination.poll_job` needs (the vendor's URLs, sub-ids), kept in
+    the state store with the job: JSON-able and never a credential.
+    """
+
+    id: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DemoProfile:
     """How ``undertow demo --destination TYPE`` syncs the sample customers into this type.
 
@@ -322,6 +334,14 @@ class Destination(ABC, Generic[ConfigT]):
     paces_requests: ClassVar[bool] = False
     """True when the destination paces each request itself (the HTTP kit does): the
     deliver stage then does not pace whole batches on top."""
+
+    async_jobs: ClassVar[bool] = False
+    """True when batches go through :meth:`submit_batch` and :meth:`poll_job` (an API that
+    accepts a batch now and reports per-record results later) instead of ``write_batch``."""
+    poll_interval: ClassVar[float] = 2.0
+    """Seconds between two polls of a job."""
+    job_timeout: ClassVar[float] = 3600.0
+    """A job still running after this many seconds stops the run; the next run polls it."""
 
     base_dir: str = "."
     """The project folder: relative paths in the config resolve against it (set by Project)."""
@@ -388,6 +408,19 @@ class Destination(ABC, Generic[ConfigT]):
     @abstractmethod
     async def check(self) -> None:
         """Prove the credentials and endpoint work; raise an UndertowError that says how to fix."""
+
+    async def submit_batch(self, batch: Batch) -> Job | BatchResult:
+        """Hand a batch to an asynchronous API: the :class:`Job` to poll, or a result when
+        the vendor answered at once (e.g. a batch below a bulk threshold)."""
+        return await self.write_batch(batch)
+
+    async def poll_job(self, job: Job, batch: Batch) -> BatchResult | None:
+        """The job's per-record results (indexed like ``batch``), or None while it runs.
+
+        May be called in a later process than the one that submitted (after a crash), with
+        the same batch rebuilt from the run's plan.
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares async_jobs but no poll_job")
 
     @abstractmethod
     async def write_batch(self, batch: Batch) -> BatchResult:

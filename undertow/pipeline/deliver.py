@@ -15,6 +15,13 @@ sent stay undelivered for the next run. Every wait ends at once when ``stop`` is
 
 The batches run inside :func:`undertow.destinations.retry.delivery`, so a kit destination's
 own request retries use the sync's policy, ``max_wait`` and stop event.
+
+Asynchronous job APIs (``Destination.async_jobs``): a batch is submitted, the job is handed
+to ``on_submitted`` (the run records "batch N submitted as job J" in the state store) before
+anything else happens, and only then polled until its results are known; a retry after a
+failed poll polls again, never submits again. A batch found in ``jobs`` (a resumed run's
+recorded jobs) is polled, not submitted. Stopping while a job runs leaves it recorded and
+unfinished: the next run polls it.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from undertow.destinations import capture, retry
-from undertow.destinations.base import Batch, BatchResult, Destination, RateLimit
+from undertow.destinations.base import Batch, BatchResult, Destination, Job, RateLimit
 from undertow.destinations.rate import (
     Interrupted,
     LocalBudget,
@@ -103,6 +110,9 @@ class Outcome:
     attempts: int
     sent: bool
     error: UndertowError | None = None
+    pending: bool = False
+    """An asynchronous job was submitted for the batch and its result is not known (the run
+    stopped, or the job outlived its timeout): no checkpoint; the next run polls the job."""
 
 
 @dataclass
@@ -111,13 +121,74 @@ class DeliveryReport:
     cancelled: bool = False
 
 
+Submitted = Callable[[Batch, Job], None]
+
+
+async def _through_job(
+    destination: Destination,
+    batch: Batch,
+    jobs: dict[int, Job],
+    on_submitted: Submitted | None,
+    stop: asyncio.Event,
+) -> BatchResult:
+    """Submit (unless a job is recorded for the batch), record the job, poll to the end."""
+    job = jobs.get(batch.number)
+    if job is None:
+        answer = await destination.submit_batch(batch)
+        if isinstance(answer, BatchResult):
+            return answer
+        job = answer
+        if on_submitted is not None:
+            on_submitted(batch, job)  # in the state store before the first poll
+        jobs[batch.number] = job
+    started = asyncio.get_running_loop().time()
+    while True:
+        result = await destination.poll_job(job, batch)
+        if result is not None:
+            return result
+        waited = asyncio.get_running_loop().time() - started
+        if waited > destination.job_timeout:
+            raise FatalDeliveryError(
+                f"destination {destination.instance_name!r}: job {job.id} of batch "
+                f"{batch.number} still running after {waited:,.0f} s",
+                hint="the next run polls the same job again (it is not submitted twice)",
+            )
+        try:
+            await pause(destination.poll_interval, stop)
+        except Interrupted:
+            raise InterruptedDelivery(
+                f"stopped while job {job.id} of batch {batch.number} runs",
+                hint="the next run polls the same job",
+            ) from None
+
+
 async def send_with_retries(
     destination: Destination,
     batch: Batch,
     pacer: Pacer,
     policy: RetryPolicy,
     stop: asyncio.Event,
+    *,
+    jobs: dict[int, Job] | None = None,
+    on_submitted: Submitted | None = None,
 ) -> Outcome:
+    jobs = jobs if jobs is not None else {}
+    outcome, known = await _send(destination, batch, pacer, policy, stop, jobs, on_submitted)
+    if not known and destination.async_jobs and batch.number in jobs:
+        outcome.pending = True
+    return outcome
+
+
+async def _send(
+    destination: Destination,
+    batch: Batch,
+    pacer: Pacer,
+    policy: RetryPolicy,
+    stop: asyncio.Event,
+    jobs: dict[int, Job],
+    on_submitted: Submitted | None,
+) -> tuple[Outcome, bool]:
+    """The batch's outcome, and whether its result is known (False on every error path)."""
     attempt = 0
     max_wait = pacer.max_wait
     while True:
@@ -125,9 +196,15 @@ async def send_with_retries(
         try:
             permit = await pacer.acquire(stop)
         except Interrupted:
-            return _cancelled(batch, attempt - 1, "stopped while waiting for the rate limit")
+            return (
+                _cancelled(batch, attempt - 1, "stopped while waiting for the rate limit"),
+                False,
+            )
         except FatalDeliveryError as exc:
-            return Outcome(batch, BatchResult.all_failed(len(batch), str(exc)), attempt, False, exc)
+            return (
+                Outcome(batch, BatchResult.all_failed(len(batch), str(exc)), attempt, False, exc),
+                False,
+            )
         try:
             with (
                 capture.context(
@@ -140,12 +217,17 @@ async def send_with_retries(
                 ),
                 retry.delivery(policy=policy, stop=stop, max_wait=max_wait),
             ):
-                result = await destination.write_batch(batch)
-            return Outcome(batch, result, attempt, sent=True)
+                if destination.async_jobs:
+                    result = await _through_job(destination, batch, jobs, on_submitted, stop)
+                else:
+                    result = await destination.write_batch(batch)
+            return Outcome(batch, result, attempt, sent=True), True
         except RejectedBatchError as exc:
-            return Outcome(batch, BatchResult.all_rejected(len(batch), str(exc)), attempt, True)
+            return Outcome(
+                batch, BatchResult.all_rejected(len(batch), str(exc)), attempt, True
+            ), True
         except InterruptedDelivery as exc:
-            return _cancelled(batch, attempt, str(exc))
+            return (_cancelled(batch, attempt, str(exc)), False)
         except RetryableError as exc:
             if attempt >= policy.max_attempts:
                 failed = FatalDeliveryError(
@@ -153,24 +235,33 @@ async def send_with_retries(
                     f"{attempt} attempts: {exc}",
                     hint="the rows stay undelivered and the next run retries them",
                 )
-                return Outcome(
-                    batch, BatchResult.all_failed(len(batch), str(exc)), attempt, True, failed
+                return (
+                    Outcome(
+                        batch, BatchResult.all_failed(len(batch), str(exc)), attempt, True, failed
+                    ),
+                    False,
                 )
             delay = policy.delay(attempt, exc.retry_after)
             if delay > max_wait:
                 why = "the destination" if exc.retry_after else "the retry backoff"
                 too_long = retry.too_long(destination.instance_name, delay, why, max_wait, str(exc))
-                return Outcome(
-                    batch, BatchResult.all_failed(len(batch), str(exc)), attempt, True, too_long
+                return (
+                    Outcome(
+                        batch, BatchResult.all_failed(len(batch), str(exc)), attempt, True, too_long
+                    ),
+                    False,
                 )
             if exc.retry_after:
                 await pacer.penalize(delay)  # every sync on the account waits too
             try:
                 await pause(delay, stop)
             except Interrupted:
-                return _cancelled(batch, attempt, f"cancelled during retry: {exc}")
+                return (_cancelled(batch, attempt, f"cancelled during retry: {exc}"), False)
         except FatalDeliveryError as exc:
-            return Outcome(batch, BatchResult.all_failed(len(batch), str(exc)), attempt, True, exc)
+            return (
+                Outcome(batch, BatchResult.all_failed(len(batch), str(exc)), attempt, True, exc),
+                False,
+            )
         finally:
             await pacer.release(permit)
 
@@ -191,6 +282,8 @@ async def deliver(
     policy: RetryPolicy | None = None,
     max_wait: float | None = None,
     rate_limits: Sequence[RateLimit] = (),
+    jobs: dict[int, Job] | None = None,
+    on_submitted: Submitted | None = None,
 ) -> DeliveryReport:
     """Send every batch from ``batches``; call ``on_outcome`` once per batch, in the loop.
 
@@ -199,6 +292,7 @@ async def deliver(
     and is raised once the batches in flight have finished.
     """
     policy = policy or RetryPolicy()
+    jobs = jobs if jobs is not None else {}
     if max_wait is None:
         max_wait = float(getattr(getattr(destination, "config", None), "max_wait", 900.0))
     limits = ((rate_limit,) if rate_limit else ()) + tuple(rate_limits)
@@ -210,7 +304,9 @@ async def deliver(
 
     async def run_one(batch: Batch) -> None:
         try:
-            outcome = await send_with_retries(destination, batch, pacer, policy, stop)
+            outcome = await send_with_retries(
+                destination, batch, pacer, policy, stop, jobs=jobs, on_submitted=on_submitted
+            )
             if outcome.error is not None and report.stopped is None:
                 report.stopped = outcome.error
                 stop.set()

@@ -7,6 +7,10 @@ counters. The checkpoints are the truth about what the
 destination accepted; the snapshot is folded from them (``DiffEngine.fold``), which can be
 replayed safely. So the snapshot only ever holds accepted rows, and a run that dies keeps
 every checkpoint it wrote.
+
+For an asynchronous job API the record side also keeps "batch N was submitted as job J"
+(:meth:`Recorder.submitted`, before the first poll) and hands a resumed run its jobs
+(:meth:`Recorder.submitted_jobs`), which it polls rather than submitting again.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from undertow.destinations.base import BatchResult, Operation
+from undertow.destinations.base import Batch, BatchResult, Job, Operation
 from undertow.state.store import RowError, RunRecord, StateStore
 
 if TYPE_CHECKING:
@@ -50,6 +54,15 @@ class Recorder:
         """Where each batch's outcome is spooled for the sync logs (``sync_logs:``), first."""
         self.open_keys = open_keys or set()
         """Rows with an open failure (``undertow_row_status``): accepted now, they resolve."""
+
+    def submitted(self, batch: Batch, job: Job) -> None:
+        """An asynchronous API accepted the batch as ``job``: recorded before any poll, so a
+        run resumed after a crash polls the job instead of submitting the batch again."""
+        self.store.record_job(self.run.id, batch.number, job.id, job.data)
+
+    def submitted_jobs(self) -> dict[int, Job]:
+        """The jobs this run submitted so far (a resumed run polls them)."""
+        return {n: Job(r.job_id, r.data) for n, r in self.store.jobs(self.run.id).items()}
 
     def checkpoint(self, work: Work, result: BatchResult | None, attempts: int) -> None:
         errors = [

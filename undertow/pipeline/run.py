@@ -443,6 +443,17 @@ class SyncRun:
             engine.fold(run.id, spec, done, self.store.not_accepted_seqs(run.id))
         complete = len(done) >= (run.total_batches or 0)
         warning: str | None = None
+        pending = sorted(set(self.store.jobs(run.id)) - done)
+        if pending and (error is not None or cancelled):
+            # a vendor job runs on: the run stays unfinished, so the next run resumes it and
+            # polls the job instead of submitting its batch again (its plan is kept)
+            why = str(error) if error is not None else "stopped"
+            self.store.update_run(
+                run,
+                error=f"{why}; batch(es) {', '.join(map(str, pending))} still running at the "
+                "vendor as submitted jobs: the next run resumes this run and polls them",
+            )
+            return run
         if error is not None:
             status = RunStatus.FAILED
             message: str | None = str(error)
@@ -536,6 +547,8 @@ class SyncRun:
 
         def on_outcome(outcome: Outcome) -> None:
             work = works.pop(outcome.batch.number)
+            if outcome.pending:
+                return  # its job runs on at the vendor: no checkpoint, the next run polls it
             recorder.checkpoint(work, outcome.result, outcome.attempts)
             self.reporter.advance(ctx.name, work.size)
 
@@ -551,6 +564,8 @@ class SyncRun:
                     on_outcome=on_outcome,
                     stop=self.stop,
                     policy=ctx.retry,
+                    jobs=recorder.submitted_jobs(),
+                    on_submitted=recorder.submitted,
                 )
         finally:
             await ctx.destination.close()

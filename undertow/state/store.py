@@ -6,6 +6,7 @@ SQLAlchemy Core over SQLite (default, one file in the project's state folder) or
 """
 
 from undertow.state.connection import StoreConnection
+from undertow.state.jobs import JobRecord, JobStore
 from undertow.state.locks import LockStore
 from undertow.state.records import (
     COUNT_KEYS,
@@ -24,6 +25,7 @@ from undertow.state.runs import RunStore
 __all__ = [
     "COUNT_KEYS",
     "LOCK_TTL",
+    "JobRecord",
     "Lock",
     "RowError",
     "RowStatus",
@@ -36,9 +38,9 @@ __all__ = [
 ]
 
 
-class StateStore(LockStore, RunStore, RowStore):
+class StateStore(LockStore, RunStore, RowStore, JobStore):
     """Reader and writer of the state store. One per process; thread-safe via the engine.
 
     Its parts live apart (:mod:`~undertow.state.locks`, :mod:`~undertow.state.runs`,
-    :mod:`~undertow.state.rows`, over :mod:`~undertow.state.connection`); this class is the
+    :mod:`~undertow.state.rows`, :mod:`~undertow.state.jobs`, over :mod:`~undertow.state.connection`); this class is the
     one API every caller uses."""
