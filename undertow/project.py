@@ -358,6 +358,12 @@ class Project(Inspection):
             ctx.source.close()
 
     def _sync_logs(self, ctx: SyncContext, sync_run: SyncRun) -> SyncLogsConfig | None:
+        if (
+            ctx.sync.sync_logs is None
+            and getattr(ctx.source.config, "sync_logs", None) is None
+            and self.config.sync_logs is None
+        ):
+            return None  # the common case: nothing to import, nothing to spool
         from undertow.sync_logs import settings_for, spool_dir
 
         settings = settings_for(ctx, self.config.sync_logs)
