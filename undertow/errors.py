@@ -23,28 +23,58 @@
 
 Every message says, in order: what failed, which object, why, and the next step.
 Messages pass through :func:`undertow.redact.redact` so a secret never leaks.
+
+Errors cross process boundaries (a Celery worker reports a run's failure to the process
+that queued it), so every error survives a pickle round trip with its fields, whatever its
+``__init__`` takes: :meth:`UndertowError.__reduce__` rebuilds it from its message and its
+attributes, never by calling ``__init__`` again. The data a caller acts on is in fields
+(``ConfigError.file``/``line``/``key``, ``ModelError.model``/``source``/``position``,
+``DeliveryError.status``/``request_id``/``sync``/``destination``), and
+:meth:`UndertowError.fields` gives them as a dict for ``--json`` and the API.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from undertow.redact import redact
+
+E = TypeVar("E", bound="UndertowError")
+
+
+def _restore(cls: type[E], args: tuple[Any, ...], state: dict[str, Any]) -> E:
+    """Rebuild a pickled error without calling its ``__init__`` (see the module docstring)."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class UndertowError(Exception):
     """Root of every error Undertow raises on purpose."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
-        self.raw_message = message
-        self.hint = hint
+        self.raw_message = redact(message)
+        self.hint = redact(hint) if hint is not None else None
         text = message if hint is None else f"{message}\n  hint: {hint}"
         super().__init__(redact(text))
 
     @property
     def message(self) -> str:
         return str(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
+
+    def fields(self) -> dict[str, Any]:
+        """The error's data (no message, no hint): what ``--json`` and the API show."""
+        return {
+            k: v
+            for k, v in vars(self).items()
+            if k not in ("raw_message", "hint", "detail", "errors") and not k.startswith("_")
+        }
 
 
 class ConfigError(UndertowError):
@@ -133,17 +163,49 @@ class MappingError(UndertowError):
 
 
 class DeliveryError(UndertowError):
-    """A destination failed."""
+    """A destination failed. ``status`` and ``request_id`` are the vendor's answer (when
+    there was one); ``sync`` and ``destination`` say whose batch it was."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        sync: str | None = None,
+        destination: str | None = None,
+    ) -> None:
+        self.status = status
+        self.request_id = request_id
+        self.sync = sync
+        self.destination = destination
+        super().__init__(message, hint=hint)
 
 
 class RetryableError(DeliveryError):
     """A transient failure (429, 5xx, timeout, connection reset): retry with backoff."""
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, hint: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        hint: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        sync: str | None = None,
+        destination: str | None = None,
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(message, hint=hint)
+        super().__init__(
+            message,
+            hint=hint,
+            status=status,
+            request_id=request_id,
+            sync=sync,
+            destination=destination,
+        )
 
 
 class FatalDeliveryError(DeliveryError):

@@ -66,7 +66,7 @@ def guard(console: TerminalConsole, debug: bool, fn: Callable[[], T]) -> T:
         if debug:
             traceback.print_exc()
         if console.json_mode:
-            console.json({"error": str(exc), "type": type(exc).__name__})
+            console.json({"error": str(exc), "type": type(exc).__name__, **exc.fields()})
         else:
             console.error(str(exc))
         raise typer.Exit(1) from None
