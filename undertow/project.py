@@ -13,7 +13,6 @@ project.reset("users_to_crm")       # forget the snapshot: next run is a first r
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from undertow.destinations.base import Destination
 from undertow.errors import ConfigError, SourceError, UndertowError, did_you_mean, unknown_name
 from undertow.inspection import Inspection
 from undertow.pipeline.engines import make_engine
+from undertow.pipeline.halt import Halt
 from undertow.pipeline.preview import PlanPreview, preview
 from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for
 from undertow.registry import destination_class, source_class
@@ -291,7 +291,7 @@ class Project(Inspection):
         trigger: str = "manual",
         allow_deletes: bool = False,
         chain: bool = True,
-        halt: threading.Event | None = None,
+        halt: Halt | None = None,
     ) -> list[RunRecord]:
         """Run syncs; ``allow_deletes`` lifts max_deletes / max_delete_ratio for these runs.
 
@@ -304,13 +304,16 @@ class Project(Inspection):
         records = []
         queue = list(names)
         for name in queue:  # grows with `then:` syncs when chaining
+            if halt is not None and halt.is_set():
+                break  # stopped between two syncs: the rest do not start
             ctx = self.context(name)
             try:
                 stale = self.orchestration.before_run(ctx, trigger=trigger)
                 sync_run = SyncRun(
                     ctx, self.store, reporter, trigger=trigger, allow_deletes=allow_deletes
                 )
-                sync_run.halt = halt
+                if halt is not None:
+                    sync_run.halt = halt
                 logs = self._sync_logs(ctx, sync_run)
                 with self.debugger.recording():
                     records.append(stale or sync_run.execute(full=full))

@@ -12,6 +12,7 @@ from rich.markup import escape
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load, print_runs
 from undertow.console import TerminalConsole
 from undertow.errors import UndertowError
+from undertow.pipeline.halt import Halt, on_signals
 from undertow.state.store import RunRecord
 
 if TYPE_CHECKING:
@@ -106,7 +107,16 @@ def run(
                     "name at least one sync, or use --all",
                     hint=f"syncs in this project: {', '.join(proj.sync_names) or 'none'}",
                 )
-            return list(proj.run(names, full=full, reporter=console, allow_deletes=allow_deletes))
+            with on_signals(Halt()) as halt:
+                return list(
+                    proj.run(
+                        names,
+                        full=full,
+                        reporter=console,
+                        allow_deletes=allow_deletes,
+                        halt=halt,
+                    )
+                )
         finally:
             console.done_progress()
             proj.close()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from undertow.errors import SyncLockedError, UndertowError
 from undertow.orchestration.schedule import Clock, SystemClock
+from undertow.pipeline.halt import Halt
 from undertow.redact import redact
 from undertow.state.store import RunRecord, RunStatus
 
@@ -51,7 +52,7 @@ class Scheduler:
         self.inline = inline
         self.stop = threading.Event()
         """Set to end the loop; set ``halt`` too to stop the runs in progress."""
-        self.halt = threading.Event()
+        self.halt = Halt()
         self.running: dict[str, Future[list[RunRecord]] | None] = {}
         self._lock = threading.Lock()
         self._pool = None if inline else ThreadPoolExecutor(workers, thread_name_prefix="sync")
@@ -182,7 +183,7 @@ class Scheduler:
     def shutdown(self, *, grace: float = 30.0) -> None:
         """Start nothing new; stop runs in progress after their batches in flight."""
         self.stop.set()
-        self.halt.set()
+        self.halt.request("undertow serve is shutting down")
         if self._pool is not None:
             with self._lock:
                 futures = [f for f in self.running.values() if f is not None]

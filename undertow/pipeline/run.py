@@ -10,6 +10,12 @@ A run that dies (kill -9, power loss) is resumed by the next run of its sync: if
 reached ``delivering``, its change set is still in the diff file and the batches without a
 checkpoint are sent (those in flight at the crash may be sent twice, with the same
 idempotency key); if not, it starts again from extract under the same run id.
+
+A run installs no signal handler: its owner sets its :class:`~undertow.pipeline.halt.Halt`
+(see that module). Halted before delivery, it ends ``cancelled`` (nothing was sent);
+during delivery it stops after the batches in flight, which are checkpointed, and ends
+``cancelled`` — or, for a worker's shutdown (``halt.handback``), stays ``delivering`` so
+that another worker resumes it from its checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deli
 from undertow.pipeline.diff import DiffEngine, DiffSpec
 from undertow.pipeline.engines import make_engine
 from undertow.pipeline.extract import model_failures, open_model, projected_sql
+from undertow.pipeline.halt import POLL_SECONDS, Halt
 from undertow.pipeline.map import CompiledMapping, compile_mapping
 from undertow.pipeline.plan import Plan, check_deletes, make_plan, percent
 from undertow.pipeline.record import Recorder, Work
@@ -154,27 +160,16 @@ def compile_for(
     return mapping, spec
 
 
-@contextlib.contextmanager
-def _interruptible() -> Iterator[None]:
-    """Make SIGTERM raise KeyboardInterrupt, like Ctrl-C, outside delivery.
+def _halting(reader: pa.RecordBatchReader, halt: Halt) -> pa.RecordBatchReader:
+    """The model's stream, stopping at the next record batch once ``halt`` is set."""
 
-    Delivery handles both itself (it stops after the batches in flight); before it, an
-    interrupted run must still end ``cancelled`` rather than die with its status half-way.
-    Only the main thread can set signal handlers: elsewhere this does nothing.
-    """
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            if halt.is_set():
+                raise KeyboardInterrupt
+            yield batch
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
 
 class _Heartbeat:
@@ -214,9 +209,9 @@ class SyncRun:
         self.reporter: Reporter = reporter or NullReporter()
         self.trigger = trigger
         self.stop = asyncio.Event()
-        self.halt: threading.Event | None = None
-        """Set from another thread (``undertow serve`` on SIGTERM): stop after the batches in
-        flight; the run ends ``cancelled`` and the next run sends the rest."""
+        self.halt = Halt()
+        """Set by the process's owner (a signal, a shutdown) or another thread: stop after the
+        batches in flight (see :mod:`undertow.pipeline.halt`)."""
         self.allow_deletes = allow_deletes
         """Skip the sync's max_deletes / max_delete_ratio for this run (``--allow-deletes``)."""
         self.only_keys = only_keys
@@ -232,7 +227,7 @@ class SyncRun:
         batch_size = ctx.batch_size()
         lock = self.store.acquire_lock(ctx.name)
         try:
-            with _Heartbeat(lock.heartbeat), _interruptible():
+            with _Heartbeat(lock.heartbeat):
                 return self._execute_locked(plan, batch_size, full)
         finally:
             lock.release()
@@ -278,18 +273,12 @@ class SyncRun:
                 self._extract_and_diff(run, engine, spec, plan, batch_size)
             return self._deliver_and_record(run, engine, mapping, spec, batch_size)
         except KeyboardInterrupt:
-            # Ctrl-C or SIGTERM outside delivery (delivery stops gracefully by itself). Before
+            # interrupted outside delivery (delivery stops gracefully by itself). Before
             # delivering nothing was sent: the run ends cancelled. Once delivering it stays
             # unfinished, so the next run resumes it and folds its checkpoints.
             if run.status == RunStatus.DELIVERING:
                 raise
-            self.store.update_run(
-                run,
-                status=RunStatus.CANCELLED,
-                error=f"cancelled while {run.status} (interrupted): nothing was sent; the "
-                "next run starts again",
-            )
-            return run
+            return self._cancel(run)
         except StateError as exc:
             if run.status == RunStatus.DELIVERING:
                 # the store failed mid-delivery: its checkpoints may not be folded into the
@@ -298,15 +287,29 @@ class SyncRun:
             self.store.update_run(run, status=RunStatus.FAILED, error=str(exc))
             return run
         except UndertowError as exc:
+            if self.halt.is_set() and run.status != RunStatus.DELIVERING:
+                return self._cancel(run)  # the interrupted stream surfaced as a source error
             self.store.update_run(run, status=RunStatus.FAILED, error=str(exc))
             return run
         except Exception as exc:  # a bug or a driver error: keep the run honest
+            if self.halt.is_set() and run.status != RunStatus.DELIVERING:
+                return self._cancel(run)
             self.store.update_run(
                 run, status=RunStatus.FAILED, error=redact(f"{type(exc).__name__}: {exc}")
             )
             raise
         finally:
             engine.close()
+
+    def _cancel(self, run: RunRecord) -> RunRecord:
+        why = self.halt.reason or "interrupted"
+        self.store.update_run(
+            run,
+            status=RunStatus.CANCELLED,
+            error=f"cancelled while {run.status} ({why}): nothing was sent; the next run "
+            "starts again",
+        )
+        return run
 
     # -- extract + diff + plan --------------------------------------------------------------
 
@@ -317,6 +320,8 @@ class SyncRun:
         self.store.update_run(run, status=RunStatus.EXTRACTING)
         self.reporter.stage(ctx.name, "extract")
         model = open_model(ctx, engine, spec, self.reporter)
+        if isinstance(model, pa.RecordBatchReader):
+            model = _halting(model, self.halt)
         self.store.update_run(run, status=RunStatus.DIFFING)
         with model_failures(ctx):
             stats = engine.build(
@@ -361,6 +366,9 @@ class SyncRun:
             for key, reason in engine.invalid_rows(run.id)
         ]
         self.store.add_row_errors(invalid)
+        if self.halt.is_set():
+            engine.discard(run.id)
+            raise KeyboardInterrupt  # halted at the stage boundary: nothing was sent
         self.store.update_run(run, status=RunStatus.DELIVERING)
 
     # -- map + deliver + record -------------------------------------------------------------
@@ -454,6 +462,13 @@ class SyncRun:
                 "vendor as submitted jobs: the next run resumes this run and polls them",
             )
             return run
+        if self.halt.handback and (cancelled or not complete) and error is None:
+            # a worker's shutdown: the run stays delivering with its change set, and the
+            # worker queues it again; whoever resumes it sends only what has no checkpoint
+            run.error = f"handed back ({self.halt.reason}): {len(done)} of "
+            run.error += f"{run.total_batches or 0} batches done"
+            self.store.update_run(run)
+            return run
         if error is not None:
             status = RunStatus.FAILED
             message: str | None = str(error)
@@ -521,11 +536,6 @@ class SyncRun:
         recorder: Recorder,
     ) -> DeliveryReport:
         ctx = self.ctx
-        loop = asyncio.get_running_loop()
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.stop.set)
         works: dict[int, Work] = {}
         source = self._works(run, engine, mapping, done)
 
@@ -533,7 +543,7 @@ class SyncRun:
             return next(source, None)
 
         async def batches() -> AsyncIterator[Batch]:
-            while not self.stop.is_set() and not (self.halt is not None and self.halt.is_set()):
+            while not self.stop.is_set() and not self.halt.is_set():
                 item = await asyncio.to_thread(pull)
                 if item is None:
                     return
@@ -552,9 +562,18 @@ class SyncRun:
             recorder.checkpoint(work, outcome.result, outcome.attempts)
             self.reporter.advance(ctx.name, work.size)
 
+        async def watch() -> None:
+            while not self.halt.is_set():
+                await asyncio.sleep(POLL_SECONDS)
+            self.stop.set()
+
+        watcher = asyncio.create_task(watch())
         await ctx.destination.open()
         try:
-            with capture.context(run_id=run.id):  # the debugger files each request by run
+            with (
+                capture.context(run_id=run.id),
+                self.halt.delivery(),
+            ):  # the debugger files each request by run
                 return await deliver(
                     ctx.destination,
                     batches(),
@@ -568,9 +587,5 @@ class SyncRun:
                     on_submitted=recorder.submitted,
                 )
         finally:
+            watcher.cancel()
             await ctx.destination.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.remove_signal_handler(sig)
-                    # back to what was there (see _interruptible), not to SIG_DFL
-                    signal.signal(sig, previous[sig] or signal.SIG_DFL)
