@@ -5,7 +5,9 @@
     ├── ModelError                     a model's SQL failed: model, source, position
     ├── SourceError                    a warehouse cannot be reached or read
     ├── StateError                     the state store is unreachable or inconsistent
-    │   └── SyncLockedError            another run of the same sync holds the lock
+    │   ├── SyncLockedError            another run of the same sync holds the lock
+    │   ├── LockLostError              a run's lock was taken over: it must write nothing more
+    │   └── NewerStoreError            a newer Undertow migrated the store: refuse it
     ├── PlanError                      a sync asks for something its destination cannot do
     │   └── DeleteLimitError           a run would delete more than max_deletes /
     │                                  max_delete_ratio allow: nothing sent
@@ -144,6 +146,15 @@ class StateError(UndertowError):
 
 class SyncLockedError(StateError):
     """Another run of the same sync holds the lock."""
+
+
+class LockLostError(StateError):
+    """The run's lock was taken over (its heartbeat stopped for longer than its TTL): the run
+    stops and writes nothing more; the new holder resumes it from its checkpoints."""
+
+
+class NewerStoreError(StateError):
+    """The store was migrated by a newer Undertow: this process must not read or write it."""
 
 
 class PlanError(UndertowError):

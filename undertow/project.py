@@ -82,6 +82,14 @@ class Project(Inspection):
             self._store = StateStore(self.loaded.state_url)
         return self._store
 
+    def migrate(self) -> tuple[int, int]:
+        """Apply the state store's pending migrations (``undertow migrate``); return the
+        versions before and after."""
+        if self._store is not None:
+            self._store.close()
+        self._store = StateStore(self.loaded.state_url, migrate=True)
+        return self._store.opened_at_version, self._store.version
+
     @property
     def orchestration(self) -> Orchestration:
         """Schedules, dependencies, freshness, SLAs and alerts (``undertow/orchestration``)."""

@@ -157,7 +157,7 @@ def test_m0002_upgrades_a_version_1_store(tmp_path: Path, state_url: str) -> Non
         conn.execute(schema.schema_version.insert().values(version=1, applied_at=sa.func.now()))
     engine.dispose()
 
-    store = StateStore(state_url)
+    store = StateStore(state_url, migrate=True)  # `undertow migrate`
     try:
         assert store.migrate() >= 2
         run = store.create_run("s")

@@ -4,21 +4,21 @@ Exit codes: 0 success; 1 an Undertow error (one red line, ``--debug`` for the tr
 failed run; 2 bad command-line usage.
 
 The commands live by group (:mod:`~undertow.cli.project`, :mod:`~undertow.cli.syncs`,
-:mod:`~undertow.cli.history`, :mod:`~undertow.cli.inspect`, and the ``undertow dbt``
-sub-commands in :mod:`~undertow.cli.dbt`) and register on the one Typer ``app``; the console entry point
-is :func:`main`.
+:mod:`~undertow.cli.history`, :mod:`~undertow.cli.inspect`, :mod:`~undertow.cli.cluster`, and
+the ``undertow dbt`` sub-commands in :mod:`~undertow.cli.dbt`) and register on the one Typer
+``app``; the console entry point is :func:`main`.
 """
 
 from __future__ import annotations
 
-from undertow.cli import dbt, history, inspect, project, syncs
+from undertow.cli import cluster, dbt, history, inspect, project, syncs
 from undertow.cli._common import app
 
-__all__ = ["app", "dbt", "history", "inspect", "main", "project", "syncs"]
+__all__ = ["app", "cluster", "dbt", "history", "inspect", "main", "project", "syncs"]
 
 _HELP_ORDER = [
     "init", "validate", "plan", "run", "retry", "test", "status", "runs", "errors", "debug",
-    "reset", "demo", "serve",
+    "reset", "demo", "serve", "worker", "migrate",
 ]  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from undertow.orchestration.config import (
     Upstream,
     WebhookSignal,
 )
+from undertow.workers.config import ExecutorConfig
 
 
 class Strict(BaseModel):
@@ -255,3 +256,5 @@ class ProjectConfig(Strict):
     """The live debugger of every sync that sets none of its own."""
     sync_logs: SyncLogsConfig | None = None
     """Sync logs of every sync whose source and sync set none of their own."""
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    """Where runs happen: in-process (default) or Celery workers (docs/deployment.md)."""

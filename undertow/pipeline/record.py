@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from undertow.destinations.base import Batch, BatchResult, Job, Operation
-from undertow.state.store import RowError, RunRecord, StateStore
+from undertow.state.store import Lock, RowError, RunRecord, StateStore
 
 if TYPE_CHECKING:
     from undertow.sync_logs import ChangelogSpool
@@ -47,11 +47,14 @@ class Recorder:
         *,
         open_keys: set[str] | None = None,
         changelog: ChangelogSpool | None = None,
+        fence: Lock | None = None,
     ) -> None:
         self.store = store
         self.run = run
         self.changelog = changelog
         """Where each batch's outcome is spooled for the sync logs (``sync_logs:``), first."""
+        self.fence = fence
+        """The run's lock: a checkpoint is written only while the run holds it."""
         self.open_keys = open_keys or set()
         """Rows with an open failure (``undertow_row_status``): accepted now, they resolve."""
 
@@ -123,4 +126,5 @@ class Recorder:
             errors=errors,
             attempts=attempts,
             resolved_keys=resolved,
+            fence=self.fence,
         )

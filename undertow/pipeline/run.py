@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import polars as pl
 import pyarrow as pa
@@ -35,7 +35,7 @@ import pyarrow as pa
 from undertow.config.models import ModelConfig, SyncConfig
 from undertow.destinations import capture
 from undertow.destinations.base import Batch, Capabilities, Destination
-from undertow.errors import PlanError, StateError, UndertowError
+from undertow.errors import LockLostError, PlanError, StateError, UndertowError
 from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deliver
 from undertow.pipeline.diff import DiffEngine, DiffSpec
 from undertow.pipeline.engines import make_engine
@@ -46,7 +46,7 @@ from undertow.pipeline.plan import Plan, check_deletes, make_plan, percent
 from undertow.pipeline.record import Recorder, Work
 from undertow.redact import redact
 from undertow.sources.base import Source
-from undertow.state.store import RowError, RunRecord, RunStatus, StateStore
+from undertow.state.store import Lock, RowError, RunRecord, RunStatus, StateStore
 
 __all__ = [
     "NullReporter",
@@ -173,15 +173,24 @@ def _halting(reader: pa.RecordBatchReader, halt: Halt) -> pa.RecordBatchReader:
 
 
 class _Heartbeat:
-    def __init__(self, beat: Callable[[], None]) -> None:
+    """Refresh the run's lock every ``seconds``; halt the run when the lock was taken over."""
+
+    def __init__(self, beat: Callable[[], bool], halt: Halt, seconds: float) -> None:
         self._beat = beat
+        self._halt = halt
+        self._seconds = seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="undertow-heartbeat", daemon=True)
 
     def _loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            with contextlib.suppress(Exception):
-                self._beat()
+        while not self._stop.wait(self._seconds):
+            try:
+                ours = self._beat()
+            except Exception:  # the store blinked: the next beat tries again
+                continue
+            if not ours:
+                self._halt.request("its lock was taken over", lock_lost=True)
+                return
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()
@@ -220,17 +229,28 @@ class SyncRun:
         """Keys of rows whose latest outcome was rejected or failed, when the run started."""
         self.changelog_dir: Path | None = None
         """Set (``sync_logs:``): each batch's outcome is spooled here for the sync logs."""
+        self.heartbeat_seconds = HEARTBEAT_SECONDS
+        self.lock_ttl: timedelta | None = None
+        """How long the lock outlives a silent holder (None: the store's ``LOCK_TTL``)."""
+        self.worker: str | None = None
+        """The worker running this (shown with the lock by ``undertow status``)."""
+        self.lock: Lock | None = None
 
     def execute(self, *, full: bool = False) -> RunRecord:
         ctx = self.ctx
         plan = ctx.plan(full=full)  # fails before anything is sent or locked
         batch_size = ctx.batch_size()
-        lock = self.store.acquire_lock(ctx.name)
+        lock = self.store.acquire_lock(ctx.name, ttl=self.lock_ttl, worker=self.worker)
+        self.lock = lock
         try:
-            with _Heartbeat(lock.heartbeat):
+            with _Heartbeat(lock.heartbeat, self.halt, self.heartbeat_seconds):
                 return self._execute_locked(plan, batch_size, full)
         finally:
             lock.release()
+
+    def _update(self, run: RunRecord, **changes: Any) -> None:
+        """``store.update_run``, fenced by the run's lock (nothing written once it is lost)."""
+        self.store.update_run(run, fence=self.lock, **changes)
 
     def _execute_locked(self, plan: Plan, batch_size: int, full: bool) -> RunRecord:
         ctx = self.ctx
@@ -257,7 +277,7 @@ class SyncRun:
                 # its checkpoints refer to a change set that is gone (the diff file was
                 # deleted): close it and start afresh; the snapshot still holds only
                 # accepted rows, so nothing is lost
-                self.store.update_run(
+                self._update(
                     run,
                     status=RunStatus.FAILED,
                     error="its change set was lost (diff file removed); superseded by a new run",
@@ -265,11 +285,11 @@ class SyncRun:
                 run = self.store.create_run(ctx.name, full=full, trigger=self.trigger)
                 resumed = False
             if resumed and run.status == RunStatus.DELIVERING:
-                self.store.update_run(run, bump_attempt=True)
+                self._update(run, bump_attempt=True)
                 batch_size = run.batch_size or batch_size
             else:
                 if resumed:
-                    self.store.update_run(run, bump_attempt=True)
+                    self._update(run, bump_attempt=True)
                 self._extract_and_diff(run, engine, spec, plan, batch_size)
             return self._deliver_and_record(run, engine, mapping, spec, batch_size)
         except KeyboardInterrupt:
@@ -279,31 +299,32 @@ class SyncRun:
             if run.status == RunStatus.DELIVERING:
                 raise
             return self._cancel(run)
+        except LockLostError:
+            self.halt.request("its lock was taken over", lock_lost=True)
+            raise  # another process resumes the run: write nothing more
         except StateError as exc:
             if run.status == RunStatus.DELIVERING:
                 # the store failed mid-delivery: its checkpoints may not be folded into the
                 # snapshot yet, so the run must not end here; the next run resumes it
                 raise
-            self.store.update_run(run, status=RunStatus.FAILED, error=str(exc))
+            self._update(run, status=RunStatus.FAILED, error=str(exc))
             return run
         except UndertowError as exc:
             if self.halt.is_set() and run.status != RunStatus.DELIVERING:
                 return self._cancel(run)  # the interrupted stream surfaced as a source error
-            self.store.update_run(run, status=RunStatus.FAILED, error=str(exc))
+            self._update(run, status=RunStatus.FAILED, error=str(exc))
             return run
         except Exception as exc:  # a bug or a driver error: keep the run honest
             if self.halt.is_set() and run.status != RunStatus.DELIVERING:
                 return self._cancel(run)
-            self.store.update_run(
-                run, status=RunStatus.FAILED, error=redact(f"{type(exc).__name__}: {exc}")
-            )
+            self._update(run, status=RunStatus.FAILED, error=redact(f"{type(exc).__name__}: {exc}"))
             raise
         finally:
             engine.close()
 
     def _cancel(self, run: RunRecord) -> RunRecord:
         why = self.halt.reason or "interrupted"
-        self.store.update_run(
+        self._update(
             run,
             status=RunStatus.CANCELLED,
             error=f"cancelled while {run.status} ({why}): nothing was sent; the next run "
@@ -317,12 +338,12 @@ class SyncRun:
         self, run: RunRecord, engine: DiffEngine, spec: DiffSpec, plan: Plan, batch_size: int
     ) -> None:
         ctx = self.ctx
-        self.store.update_run(run, status=RunStatus.EXTRACTING)
+        self._update(run, status=RunStatus.EXTRACTING)
         self.reporter.stage(ctx.name, "extract")
         model = open_model(ctx, engine, spec, self.reporter)
         if isinstance(model, pa.RecordBatchReader):
             model = _halting(model, self.halt)
-        self.store.update_run(run, status=RunStatus.DIFFING)
+        self._update(run, status=RunStatus.DIFFING)
         with model_failures(ctx):
             stats = engine.build(
                 run.id,
@@ -369,7 +390,7 @@ class SyncRun:
         if self.halt.is_set():
             engine.discard(run.id)
             raise KeyboardInterrupt  # halted at the stage boundary: nothing was sent
-        self.store.update_run(run, status=RunStatus.DELIVERING)
+        self._update(run, status=RunStatus.DELIVERING)
 
     # -- map + deliver + record -------------------------------------------------------------
 
@@ -434,7 +455,9 @@ class SyncRun:
             from undertow.sync_logs import ChangelogSpool
 
             spool = ChangelogSpool(self.changelog_dir, run)
-        recorder = Recorder(self.store, run, open_keys=self.open_keys, changelog=spool)
+        recorder = Recorder(
+            self.store, run, open_keys=self.open_keys, changelog=spool, fence=self.lock
+        )
         remaining = run.counts.get("planned", 0)
         self.reporter.stage(ctx.name, "deliver", total=remaining)
         error: UndertowError | None = None
@@ -443,12 +466,16 @@ class SyncRun:
             report = asyncio.run(self._deliver(run, engine, mapping, done, recorder))
             error = report.stopped
             cancelled = report.cancelled
+        except LockLostError:
+            self.halt.request("its lock was taken over", lock_lost=True)
+            raise
         finally:
             if spool is not None:
                 spool.close()
-            self.reporter.stage(ctx.name, "record")
-            done = self.store.done_batches(run.id)
-            engine.fold(run.id, spec, done, self.store.not_accepted_seqs(run.id))
+            if not self.halt.lock_lost:  # else the new holder folds, from the same checkpoints
+                self.reporter.stage(ctx.name, "record")
+                done = self.store.done_batches(run.id)
+                engine.fold(run.id, spec, done, self.store.not_accepted_seqs(run.id))
         complete = len(done) >= (run.total_batches or 0)
         warning: str | None = None
         pending = sorted(set(self.store.jobs(run.id)) - done)
@@ -456,7 +483,7 @@ class SyncRun:
             # a vendor job runs on: the run stays unfinished, so the next run resumes it and
             # polls the job instead of submitting its batch again (its plan is kept)
             why = str(error) if error is not None else "stopped"
-            self.store.update_run(
+            self._update(
                 run,
                 error=f"{why}; batch(es) {', '.join(map(str, pending))} still running at the "
                 "vendor as submitted jobs: the next run resumes this run and polls them",
@@ -467,7 +494,7 @@ class SyncRun:
             # worker queues it again; whoever resumes it sends only what has no checkpoint
             run.error = f"handed back ({self.halt.reason}): {len(done)} of "
             run.error += f"{run.total_batches or 0} batches done"
-            self.store.update_run(run)
+            self._update(run)
             return run
         if error is not None:
             status = RunStatus.FAILED
@@ -483,7 +510,7 @@ class SyncRun:
             )
         else:
             status, message, warning = self._judge_rejections(run)
-        self.store.update_run(run, status=status, error=message, warning=warning)
+        self._update(run, status=status, error=message, warning=warning)
         engine.discard(run.id)
         return run
 

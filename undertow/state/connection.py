@@ -1,6 +1,17 @@
 """The state store's connection: the engine (SQLite with WAL, or PostgreSQL), transactions
-that turn a lost database into a :class:`~undertow.errors.StateError`, and the numbered
-migrations applied on open.
+that turn a lost database into a :class:`~undertow.errors.StateError`, the numbered
+migrations and the version guard.
+
+On open, the store's schema version is read and compared with the newest migration this
+code knows (:data:`SCHEMA_VERSION`):
+
+* newer: refused, for reading and writing alike (a worker on older code must not write to a
+  store whose meaning moved on; upgrade Undertow on that machine);
+* older: a SQLite store (one user, one machine) and an empty store of any kind are migrated
+  on open; an existing PostgreSQL store is migrated only by ``undertow migrate``, run once
+  by whoever deploys the new version, so that no worker moves a shared store under the
+  others' feet;
+* equal: opened.
 """
 
 from __future__ import annotations
@@ -14,17 +25,22 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from undertow.errors import StateError
+from undertow.errors import NewerStoreError, StateError
 from undertow.redact import redact_url
 from undertow.state import migrations
 from undertow.state.records import normalise_url, utc_now
 from undertow.state.schema import schema_version
 
+SCHEMA_VERSION = max(number for number, _ in migrations.available())
+"""The newest schema version this code knows."""
+
 
 class StoreConnection:
     """The engine and its transactions; the runs, rows and locks parts build on it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, migrate: bool | None = None) -> None:
+        """``migrate``: True applies pending migrations, False never does (then an older
+        store is refused), None (default) migrates SQLite and empty stores only."""
         self.url = normalise_url(url)
         self.display_url = redact_url(url)
         parsed = make_url(self.url)
@@ -51,7 +67,11 @@ class StoreConnection:
             ) from exc
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        self.migrate()
+        try:
+            self.version = self._open(migrate)
+        except BaseException:
+            self.engine.dispose()  # a refused store keeps no connection open
+            raise
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -70,6 +90,39 @@ class StoreConnection:
     def close(self) -> None:
         self.engine.dispose()
 
+    def schema_version(self) -> int:
+        """The store's schema version now (0 for an empty store)."""
+        with self._tx() as conn:
+            if not sa.inspect(conn).has_table(schema_version.name):
+                return 0
+            current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+        return int(current or 0)
+
+    def _open(self, migrate: bool | None) -> int:
+        current = self.schema_version()
+        self.opened_at_version = current
+        """The schema version the store had when this process opened it."""
+        if current > SCHEMA_VERSION:
+            raise NewerStoreError(
+                f"the state store {self.display_url} is at schema version {current}, newer "
+                f"than this Undertow knows (up to {SCHEMA_VERSION}): it was migrated by a "
+                "newer version; this process refuses to read or write it",
+                hint="upgrade Undertow on this machine to the version that migrated the store "
+                '(pip install -U "undertow[...]"), then start it again',
+            )
+        if current == SCHEMA_VERSION:
+            return current
+        if migrate is None:
+            migrate = self.is_sqlite or current == 0
+        if not migrate:
+            raise StateError(
+                f"the state store {self.display_url} is at schema version {current}; this "
+                f"Undertow needs version {SCHEMA_VERSION}",
+                hint="run `undertow migrate` once (with the new version), then start the "
+                "workers and `undertow serve` again",
+            )
+        return self.migrate()
+
     def migrate(self) -> int:
         """Apply pending numbered migrations; return the schema version.
 
@@ -82,6 +135,8 @@ class StoreConnection:
         for attempt in range(attempts):
             try:
                 return self._migrate()
+            except NewerStoreError:
+                raise
             except (sa.exc.IntegrityError, sa.exc.ProgrammingError, StateError):
                 if attempt == attempts - 1:
                     raise
@@ -91,8 +146,17 @@ class StoreConnection:
     def _migrate(self) -> int:
         with self._tx() as conn:
             schema_version.create(conn, checkfirst=True)
+            if self.engine.dialect.name == "postgresql":
+                # one migrator at a time: the others wait here, then find nothing to do
+                conn.execute(sa.text("LOCK TABLE undertow_schema_version IN EXCLUSIVE MODE"))
             current = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
             current = int(current or 0)
+            if current > SCHEMA_VERSION:
+                raise NewerStoreError(
+                    f"the state store {self.display_url} was migrated to schema version "
+                    f"{current} by a newer Undertow (this one knows up to {SCHEMA_VERSION})",
+                    hint="upgrade Undertow on this machine",
+                )
             for number, upgrade in migrations.available():
                 if number > current:
                     upgrade(conn)

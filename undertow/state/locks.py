@@ -1,5 +1,10 @@
 """Locks: one per sync, taken over when its holder died (on this host) or stopped sending
-heartbeats for ``LOCK_TTL``.
+heartbeats for its TTL (the holder's own, stored with the lock; ``LOCK_TTL`` by default).
+
+A lock is also a fence: a run's checkpoints and status updates are written only while it
+still holds its lock (:meth:`LockStore.fence`, in the same transaction), so a run whose lock
+was taken over (it was silent longer than its TTL, and another worker resumed it) writes
+nothing more, even if it wakes up and carries on.
 """
 
 from __future__ import annotations
@@ -7,11 +12,12 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from undertow.errors import SyncLockedError
+from undertow.errors import LockLostError, SyncLockedError
 from undertow.state.connection import StoreConnection
 from undertow.state.records import LOCK_TTL, Lock, as_aware, utc_now
 from undertow.state.schema import locks
@@ -27,10 +33,53 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _ttl(row: Any) -> timedelta:
+    seconds = row.get("ttl_seconds")
+    return timedelta(seconds=int(seconds)) if seconds else LOCK_TTL
+
+
+def _alive(row: Any, now: datetime, host: str) -> bool:
+    """Whether the lock's holder still counts: a fresh heartbeat, and not dead on this host."""
+    heartbeat = as_aware(row["heartbeat_at"]) or now
+    if now - heartbeat > _ttl(row):
+        return False
+    return not (row["host"] == host and not _pid_alive(int(row["pid"])))
+
+
+def fence(conn: sa.Connection, lock: Lock, *, raise_lost: bool = True) -> bool:
+    """In the caller's transaction: refresh ``lock`` and check it is still ours.
+
+    Raises :class:`~undertow.errors.LockLostError` (rolling the transaction back) when
+    another process took the lock over; with ``raise_lost=False`` returns False instead.
+    """
+    done = conn.execute(
+        locks.update()
+        .where(locks.c.sync == lock.sync, locks.c.owner == lock.owner)
+        .values(heartbeat_at=utc_now())
+    )
+    if done.rowcount == 1:
+        return True
+    if raise_lost:
+        raise LockLostError(
+            f"sync {lock.sync!r}: this run's lock was taken over by another process (its "
+            "heartbeat stopped for longer than its TTL); it stops and records nothing more",
+            hint="the process that took the lock resumes the run from its checkpoints; "
+            "check why this one stalled (CPU starvation, a paused VM, a slow state store)",
+        )
+    return False
+
+
 class LockStore(StoreConnection):
     """The sync locks of the state store."""
 
-    def acquire_lock(self, sync: str, *, run_id: str | None = None) -> Lock:
+    def acquire_lock(
+        self,
+        sync: str,
+        *,
+        run_id: str | None = None,
+        ttl: timedelta | None = None,
+        worker: str | None = None,
+    ) -> Lock:
         """Take the sync's lock or raise SyncLockedError naming its holder.
 
         A lock held by a dead process on this host, or whose heartbeat is older than
@@ -40,6 +89,7 @@ class LockStore(StoreConnection):
         pid = os.getpid()
         owner = f"{host}:{pid}:{uuid.uuid4().hex[:8]}"
         now = utc_now()
+        ttl_seconds = int(ttl.total_seconds()) if ttl is not None else None
         with self._tx() as conn:
             row = conn.execute(sa.select(locks).where(locks.c.sync == sync)).mappings().first()
             if row is None:
@@ -53,6 +103,8 @@ class LockStore(StoreConnection):
                             run_id=run_id,
                             acquired_at=now,
                             heartbeat_at=now,
+                            ttl_seconds=ttl_seconds,
+                            worker=worker,
                         )
                     )
                 except sa.exc.IntegrityError as exc:
@@ -62,16 +114,14 @@ class LockStore(StoreConnection):
                         hint="wait for it to finish; `undertow status` shows running syncs",
                     ) from exc
                 return Lock(sync=sync, owner=owner, store=self)
-            heartbeat = as_aware(row["heartbeat_at"]) or now
-            stale = now - heartbeat > LOCK_TTL
-            dead = row["host"] == host and not _pid_alive(int(row["pid"]))
-            if not (stale or dead):
+            if _alive(row, now, host):
+                where = f" (worker {row['worker']})" if row.get("worker") else ""
                 raise SyncLockedError(
                     f"sync {sync!r} is already running: process {row['pid']} on "
-                    f"{row['host']} holds its lock since {as_aware(row['acquired_at'])}",
+                    f"{row['host']}{where} holds its lock since {as_aware(row['acquired_at'])}",
                     hint="wait for that run to finish (`undertow status`); a lock whose "
-                    f"holder died is taken over at once on this host, after {int(LOCK_TTL.seconds)}s "
-                    "elsewhere",
+                    "holder died is taken over at once on this host, after "
+                    f"{int(_ttl(row).total_seconds())}s without a heartbeat elsewhere",
                 )
             taken = conn.execute(
                 locks.update()
@@ -83,19 +133,18 @@ class LockStore(StoreConnection):
                     run_id=run_id,
                     acquired_at=now,
                     heartbeat_at=now,
+                    ttl_seconds=ttl_seconds,
+                    worker=worker,
                 )
             )
             if taken.rowcount != 1:
                 raise SyncLockedError(f"sync {sync!r} is already running (lock just taken)")
         return Lock(sync=sync, owner=owner, store=self)
 
-    def heartbeat(self, lock: Lock) -> None:
+    def heartbeat(self, lock: Lock) -> bool:
+        """Refresh the lock; False when it is no longer ours (it was taken over)."""
         with self._tx() as conn:
-            conn.execute(
-                locks.update()
-                .where(locks.c.sync == lock.sync, locks.c.owner == lock.owner)
-                .values(heartbeat_at=utc_now())
-            )
+            return fence(conn, lock, raise_lost=False)
 
     def release_lock(self, lock: Lock) -> None:
         with self._tx() as conn:
@@ -109,10 +158,4 @@ class LockStore(StoreConnection):
         now = utc_now()
         with self._tx() as conn:
             rows = conn.execute(sa.select(locks)).mappings().all()
-        held = {}
-        for r in rows:
-            stale = now - (as_aware(r["heartbeat_at"]) or now) > LOCK_TTL
-            dead = r["host"] == host and not _pid_alive(int(r["pid"]))
-            if not (stale or dead):
-                held[r["sync"]] = dict(r)
-        return held
+        return {r["sync"]: dict(r) for r in rows if _alive(r, now, host)}

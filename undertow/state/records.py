@@ -212,8 +212,9 @@ class Lock:
     owner: str
     store: LockStore = field(repr=False)
 
-    def heartbeat(self) -> None:
-        self.store.heartbeat(self)
+    def heartbeat(self) -> bool:
+        """Refresh the lock; False when another process took it over."""
+        return self.store.heartbeat(self)
 
     def release(self) -> None:
         self.store.release_lock(self)

@@ -10,7 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from undertow.state.connection import StoreConnection
-from undertow.state.records import RowError, RowStatus, RunRecord, as_aware, utc_now
+from undertow.state.locks import fence as fence_lock
+from undertow.state.records import Lock, RowError, RowStatus, RunRecord, as_aware, utc_now
 from undertow.state.schema import batches, row_errors, row_status, runs
 
 
@@ -29,18 +30,22 @@ class RowStore(StoreConnection):
         errors: Sequence[RowError],
         attempts: int,
         resolved_keys: Sequence[str] = (),
+        fence: Lock | None = None,
     ) -> None:
         """Record one finished batch, its row errors and the run's counters atomically.
 
         In the same transaction, the rows' history (``undertow_row_status``): each rejected
         or failed row gets a failure (a new one, or one more attempt of an open one), and
         ``resolved_keys`` (rows of the batch the destination accepted that had an open
-        failure) are marked resolved.
+        failure) are marked resolved. With ``fence``, nothing is written unless the run still
+        holds that lock (:class:`~undertow.errors.LockLostError` otherwise).
         """
         now = utc_now()
         rejected = sum(1 for e in errors if e.kind != "failed")
         failed = sum(1 for e in errors if e.kind == "failed")
         with self._tx() as conn:
+            if fence is not None:
+                fence_lock(conn, fence)
             conn.execute(
                 _INSERT_BATCH,
                 {

@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from undertow.state.connection import StoreConnection
-from undertow.state.records import RunRecord, RunStatus, as_aware, empty_counts, utc_now
+from undertow.state.locks import fence as fence_lock
+from undertow.state.records import Lock, RunRecord, RunStatus, as_aware, empty_counts, utc_now
 from undertow.state.schema import runs
 
 
@@ -141,8 +142,10 @@ class RunStore(StoreConnection):
         error: str | None = None,
         bump_attempt: bool = False,
         warning: str | None = None,
+        fence: Lock | None = None,
     ) -> None:
-        """Persist the run's status, counts and plan facts (one transaction)."""
+        """Persist the run's status, counts and plan facts (one transaction); with ``fence``
+        only while the run still holds that lock (:class:`~undertow.errors.LockLostError`)."""
         now = utc_now()
         if status is not None:
             if status != run.status or not run.stages:
@@ -170,4 +173,6 @@ class RunStore(StoreConnection):
             values["finished_at"] = now
         run.updated_at = now
         with self._tx() as conn:
+            if fence is not None:
+                fence_lock(conn, fence)
             conn.execute(runs.update().where(runs.c.id == run.id).values(**values))

@@ -1,4 +1,8 @@
-"""The state store's tables (SQLAlchemy Core). Changed only through numbered migrations."""
+"""The state store's tables as the code reads and writes them now (SQLAlchemy Core).
+
+They change only through numbered migrations, which keep their own frozen copies of the
+columns; ``tests/unit/test_migrations.py`` checks that the migrations build exactly these.
+"""
 
 from __future__ import annotations
 
@@ -89,4 +93,7 @@ locks = sa.Table(
     sa.Column("run_id", sa.String(40)),
     sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+    # m0004: the holder's own TTL (NULL: LOCK_TTL) and its worker, for takeover and status
+    sa.Column("ttl_seconds", sa.Integer),
+    sa.Column("worker", sa.String(200)),
 )
