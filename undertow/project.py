@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from undertow.dbt.exposures import Exposures
     from undertow.debugger import DebugRecorder
     from undertow.orchestration.service import Due, Orchestration
+    from undertow.workers.executor import QueueExecutor
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Project(Inspection):
         self._store: StateStore | None = None
         self._orchestration: Orchestration | None = None
         self._recorder: DebugRecorder | None = None
+        self._executor: QueueExecutor | None = None
 
     @classmethod
     def load(cls, path: str = ".", *, require_secrets: bool = True) -> Project:
@@ -119,6 +121,7 @@ class Project(Inspection):
             self._recorder.flush()
             self._recorder = None
         self._orchestration = None
+        self._executor = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -300,6 +303,7 @@ class Project(Inspection):
         allow_deletes: bool = False,
         chain: bool = True,
         halt: Halt | None = None,
+        worker: str | None = None,
     ) -> list[RunRecord]:
         """Run syncs; ``allow_deletes`` lifts max_deletes / max_delete_ratio for these runs.
 
@@ -309,6 +313,7 @@ class Project(Inspection):
         """
         for name in names:
             self.sync(name)  # unknown names fail before anything runs
+        self.share_budgets()
         records = []
         queue = list(names)
         for name in queue:  # grows with `then:` syncs when chaining
@@ -322,6 +327,7 @@ class Project(Inspection):
                 )
                 if halt is not None:
                     sync_run.halt = halt
+                self._cluster_settings(sync_run, worker)
                 logs = self._sync_logs(ctx, sync_run)
                 with self.debugger.recording():
                     records.append(stale or sync_run.execute(full=full))
@@ -336,6 +342,54 @@ class Project(Inspection):
                     queue.append(downstream)
         return records
 
+    def share_budgets(self) -> None:
+        """With ``executor.rate_budget`` (or a Redis broker), every request of this process
+        draws from the budgets in Redis that every worker shares; else from in-process ones."""
+        executor = self.config.executor
+        if executor.budget_url is not None:
+            from undertow.workers.budget import install
+
+            install(executor.budget_url, prefix=executor.prefix)
+
+    def _cluster_settings(self, sync_run: SyncRun, worker: str | None) -> None:
+        """In a cluster project every run (a worker's or a laptop's) beats and expires on the
+        cluster's clock, so that a dead one is picked up within the bound it promises."""
+        executor = self.config.executor
+        sync_run.worker = worker
+        if executor.queued:
+            sync_run.heartbeat_seconds = executor.heartbeat.total_seconds()
+            sync_run.lock_ttl = executor.lock_ttl
+
+    @property
+    def executor(self) -> QueueExecutor:
+        """The queue runs go to (``executor: {type: celery}``); raises without one."""
+        if self._executor is None:
+            from undertow.workers.executor import QueueExecutor
+
+            self._executor = QueueExecutor(self)
+        return self._executor
+
+    def enqueue(
+        self, names: list[str], *, full: bool = False, trigger: str = "manual"
+    ) -> list[str]:
+        """Queue a run of each sync for the workers; return the task ids (``run --queue``)."""
+        for name in names:
+            self.sync(name)
+        ids = []
+        for name in names:
+            task_id = self.executor.submit(name, full=full, trigger=trigger)
+            assert task_id is not None  # a fresh id is never taken
+            ids.append(task_id)
+        return ids
+
+    def wait_queued(
+        self, ids: list[str], *, timeout: float | None = None
+    ) -> list[RunRecord | UndertowError]:
+        """Wait for queued tasks; each one's run, or the error that ended it."""
+        from undertow.workers.outcome import outcome_of
+
+        return [outcome_of(self.store, task) for task in self.executor.wait(ids, timeout=timeout)]
+
     def retry(
         self, name: str, *, reporter: Reporter | None = None, allow_deletes: bool = False
     ) -> RunRecord | None:
@@ -349,6 +403,7 @@ class Project(Inspection):
         keys = self.store.open_row_keys(name)
         if not keys:
             return None
+        self.share_budgets()
         ctx = self.context(name)
         try:
             sync_run = SyncRun(

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql
 
 import undertow.state.migrations as migrations_pkg
 from undertow.errors import NewerStoreError, StateError
-from undertow.state import cluster, orchestration, schema
+from undertow.state import cluster, debug_log, jobs, orchestration, schema
 from undertow.state.connection import SCHEMA_VERSION
 from undertow.state.records import normalise_url, utc_now
 from undertow.state.store import StateStore
@@ -65,7 +65,8 @@ def _affinity(kind: object) -> str:
 
 def expected() -> dict[str, dict[str, tuple[str, bool, bool]]]:
     out = {}
-    for meta in (schema.metadata, orchestration.metadata, cluster.metadata):
+    metas = {t.metadata for t in (*debug_log.TABLES, jobs.jobs)}
+    for meta in (schema.metadata, orchestration.metadata, cluster.metadata, *metas):
         for table in meta.sorted_tables:
             out[table.name] = {
                 c.name: (
@@ -125,7 +126,7 @@ def test_a_store_migrated_by_a_newer_undertow_is_refused(state_url: str) -> None
 
 
 def _version_3_store(url: str) -> None:
-    """A store as Undertow left it before the cluster tables (m0001..m0003 only)."""
+    """A store as Undertow left it at schema version 3 (m0001..m0003 only)."""
     from undertow.state.migrations import m0001_initial, m0002_row_status, m0003_orchestration
 
     engine = sa.create_engine(normalise_url(url))

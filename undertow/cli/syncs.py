@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -91,6 +91,17 @@ def run(
             help="For this run only, allow more deletes than max_deletes / max_delete_ratio.",
         ),
     ] = False,
+    queue: Annotated[
+        bool,
+        typer.Option(
+            "--queue",
+            help="Queue the runs for `undertow worker`s (executor: celery), wait, print them.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="With --queue: give up waiting after this many seconds."),
+    ] = None,
     project: ProjectOpt = Path("."),
     json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -98,7 +109,7 @@ def run(
     """Run syncs: extract, diff, plan, map, deliver, record."""
     console = TerminalConsole(json_mode=json)
 
-    def work() -> list[RunRecord]:
+    def work() -> list[RunRecord | UndertowError]:
         proj = load(project)
         try:
             names = proj.sync_names if all_ else list(syncs or [])
@@ -107,6 +118,8 @@ def run(
                     "name at least one sync, or use --all",
                     hint=f"syncs in this project: {', '.join(proj.sync_names) or 'none'}",
                 )
+            if queue:
+                return _queued(proj, names, full=full, allow_deletes=allow_deletes, timeout=timeout)
             with on_signals(Halt()) as halt:
                 return list(
                     proj.run(
@@ -121,8 +134,33 @@ def run(
             console.done_progress()
             proj.close()
 
-    records = guard(console, debug, work)
+    outcomes = guard(console, debug, work)
+    failures = [o for o in outcomes if isinstance(o, UndertowError)]
+    for failure in failures:
+        if json:
+            console.json(
+                {"error": str(failure), "type": type(failure).__name__, **failure.fields()}
+            )
+        else:
+            console.error(str(failure))
+    records = [o for o in outcomes if isinstance(o, RunRecord)]
+    if failures and all(str(r.status) == "succeeded" for r in records):
+        print_runs(console, records)
+        raise typer.Exit(1)
     print_runs(console, records)
+
+
+def _queued(
+    proj: Any, names: list[str], *, full: bool, allow_deletes: bool, timeout: float | None
+) -> list[RunRecord | UndertowError]:
+    """``run --queue``: the workers run them; each one's run, or the error that ended it."""
+    if allow_deletes:
+        raise UndertowError(
+            "--allow-deletes applies to an in-process run only",
+            hint="run `undertow run SYNC --allow-deletes` without --queue",
+        )
+    ids = proj.enqueue(names, full=full)
+    return list(proj.wait_queued(ids, timeout=timeout))
 
 
 @app.command()

@@ -324,6 +324,12 @@ class SyncRun:
 
     def _cancel(self, run: RunRecord) -> RunRecord:
         why = self.halt.reason or "interrupted"
+        if self.halt.handback:
+            # a worker's shutdown: leave the run unfinished; the next worker starts it again
+            # from extract under the same id (nothing was sent)
+            run.error = f"handed back while {run.status} ({why}); nothing was sent"
+            self._update(run)
+            return run
         self._update(
             run,
             status=RunStatus.CANCELLED,

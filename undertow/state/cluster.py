@@ -1,5 +1,5 @@
 """Cluster state: workers and their heartbeats, the task ledger, leases, shared parts of a
-run's delivery. Tables created by migration ``m0004_cluster``.
+run's delivery. Tables created by migration ``m0006_cluster``.
 
 The broker (Celery on Redis or RabbitMQ) carries *messages*; this ledger is the truth about
 *tasks*. A task is a row before its message is published, so publishing twice (two
@@ -9,7 +9,7 @@ only the task's current holder may make is fenced by ``(worker, attempts)``.
 
 Task states::
 
-    queued -> running -> done | failed | dropped
+    new -> queued -> running -> done | failed | dropped
        ^         |
        +---------+  handed back (a worker's shutdown), or lost (its worker died):
                     published again under the same id, resumed from its checkpoints
@@ -312,7 +312,7 @@ class ClusterState:
                         kind=kind,
                         full_resync=full,
                         trigger=trigger[:40],
-                        state="queued",
+                        state="new",
                         run_id=run_id,
                         part_no=part_no,
                         attempts=0,
@@ -322,6 +322,16 @@ class ClusterState:
         except sa.exc.IntegrityError:
             return False
         return True
+
+    def mark_published(self, task_id: str) -> None:
+        """Its message is on the broker (a ``new`` task whose publish failed is published
+        again by the sweeper)."""
+        with self._tx() as conn:
+            conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id, tasks.c.state == "new")
+                .values(state="queued")
+            )
 
     def task(self, task_id: str) -> TaskRow | None:
         with self._tx() as conn:
@@ -344,7 +354,7 @@ class ClusterState:
         with self._tx() as conn:
             conn.execute(
                 tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == "queued")
+                .where(tasks.c.id == task_id, tasks.c.state.in_(("new", "queued")))
                 .values(reserved_by=worker, reserved_at=utc_now())
             )
 
@@ -355,7 +365,7 @@ class ClusterState:
             row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).mappings().first()
             if row is None:
                 return None
-            if row["state"] not in ("queued", "running") or (
+            if row["state"] not in ("new", "queued", "running") or (
                 row["state"] == "running" and not takeover
             ):
                 return None
@@ -413,7 +423,7 @@ class ClusterState:
             query = tasks.update().where(
                 tasks.c.id == task.id,
                 tasks.c.attempts == task.attempts,
-                tasks.c.state.in_(("running", "queued")),
+                tasks.c.state.in_(("running", "queued", "new")),
             )
             if holder:
                 query = query.where(tasks.c.worker == task.worker)

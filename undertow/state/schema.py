@@ -93,7 +93,7 @@ locks = sa.Table(
     sa.Column("run_id", sa.String(40)),
     sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
-    # m0004: the holder's own TTL (NULL: LOCK_TTL) and its worker, for takeover and status
+    # m0006: the holder's own TTL (NULL: LOCK_TTL) and its worker, for takeover and status
     sa.Column("ttl_seconds", sa.Integer),
     sa.Column("worker", sa.String(200)),
 )
