@@ -71,8 +71,18 @@ class _Beat:
         self._thread.join(timeout=10)
 
 
+_handled_in: int | None = None
+
+
 def _on_sigterm_in_child() -> None:
-    """A pool process: SIGTERM hands the running task back (see the module docstring)."""
+    """A pool process: SIGTERM hands the running task back (see the module docstring).
+
+    Installed when the process runs its first task: billiard sets its own SIGTERM handler
+    after the process initialiser (``worker_process_init``) has run."""
+    global _handled_in
+    if _handled_in == os.getpid():
+        return
+    _handled_in = os.getpid()
     first: list[float] = []
 
     def handler(signum: int, _frame: FrameType | None) -> None:
@@ -135,6 +145,7 @@ def run_worker(
                 project_name,
             )
             return {"dropped": "another project"}
+        _on_sigterm_in_child()
         outcome = run_task(project, task_id, worker=worker_name, ttl=ttl, publish=send)
         log.info("task %s: %s", task_id, outcome)
         return outcome
@@ -148,7 +159,6 @@ def run_worker(
 
     def child_init(**_: Any) -> None:
         project.store.engine.dispose(close=False)  # the parent's connections are not ours
-        _on_sigterm_in_child()
 
     def shutting_down(**_: Any) -> None:
         import billiard.process
