@@ -89,9 +89,7 @@ def test_a_killed_workers_run_is_resumed_by_another_within_the_bound(
             assert task.state == "done", task
             assert (task.worker or "").startswith("wb|")
             with project.store.engine.connect() as conn:
-                [(attempt, status, updated)] = conn.execute(
-                    sa.select(runs.c.attempt, runs.c.status, runs.c.updated_at)
-                ).all()
+                [(attempt, status)] = conn.execute(sa.select(runs.c.attempt, runs.c.status)).all()
             assert status == "succeeded" and attempt >= 2
             # the resumed attempt started within the bound of the last heartbeat
             resumed = ClusterState(project.store).task(task_id)

@@ -57,9 +57,9 @@ def described(url: str) -> dict[str, dict[str, tuple[str, bool, bool]]]:
 
 def _affinity(kind: object) -> str:
     text = str(kind).upper()
-    for word in ("INT", "CHAR", "TEXT", "BOOL", "TIMESTAMP", "DATETIME"):
+    for word in ("INT", "CHAR", "TEXT", "BOOL", "TIMESTAMP", "DATETIME", "DOUBLE", "FLOAT"):
         if word in text:
-            return {"CHAR": "TEXT", "DATETIME": "TIMESTAMP"}.get(word, word)
+            return {"CHAR": "TEXT", "DATETIME": "TIMESTAMP", "DOUBLE": "FLOAT"}.get(word, word)
     return text
 
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+
+import pyarrow as pa
 
 POLL_SECONDS = 0.05
 """How often delivery looks at the halt (it is a thread-safe event, not an asyncio one)."""
@@ -98,3 +100,43 @@ def on_signals(halt: Halt, *, signals: tuple[int, ...] | None = None) -> Iterato
         for sig, old in previous.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, old)  # type: ignore[arg-type]
+
+
+def halting(reader: pa.RecordBatchReader, halt: Halt) -> pa.RecordBatchReader:
+    """The model's stream, stopping at the next record batch once ``halt`` is set."""
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            if halt.is_set():
+                raise KeyboardInterrupt
+            yield batch
+
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())
+
+
+class LockHeartbeat:
+    """Refresh the run's lock every ``seconds``; halt the run when the lock was taken over."""
+
+    def __init__(self, beat: Callable[[], bool], halt: Halt, seconds: float) -> None:
+        self._beat = beat
+        self._halt = halt
+        self._seconds = seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="undertow-heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._seconds):
+            try:
+                ours = self._beat()
+            except Exception:  # the store blinked: the next beat tries again
+                continue
+            if not ours:
+                self._halt.request("its lock was taken over", lock_lost=True)
+                return
+
+    def __enter__(self) -> LockHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import threading
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -40,7 +39,7 @@ from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deli
 from undertow.pipeline.diff import DiffEngine, DiffSpec
 from undertow.pipeline.engines import make_engine
 from undertow.pipeline.extract import model_failures, open_model, projected_sql
-from undertow.pipeline.halt import POLL_SECONDS, Halt
+from undertow.pipeline.halt import POLL_SECONDS, Halt, LockHeartbeat, halting
 from undertow.pipeline.map import CompiledMapping, compile_mapping
 from undertow.pipeline.plan import Plan, check_deletes, make_plan, percent
 from undertow.pipeline.record import Recorder, Work
@@ -160,46 +159,6 @@ def compile_for(
     return mapping, spec
 
 
-def _halting(reader: pa.RecordBatchReader, halt: Halt) -> pa.RecordBatchReader:
-    """The model's stream, stopping at the next record batch once ``halt`` is set."""
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        for batch in reader:
-            if halt.is_set():
-                raise KeyboardInterrupt
-            yield batch
-
-    return pa.RecordBatchReader.from_batches(reader.schema, batches())
-
-
-class _Heartbeat:
-    """Refresh the run's lock every ``seconds``; halt the run when the lock was taken over."""
-
-    def __init__(self, beat: Callable[[], bool], halt: Halt, seconds: float) -> None:
-        self._beat = beat
-        self._halt = halt
-        self._seconds = seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="undertow-heartbeat", daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._seconds):
-            try:
-                ours = self._beat()
-            except Exception:  # the store blinked: the next beat tries again
-                continue
-            if not ours:
-                self._halt.request("its lock was taken over", lock_lost=True)
-                return
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-
-
 class SyncRun:
     """Runs one sync once: resumes an unfinished run or starts a new one."""
 
@@ -243,7 +202,7 @@ class SyncRun:
         lock = self.store.acquire_lock(ctx.name, ttl=self.lock_ttl, worker=self.worker)
         self.lock = lock
         try:
-            with _Heartbeat(lock.heartbeat, self.halt, self.heartbeat_seconds):
+            with LockHeartbeat(lock.heartbeat, self.halt, self.heartbeat_seconds):
                 return self._execute_locked(plan, batch_size, full)
         finally:
             lock.release()
@@ -348,7 +307,7 @@ class SyncRun:
         self.reporter.stage(ctx.name, "extract")
         model = open_model(ctx, engine, spec, self.reporter)
         if isinstance(model, pa.RecordBatchReader):
-            model = _halting(model, self.halt)
+            model = halting(model, self.halt)
         self._update(run, status=RunStatus.DIFFING)
         with model_failures(ctx):
             stats = engine.build(
