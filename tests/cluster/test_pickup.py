@@ -51,10 +51,21 @@ def setup(tmp_path: Path, broker: Broker, pg: str, url: str) -> None:
     )
 
 
-@pytest.mark.parametrize("machine", ["same-host", "other-host"])
+@pytest.fixture
+def kind_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    yield from make_broker(request.param)
+
+
+# the silent-machine path is the sweeper's, the same for both brokers: measured on Redis
+@pytest.mark.parametrize(
+    ("kind_broker", "machine"),
+    [("redis", "same-host"), ("rabbitmq", "same-host"), ("redis", "other-host")],
+    indirect=["kind_broker"],
+)
 def test_a_killed_workers_run_is_resumed_by_another_within_the_bound(
-    tmp_path: Path, broker: Broker, pg_database: str, machine: str
+    tmp_path: Path, kind_broker: Broker, pg_database: str, machine: str
 ) -> None:
+    broker = kind_broker
     hook = WebhookReceiver(delay=0.15)
     pool = Workers(tmp_path)
     with serve_in_thread(hook.app) as server:
@@ -67,7 +78,6 @@ def test_a_killed_workers_run_is_resumed_by_another_within_the_bound(
             assert task_id is not None
             wait_until(lambda: len(checkpointed(project)) >= 8, 90, "8 checkpoints on wa")
             pool.kill_machine(a)
-            seen_at_kill = {r.headers["idempotency-key"] for r in hook.requests}
             done_at_kill = checkpointed(project)
             with project.store.engine.begin() as conn:
                 [(beat, run_id)] = conn.execute(
@@ -104,7 +114,9 @@ def test_a_killed_workers_run_is_resumed_by_another_within_the_bound(
             # every row arrived; only batches in flight at the kill arrived twice
             keys = Counter(r.headers["idempotency-key"] for r in hook.requests)
             twice = {k for k, n in keys.items() if n > 1}
-            assert twice <= seen_at_kill - done_at_kill, twice
+            # (the receiver logs a request once answered: those in flight were not yet seen)
+            assert not twice & done_at_kill, twice
+            assert len(twice) <= 2, twice  # max_concurrency: the batches in flight at the kill
             assert len({r["id"] for r in hook.records}) == ROWS
             print(
                 f"\npickup[{broker.kind},{machine}]: {pickup:.1f}s after the last heartbeat; "

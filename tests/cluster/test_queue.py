@@ -26,6 +26,12 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     yield from make_broker(request.param)
 
 
+@pytest.fixture
+def redis_broker() -> Iterator[Broker]:
+    """The tests below do not depend on the broker: one is enough (the rest of make test)."""
+    yield from make_broker("redis")
+
+
 def test_run_queue_spreads_syncs_over_workers_and_prints_the_runs(
     tmp_path: Path, broker: Broker, pg_database: str
 ) -> None:
@@ -68,7 +74,9 @@ def test_run_queue_spreads_syncs_over_workers_and_prints_the_runs(
             workers.stop_all()
 
 
-def test_a_due_run_queued_twice_runs_once(tmp_path: Path, broker: Broker, pg_database: str) -> None:
+def test_a_due_run_queued_twice_runs_once(
+    tmp_path: Path, redis_broker: Broker, pg_database: str
+) -> None:
     write_users(tmp_path, 500)
     hook = WebhookReceiver()
     workers = Workers(tmp_path)
@@ -76,7 +84,7 @@ def test_a_due_run_queued_twice_runs_once(tmp_path: Path, broker: Broker, pg_dat
         write_project(
             tmp_path,
             state=pg_database,
-            broker=broker,
+            broker=redis_broker,
             destination=f'{{type: webhook, url: "{server.url}/hooks", batch_size: 100}}',
             syncs={"s": "users"},
         )
@@ -97,14 +105,14 @@ def test_a_due_run_queued_twice_runs_once(tmp_path: Path, broker: Broker, pg_dat
 
 
 def test_errors_cross_the_process_boundary_with_their_fields(
-    tmp_path: Path, broker: Broker, pg_database: str
+    tmp_path: Path, redis_broker: Broker, pg_database: str
 ) -> None:
     write_users(tmp_path, 10)
     workers = Workers(tmp_path)
     write_project(
         tmp_path,
         state=pg_database,
-        broker=broker,
+        broker=redis_broker,
         destination="{type: file, path: out.jsonl, format: jsonl}",
         syncs={"good": "users"},
         extra="  bad: {model: broken, destination: out, mappings: {id: id}}\n",
@@ -134,7 +142,7 @@ def test_errors_cross_the_process_boundary_with_their_fields(
 
 
 def test_a_worker_refuses_a_store_migrated_by_a_newer_undertow(
-    tmp_path: Path, broker: Broker, pg_database: str
+    tmp_path: Path, redis_broker: Broker, pg_database: str
 ) -> None:
     import sqlalchemy as sa
 
@@ -147,7 +155,7 @@ def test_a_worker_refuses_a_store_migrated_by_a_newer_undertow(
     write_project(
         tmp_path,
         state=pg_database,
-        broker=broker,
+        broker=redis_broker,
         destination="{type: file, path: out.jsonl, format: jsonl}",
         syncs={"s": "users"},
     )

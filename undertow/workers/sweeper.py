@@ -2,8 +2,8 @@
 whose holder is gone, and publishes them again.
 
 * ``running`` whose holder is gone (its process died on this host, or its worker sent no
-  heartbeat for ``lock_ttl``): back to ``queued`` and published; the next worker resumes the
-  run from its checkpoints (its lock is free by then: same TTL, same silence).
+  heartbeat for ``lock_ttl``) and whose sync's lock has expired too: back to ``queued`` and
+  published; the next worker resumes the run from its checkpoints.
 * ``queued`` and received by a worker that is gone (a message in a dead worker's prefetch,
   which Redis would return only after its visibility timeout): published again.
 * ``new`` for longer than ``sweep_every`` (publishing failed, the broker was down): published.
@@ -34,11 +34,16 @@ def sweep(
     workers = {w.name: w for w in cluster.workers(ttl=ttl)}
     now = utc_now()
     again = []
+    locked: set[str] | None = None
     for task in cluster.tasks(states=("new", "queued", "running")):
         if task.kind != "run":
             continue  # a shared delivery's part: the run's coordinator finishes what is left
         why = None
         if task.state == "running" and holder_gone(task.worker, workers):
+            if locked is None:
+                locked = set(cluster.store.held_locks())
+            if task.sync in locked:
+                continue  # its run's lock has not expired yet (or someone else runs the sync)
             why = f"its holder {task.worker} is gone"
         elif task.state == "queued" and task.reserved_by and holder_gone(task.reserved_by, workers):
             why = f"the worker that received it ({task.reserved_by}) is gone"

@@ -99,9 +99,11 @@ def run_task(
     takeover = False
     if row.state == "running":
         workers = {w.name: w for w in cluster.workers(ttl=ttl)}
-        takeover = holder_gone(row.worker, workers)
+        takeover = holder_gone(row.worker, workers) and row.sync not in project.store.held_locks()
         if not takeover:
-            return {"dropped": f"running on {row.worker}, which is alive"}
+            # its holder is alive, or its run's lock has not expired yet: the sweeper
+            # publishes it again once it has
+            return {"dropped": f"running on {row.worker}, whose run still holds its lock"}
     me = holder_id(worker)
     claimed = cluster.claim(task_id, me, takeover=takeover)
     if claimed is None:
