@@ -342,6 +342,29 @@ class Project(Inspection):
                     queue.append(downstream)
         return records
 
+    def workers(self) -> list[dict[str, Any]]:
+        """Every worker seen (``undertow worker``), newest first: alive, draining, lost or
+        stopped, its last heartbeat, and the runs it executes now (sync, since when)."""
+        from undertow.state.cluster import ClusterState
+
+        cluster = ClusterState(self.store)
+        running = cluster.tasks(states=("running",))
+        out = []
+        for worker in cluster.workers(ttl=self.config.executor.lock_ttl):
+            row = worker.as_dict()
+            row["runs"] = [
+                {
+                    "sync": t.sync,
+                    "task": t.id,
+                    "since": t.started_at.isoformat() if t.started_at else None,
+                    "attempt": t.attempts,
+                }
+                for t in running
+                if (t.worker or "").split("|", 1)[0] == worker.name
+            ]
+            out.append(row)
+        return out
+
     def share_budgets(self) -> None:
         """With ``executor.rate_budget`` (or a Redis broker), every request of this process
         draws from the budgets in Redis that every worker shares; else from in-process ones."""

@@ -70,6 +70,16 @@ def test_run_queue_spreads_syncs_over_workers_and_prints_the_runs(
                 project.close()
             text = run_cli(tmp_path, "run", "s0", "--queue")
             assert text.returncode == 0 and "succeeded s0 run" in text.stdout, text.stderr
+            health = run_cli(tmp_path, "status", "--workers", "--json")
+            assert health.returncode == 0, health.stderr
+            seen = {w["name"]: w for w in orjson.loads(health.stdout)}
+            assert set(seen) == {"wa", "wb"}
+            assert all(w["state"] == "running" and w["alive"] for w in seen.values())
+            assert all(
+                w["concurrency"] == 1 and w["queues"] == [broker.queue] for w in seen.values()
+            )
+            table = run_cli(tmp_path, "status")
+            assert table.returncode == 0 and "wa" in table.stdout and "running" in table.stdout
         finally:
             workers.stop_all()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,9 +15,19 @@ from undertow.state.store import RowError, RowStatus, RunRecord, RunStatus
 
 
 @app.command()
-def status(project: ProjectOpt = Path("."), json: JsonOpt = False, debug: DebugOpt = False) -> None:
-    """Every sync with its last run."""
+def status(
+    project: ProjectOpt = Path("."),
+    workers: Annotated[
+        bool, typer.Option("--workers", help="The workers instead (health, what each runs).")
+    ] = False,
+    json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Every sync with its last run (and, in a cluster, every worker)."""
     console = TerminalConsole(json_mode=json)
+    if workers:
+        _workers(console, project, json=json, debug=debug)
+        return
 
     def work() -> list[SyncStatus]:
         proj = load(project, require_secrets=False)
@@ -62,6 +72,47 @@ def status(project: ProjectOpt = Path("."), json: JsonOpt = False, debug: DebugO
             upcoming,
             format_duration(row["lag_s"]) if last else "-",
             sla,
+        )
+    console.print(table)
+    if _has_executor(project):
+        _workers(console, project, json=False, debug=debug)
+
+
+def _has_executor(project: Path) -> bool:
+    proj = load(project, require_secrets=False)
+    try:
+        return bool(proj.config.executor.queued)
+    finally:
+        proj.close()
+
+
+def _workers(console: TerminalConsole, project: Path, *, json: bool, debug: bool) -> None:
+    def work() -> list[dict[str, Any]]:
+        proj = load(project, require_secrets=False)
+        try:
+            return list(proj.workers())
+        finally:
+            proj.close()
+
+    rows = guard(console, debug, work)
+    if json:
+        console.json(rows)
+        return
+    if not rows:
+        console.print("no worker has registered yet: start one with `undertow worker`")
+        return
+    table = Table("worker", "state", "host:pid", "processes", "queues", "heartbeat", "running")
+    colours = {"running": "green", "draining": "yellow", "lost": "red", "stopped": "dim"}
+    for row in rows:
+        runs = ", ".join(f"{r['sync']} since {(r['since'] or '')[11:19]}" for r in row["runs"])
+        table.add_row(
+            row["name"],
+            f"[{colours.get(row['state'], 'white')}]{row['state']}[/]",
+            f"{row['host']}:{row['pid']}",
+            str(row["concurrency"]),
+            ", ".join(row["queues"]),
+            row["heartbeat_at"][:19],
+            runs or "-",
         )
     console.print(table)
 
