@@ -69,7 +69,10 @@ bench: $(STAMP) ## print throughput and memory figures (never fails on timing)
 	$(BIN)/python bench/diff.py
 	$(BIN)/python bench/sync_logs.py
 
+bench-destinations: $(STAMP) ## each destination against its fake at the vendor's limits: records/s, share of the ceiling, slow-downs, p95
+	$(BIN)/python bench/destinations.py
+
 clean: ## remove the virtualenv and generated files
 	rm -rf $(VENV) .venv-orchestrators .venv-warehouses .demo .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install chromium screenshots demo test test-orchestrators dbt-fixtures test-warehouses test-fast lint format bench clean
+.PHONY: help install chromium screenshots demo test test-orchestrators dbt-fixtures test-warehouses test-fast lint format bench bench-destinations clean

@@ -73,7 +73,8 @@ syncs:
 DEMO_MARKER = ".undertow-demo"
 
 
-def write_project(directory: Path, customers: int) -> None:
+def write_folder(directory: Path, project_yml: str, *, env: str) -> None:
+    """A fresh demo folder (an earlier demo's is replaced; anything else is refused)."""
     if directory.exists() and any(directory.iterdir()):
         if not (directory / DEMO_MARKER).exists():
             raise UndertowError(
@@ -83,9 +84,13 @@ def write_project(directory: Path, customers: int) -> None:
         shutil.rmtree(directory)  # an earlier demo: start afresh
     directory.mkdir(parents=True, exist_ok=True)
     (directory / DEMO_MARKER).write_text("made by `undertow demo`; safe to delete\n")
-    (directory / "undertow.yml").write_text(PROJECT_YML)
+    (directory / "undertow.yml").write_text(project_yml)
     # so `undertow status --project DIR` works after the demo (the fake's token, not a secret)
-    (directory / ".env").write_text(f"HUBSPOT_TOKEN={DEMO_TOKEN}\n")
+    (directory / ".env").write_text(env)
+
+
+def write_project(directory: Path, customers: int) -> None:
+    write_folder(directory, PROJECT_YML, env=f"HUBSPOT_TOKEN={DEMO_TOKEN}\n")
     build_customers(directory / "warehouse.duckdb", customers)
 
 
@@ -178,8 +183,10 @@ def run_demo(directory: Path, *, customers: int, console: TerminalConsole) -> bo
     return ok
 
 
-def _run(project: Any, console: TerminalConsole, label: str) -> RunRecord:
-    record: RunRecord = project.run(["customers_to_hubspot"], reporter=console)[0]
+def _run(
+    project: Any, console: TerminalConsole, label: str, sync: str = "customers_to_hubspot"
+) -> RunRecord:
+    record: RunRecord = project.run([sync], reporter=console)[0]
     console.done_progress()
     c = record.counts
     console.print(

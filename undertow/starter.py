@@ -1,4 +1,8 @@
-"""``undertow init DIR``: a starter project that runs as it is.
+"""``undertow init DIR [--destination TYPE]``: a starter project that runs as it is.
+
+With ``--destination TYPE`` the sync goes to that destination (its demo profile's sync and
+mapping), its credentials and URL read from the environment, so it runs against the real
+API or against ``undertow fake TYPE``.
 
 It holds a small DuckDB warehouse of customers and a webhook sync whose URL is
 ``local://inbox.jsonl``: a receiver built into Undertow that listens on 127.0.0.1 for the
@@ -76,12 +80,34 @@ inbox.jsonl
 """
 
 
-def write_starter(directory: Path, *, customers: int = 1_000) -> list[Path]:
+def destination_yml(type_name: str, name: str) -> str:
+    """The starter for a destination type: its demo's sync, its real API from the environment."""
+    from undertow.destinations.catalog import demo_profile, project_yml, starter_destination
+
+    _, profile = demo_profile(type_name)
+    block = starter_destination(type_name, profile)
+    env = type_name.upper().replace("-", "_")
+    text = project_yml(
+        type_name, profile, name=name, model="file: models/active_customers.sql", destination=block
+    )
+    return (
+        f"# Credentials come from the environment or .env: {env}_TOKEN=...\n"
+        f"# Try it without an account: `undertow fake {type_name}` in another shell, then\n"
+        f"# {env}_BASE_URL=<the URL it prints> {env}_TOKEN=<its token> undertow run --all\n" + text
+    )
+
+
+def write_starter(
+    directory: Path, *, customers: int = 1_000, destination: str | None = None
+) -> list[Path]:
     directory = Path(directory)
     main = directory / "undertow.yml"
     name = directory.resolve().name.replace(" ", "_") or "my_project"
+    text = (
+        STARTER_YML.format(name=name) if destination is None else destination_yml(destination, name)
+    )
     files = {
-        main: STARTER_YML.format(name=name),
+        main: text,
         directory / "models" / "active_customers.sql": MODEL_SQL,
         directory / ".gitignore": GITIGNORE,
     }

@@ -11,14 +11,16 @@ the ``undertow dbt`` sub-commands in :mod:`~undertow.cli.dbt`) and register on t
 
 from __future__ import annotations
 
-from undertow.cli import cluster, dbt, history, inspect, project, syncs
+from undertow.cli import cluster, dbt, destinations, history, inspect, project, syncs
 from undertow.cli._common import app
 
-__all__ = ["app", "cluster", "dbt", "history", "inspect", "main", "project", "syncs"]
+__all__ = [
+    "app", "cluster", "dbt", "destinations", "history", "inspect", "main", "project", "syncs",
+]  # fmt: skip
 
 _HELP_ORDER = [
     "init", "validate", "plan", "run", "retry", "test", "status", "runs", "errors", "debug",
-    "reset", "demo", "serve", "worker", "migrate",
+    "reset", "destinations", "demo", "fake", "serve", "worker", "migrate",
 ]  # fmt: skip
 
 

@@ -18,14 +18,18 @@ if TYPE_CHECKING:
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")] = Path("."),
+    destination: Annotated[
+        str | None,
+        typer.Option("--destination", help="Sync to this destination type (default: a webhook)."),
+    ] = None,
     json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Write a starter project: a DuckDB sample warehouse and a webhook sync."""
+    """Write a starter project: a DuckDB sample warehouse and a webhook (or TYPE) sync."""
     from undertow.starter import write_starter
 
     console = TerminalConsole(json_mode=json)
-    written = guard(console, debug, lambda: write_starter(directory))
+    written = guard(console, debug, lambda: write_starter(directory, destination=destination))
     if json:
         console.json({"project": str(directory), "files": [str(p) for p in written]})
         return
@@ -85,14 +89,31 @@ def demo(
         bool, typer.Option("--ui", help="Serve the demo project with its web UI (Ctrl-C stops).")
     ] = False,
     port: Annotated[int, typer.Option("--port", help="The web UI's port (with --ui).")] = 8765,
+    destination: Annotated[
+        str, typer.Option("--destination", help="The destination type whose fake to sync into.")
+    ] = "hubspot",
     json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Build a sample warehouse, sync it into a local fake HubSpot, change it, sync again."""
+    """Build a sample warehouse, sync it into a local fake (HubSpot unless --destination),
+    change it, sync again."""
     from undertow.demo import run_demo, serve_demo
     from undertow.server.logs import configure
 
     console = TerminalConsole(json_mode=json)
+    if destination != "hubspot":
+        from undertow.demo_kit import run_destination_demo
+
+        done = guard(
+            console,
+            debug,
+            lambda: run_destination_demo(
+                directory, type_name=destination, customers=customers, console=console
+            ),
+        )
+        if not done:
+            raise typer.Exit(1)
+        return
     if ui:
         configure("text")
         guard(

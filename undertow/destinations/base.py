@@ -314,6 +314,8 @@ class DemoProfile:
     destination: str
     sync: str
     token: str = "demo-token"
+    fake_options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the fake (e.g. the limits the demo's destination block uses)."""
 
 
 class Destination(ABC, Generic[ConfigT]):

@@ -249,6 +249,8 @@ mappings:
   greeting:
     template: "Hi {{ first_name }}, thanks for choosing {{ plan | title }}!"
   recently_viewed_products: recently_viewed   # a list: HubSpot multi-select a;b;c""",
+        token="pat-demo-0000-local-fake",
+        fake_options={"rate_limit_per_10s": 5000},
     )
 
     def make_auth(self) -> Auth:

@@ -54,12 +54,15 @@ import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from undertow.testing.faults import Decision, FaultPlan, Ledger
 from undertow.testing.server import serve_in_thread
 
 AuthCheck = Callable[[Request], bool]
+STATS_PATH = "/__undertow_fake__/stats"
+"""What the fake did (requests, slow-down answers, largest batch), for a fake served in
+another process (``undertow fake TYPE``, the benchmarks). No credential needed."""
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "api_key"})
 
 
@@ -286,7 +289,7 @@ class FakeAPI:
         """The served address while :meth:`serve` runs."""
         self._queued: deque[Scripted] = deque()
         self._lock = threading.RLock()
-        self.app = Starlette(routes=self.routes())
+        self.app = Starlette(routes=[*self.routes(), Route(STATS_PATH, self._stats)])
 
     # -- what a vendor fake declares ----------------------------------------------------------
 
@@ -426,6 +429,16 @@ class FakeAPI:
             media_type="application/json",
             headers=extra,
         )
+
+    async def _stats(self, request: Request) -> Response:
+        with self._lock:
+            body = {
+                "type": self.type,
+                "requests": len(self.requests),
+                "slow_downs": self.slow_downs,
+                "largest_batch": self.largest_batch,
+            }
+        return Response(orjson.dumps(body), media_type="application/json")
 
     def note_batch(self, size: int) -> None:
         with self._lock:

@@ -1,0 +1,105 @@
+"""`undertow destinations`, `undertow fake TYPE`, `undertow demo --destination TYPE` and
+`undertow init DIR --destination TYPE`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from undertow.console import TerminalConsole
+from undertow.demo_kit import run_destination_demo
+from undertow.testing.server import free_port
+
+pytestmark = pytest.mark.e2e
+
+UNDERTOW = str(Path(sys.executable).with_name("undertow"))
+
+
+def undertow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [UNDERTOW, *args], capture_output=True, text=True, timeout=120, cwd=cwd, check=False
+    )
+
+
+def test_destinations_lists_every_type_with_its_limits() -> None:
+    done = undertow("destinations", "--json")
+    assert done.returncode == 0, done.stderr
+    entries = {e["type"]: e for e in json.loads(done.stdout)}
+    assert {"hubspot", "webhook", "file", "postgres", "memory"} <= set(entries)
+    hubspot = entries["hubspot"]
+    assert hubspot["batch_size"] == 100
+    assert hubspot["rate_limits"][0]["requests"] == 190
+    assert hubspot["rate_limits"][0]["doc"].startswith("https://developers.hubspot.com/")
+    assert hubspot["objects"] == ["contacts", "companies"]
+    assert hubspot["identifiers"] == {"required": True, "fields": None, "min": 1, "max": 1}
+    assert hubspot["fake"] and hubspot["demo"]
+    table = undertow("destinations")
+    assert table.returncode == 0 and "hubspot" in table.stdout and "190/10s" in table.stdout
+
+
+def test_fake_serves_a_destination_in_the_foreground_until_ctrl_c() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [UNDERTOW, "fake", "hubspot", "--port", str(port), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        announced = json.loads(proc.stdout.readline())
+        assert announced["url"] == f"http://127.0.0.1:{port}"
+        request = urllib.request.Request(
+            f"{announced['url']}/crm/v3/objects/contacts?limit=1",
+            headers={"Authorization": f"Bearer {announced['credential']}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert json.loads(answer.read()) == {"results": []}
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_fake_of_a_type_without_one_says_which_have_one() -> None:
+    done = undertow("fake", "memory")
+    assert done.returncode == 1
+    assert "has no local fake" in done.stderr and "hubspot" in done.stderr
+
+
+def test_demo_of_a_type_without_a_profile_names_those_with_one(tmp_path: Path) -> None:
+    done = undertow("demo", "--destination", "memory", "--dir", str(tmp_path / "d"))
+    assert done.returncode == 1
+    assert "has no demo" in done.stderr and "hubspot" in done.stderr
+
+
+def test_the_generic_demo_runs_twice_and_sends_only_the_changes(tmp_path: Path) -> None:
+    console = TerminalConsole(json_mode=True)
+    started = time.monotonic()
+    ok = run_destination_demo(
+        tmp_path / "demo", type_name="hubspot", customers=500, console=console
+    )
+    assert ok and time.monotonic() - started < 120
+    assert (tmp_path / "demo" / "undertow.yml").read_text().count("type: hubspot") == 1
+
+
+def test_init_with_a_destination_writes_a_project_that_validates(tmp_path: Path) -> None:
+    folder = tmp_path / "acme"
+    done = undertow("init", str(folder), "--destination", "hubspot")
+    assert done.returncode == 0, done.stderr
+    text = (folder / "undertow.yml").read_text()
+    assert "${HUBSPOT_TOKEN}" in text and "${HUBSPOT_BASE_URL:-https://api.hubapi.com}" in text
+    assert "local fake" not in text  # the fake's raised limit is not a starter default
+    (folder / ".env").write_text("HUBSPOT_TOKEN=pat-not-checked-offline\n")
+    checked = undertow("validate", "--project", str(folder), "--offline")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
