@@ -14,6 +14,7 @@ the next start resumes it from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,6 +61,17 @@ class Scheduler:
         """Every run this scheduler finished (newest last)."""
         self._waiting: dict[str, list[str]] = {}
         self.errors: list[str] = []
+        from datetime import timedelta
+
+        from undertow.state.cluster import ClusterState
+        from undertow.workers.leader import Leadership
+
+        self.leadership = Leadership(
+            ClusterState(project.store), ttl=timedelta(seconds=max(15.0, 3 * interval))
+        )
+        """Only the ``serve`` holding the scheduler lease starts or queues runs."""
+        self.queued = bool(project.config.executor.queued)
+        """``executor: {type: celery}``: due runs go to the workers, not to the pool."""
 
     # -- one pass ---------------------------------------------------------------------------
 
@@ -72,11 +84,24 @@ class Scheduler:
             self._error(f"reading upstream signals failed: {exc}")
         if self.stop.is_set():
             return started
+        try:
+            leading = self.leadership.check()
+        except UndertowError as exc:
+            self._error(f"the scheduler lease could not be checked: {exc}")
+            return started
+        if not leading:
+            return started  # another `serve` leads; this one serves the API only
         with self._lock:
             running = set(self.running)
+        if self.queued:
+            running |= self.project.executor.busy()
         for due in self.project.due(running):
             if self.stop.is_set():
                 break
+            if self.queued and due.reason != RETRY:  # a retry of rejected rows runs here
+                self._queue(due)
+                started.append(due.sync)
+                continue
             self.project.launched(due)
             started.append(due.sync)
             log.info(
@@ -99,6 +124,29 @@ class Scheduler:
         except UndertowError as exc:
             self._error(f"checking SLAs failed: {exc}")
         return started
+
+    def _queue(self, due: Due) -> None:
+        """Queue ``due`` for the workers under an id naming what made it due, then mark it
+        launched: a leader that dies between the two is followed by one that queues the same
+        id again, which queues nothing (``due_task_id``)."""
+        from undertow.workers.leader import due_task_id
+
+        try:
+            task_id = due_task_id(self.project, due)
+            queued = self.project.executor.submit(
+                due.sync, full=due.full, trigger=due.reason[:40], task_id=task_id
+            )
+            self.project.launched(due)
+        except UndertowError as exc:
+            self._error(f"sync {due.sync}: {exc}")
+            return
+        log.info(
+            "queued: %s (%s)%s",
+            due.sync,
+            due.reason,
+            "" if queued else " - already queued",
+            extra={"event": "run.queued", "sync": due.sync, "task": task_id},
+        )
 
     def _run(self, due: Due) -> list[RunRecord]:
         records: list[RunRecord] = []
@@ -184,6 +232,8 @@ class Scheduler:
         """Start nothing new; stop runs in progress after their batches in flight."""
         self.stop.set()
         self.halt.request("undertow serve is shutting down")
+        with contextlib.suppress(UndertowError):  # else the lease expires by itself
+            self.leadership.release()
         if self._pool is not None:
             with self._lock:
                 futures = [f for f in self.running.values() if f is not None]

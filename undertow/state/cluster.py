@@ -24,6 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from undertow.state.locks import _pid_alive
 from undertow.state.records import as_aware, utc_now
 from undertow.state.store import StateStore
 
@@ -476,7 +477,8 @@ class ClusterState:
                     .values(heartbeat_at=now)
                 )
                 return True
-            if now - beat <= timedelta(seconds=int(row["ttl_seconds"])):
+            dead = row["host"] == host and not _pid_alive(int(row["pid"]))
+            if not dead and now - beat <= timedelta(seconds=int(row["ttl_seconds"])):
                 return False
             done = conn.execute(
                 leases.update()

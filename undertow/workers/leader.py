@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -27,11 +26,20 @@ LEASE = "scheduler"
 
 
 class Leadership:
-    def __init__(self, cluster: ClusterState, *, ttl: timedelta, name: str = LEASE) -> None:
+    def __init__(
+        self,
+        cluster: ClusterState,
+        *,
+        ttl: timedelta,
+        name: str = LEASE,
+        owner: str | None = None,
+    ) -> None:
         self.cluster = cluster
         self.ttl = ttl
         self.name = name
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        """One owner per process: a scheduler restarted in the same process leads at once;
+        a lease whose holder died on this host is taken over at once too."""
         self.leading = False
 
     def check(self) -> bool:
