@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
@@ -71,6 +72,11 @@ class DestinationTests:
     """A record the vendor refuses, and a fragment of the vendor's message for it."""
     max_wait: ClassVar[float] = 5.0
     """The longest wait the suite accepts from the fake's slow-down answers."""
+    openapi: ClassVar[Path | None] = None
+    """The vendor's OpenAPI file: every request and answer of the suite is validated against
+    it (:class:`undertow.testing.conformance.Contract`), and a violation fails the test."""
+    openapi_paths: ClassVar[tuple[str, ...]] = ()
+    """Only these path prefixes are checked (the paths a trimmed spec describes)."""
 
     # -- facts a test file gives --------------------------------------------------------------
 
@@ -98,8 +104,16 @@ class DestinationTests:
     @pytest.fixture
     def served(self) -> Iterator[FakeAPI]:
         fake = type(self).fake(self.token, **self.fake_options)
+        contract = None
+        if self.openapi is not None:
+            from undertow.testing.conformance import Contract
+
+            contract = Contract.load(self.openapi, only=self.openapi_paths)
+            fake.app = contract.watch(fake.app)
         with fake.serve():
             yield fake
+        if contract is not None and contract.checked:
+            contract.assert_clean()
 
     def make(self, fake: FakeAPI, **extra: Any) -> Destination:
         values = {
