@@ -72,7 +72,11 @@ bench: $(STAMP) ## print throughput and memory figures (never fails on timing)
 bench-destinations: $(STAMP) ## each destination against its fake at the vendor's limits: records/s, share of the ceiling, slow-downs, p95
 	$(BIN)/python bench/destinations.py
 
+bench-cluster: $(STAMP) ## cluster figures: chaos across 3 workers (kill -9 for a minute), the shared rate budget
+	$(BIN)/python bench/cluster_budget.py
+	$(BIN)/python bench/cluster_chaos.py
+
 clean: ## remove the virtualenv and generated files
 	rm -rf $(VENV) .venv-orchestrators .venv-warehouses .demo .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install chromium screenshots demo test test-orchestrators dbt-fixtures test-warehouses test-fast lint format bench bench-destinations clean
+.PHONY: help install chromium screenshots demo test test-orchestrators dbt-fixtures test-warehouses test-fast lint format bench bench-destinations bench-cluster clean
