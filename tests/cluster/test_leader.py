@@ -89,3 +89,63 @@ def test_only_the_leader_queues_and_a_new_leader_queues_nothing_twice(
     finally:
         one.project.close()
         two.project.close()
+
+
+def test_the_api_lists_the_workers_with_their_health(tmp_path: Path, pg_database: str) -> None:
+    """GET /api/workers: a live worker, a lost one (silent past lock_ttl), a stopped one, and
+    the run each executes."""
+    import urllib.request
+
+    import orjson
+
+    from undertow.server.app import create_app
+    from undertow.testing.server import serve_in_thread
+
+    write_users(tmp_path, 1)
+    write_project(
+        tmp_path,
+        state=pg_database,
+        broker=None,
+        destination="{type: file, path: out.jsonl, format: jsonl}",
+        syncs={"a": "users"},
+    )
+    project = Project.load(str(tmp_path))
+    try:
+        cluster = ClusterState(project.store)
+        for name in ("live", "lost", "gone"):
+            cluster.register_worker(
+                name, host="h", pid=1, queues=["q"], concurrency=2, version="test"
+            )
+        cluster.worker_stopped("gone")
+        with project.store.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "update undertow_workers set heartbeat_at = now() - interval '5 minutes' "
+                    "where name = 'lost'"
+                )
+            )
+        assert cluster.add_task("t1", sync="a")
+        assert cluster.claim("t1", "live|h|1", takeover=False) is not None
+        app = create_app(project, token="tok-12345678")
+        with serve_in_thread(app) as server:
+            request = urllib.request.Request(
+                f"{server.url}/api/workers", headers={"Authorization": "Bearer tok-12345678"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                body = orjson.loads(answer.read())
+            denied = urllib.request.Request(f"{server.url}/api/workers")
+            try:
+                urllib.request.urlopen(denied, timeout=10)
+                raise AssertionError("the workers endpoint answered without a token")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 401
+        states = {w["name"]: (w["state"], w["alive"]) for w in body}
+        assert states == {
+            "live": ("running", True),
+            "lost": ("lost", False),
+            "gone": ("stopped", False),
+        }
+        [live] = [w for w in body if w["name"] == "live"]
+        assert [r["sync"] for r in live["runs"]] == ["a"] and live["concurrency"] == 2
+    finally:
+        project.close()

@@ -138,6 +138,12 @@ def api_router(project: Project, auth: Auth, stopping: threading.Event | None = 
     def get_sync(sync: str) -> SyncStatus:
         return project.sync_status(sync)
 
+    @router.get("/workers", dependencies=[guard], tags=["workers"])
+    def list_workers() -> list[dict[str, Any]]:
+        """The cluster's workers (``undertow worker``): state (running, draining, lost,
+        stopped), last heartbeat, processes, queues, and the runs each executes now."""
+        return project.workers()
+
     @router.post(
         "/syncs/{sync}/trigger",
         dependencies=[guard],
