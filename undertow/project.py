@@ -29,6 +29,7 @@ from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for
 from undertow.registry import destination_class, source_class
 from undertow.results import ProblemDocument, SyncStatus
 from undertow.sources.base import Source
+from undertow.state.interfaces import StateReader, StateWriter
 from undertow.state.store import RowError, RowStatus, RunRecord, StateStore
 
 if TYPE_CHECKING:
@@ -342,6 +343,19 @@ class Project(Inspection):
                     queue.append(downstream)
         return records
 
+    @property
+    def reader(self) -> StateReader:
+        """The state store for the read paths (status, runs, errors, the API and the UI):
+        typed as a :class:`~undertow.state.interfaces.StateReader`, so they cannot write."""
+        store: StateReader = self.store  # mypy checks that the store is a reader
+        return store
+
+    @property
+    def writer(self) -> StateWriter:
+        """The state store for runs, ``reset`` and the scheduler (reads and writes)."""
+        store: StateWriter = self.store
+        return store
+
     def workers(self) -> list[dict[str, Any]]:
         """Every worker seen (``undertow worker``), newest first: alive, draining, lost or
         stopped, its last heartbeat, and the runs it executes now (sync, since when)."""
@@ -472,8 +486,8 @@ class Project(Inspection):
     # -- history ----------------------------------------------------------------------------
 
     def status(self) -> list[SyncStatus]:
-        last = self.store.last_runs()
-        locks = self.store.held_locks()
+        last = self.reader.last_runs()
+        locks = self.reader.held_locks()
         rows: list[SyncStatus] = []
         for name, sync in self.config.syncs.items():
             run = last.get(name)
@@ -492,12 +506,12 @@ class Project(Inspection):
 
     def runs(self, name: str, *, limit: int = 20) -> list[RunRecord]:
         self.sync(name)
-        return self.store.list_runs(name, limit=limit)
+        return self.reader.list_runs(name, limit=limit)
 
     def get_run(self, run_id: str) -> RunRecord:
-        run = self.store.get_run(run_id)
+        run = self.reader.get_run(run_id)
         if run is None:
-            matches = self.store.find_runs(run_id)
+            matches = self.reader.find_runs(run_id)
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
@@ -507,19 +521,19 @@ class Project(Inspection):
                     hint="give more characters of the run id",
                 )
             raise UndertowError(
-                f"no run {run_id!r} in the state store {self.store.display_url}",
+                f"no run {run_id!r} in the state store {self.reader.display_url}",
                 hint="`undertow runs SYNC` lists run ids",
             )
         return run
 
     def errors(self, run_id: str, *, limit: int | None = None) -> list[RowError]:
         run = self.get_run(run_id)
-        return self.store.row_errors(run.id, limit=limit)
+        return self.reader.row_errors(run.id, limit=limit)
 
     def rejected_rows(self, name: str, *, limit: int | None = None) -> list[RowStatus]:
         """The sync's rows whose latest outcome was rejected or failed, with their history."""
         self.sync(name)
-        return self.store.row_statuses(name, limit=limit)
+        return self.reader.row_statuses(name, limit=limit)
 
     def reset(self, name: str) -> int:
         """Forget what the destination accepted; the next run of ``name`` is a first run."""

@@ -113,12 +113,6 @@ def run_task(
     halt = Halt()
     _set_current(halt)
     try:
-        if claimed.kind == "part":
-            from undertow.workers.shared import deliver_part
-
-            outcome: dict[str, Any] = deliver_part(project, claimed, worker=me, halt=halt, ttl=ttl)
-            cluster.finish(claimed, state="done", result=outcome)
-            return outcome
         return _run(project, cluster, claimed, me, halt, publish)
     except LockLostError as exc:
         # another worker took the run over: the task is theirs now
