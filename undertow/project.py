@@ -241,11 +241,27 @@ class Project(Inspection):
                     if ctx.sync.object is not None or ctx.destination.objects is not None:
                         self._check_object(ctx)
                     compile_for(ctx, dbt_columns.get(ctx.model_name))
+                    if connect:  # the vendor's own metadata (HubSpot properties, ...)
+                        for found in asyncio.run(self._validate_sync(ctx)):
+                            add(ConfigError(found), "syncs", sname)
                 finally:
                     ctx.source.close()
             except UndertowError as exc:
                 add(exc, "syncs", sname)
         return problems
+
+    async def _validate_sync(self, ctx: SyncContext) -> list[str]:
+        dest = ctx.destination
+        await dest.open()
+        try:
+            return await dest.validate_sync(
+                sync=ctx.name,
+                object=ctx.sync.object,
+                match=ctx.sync.match,
+                fields=list(ctx.sync.mappings),
+            )
+        finally:
+            await dest.close()
 
     def dbt_exposures(
         self, *, dbt_project: str | None = None, owner: str = "Undertow", email: str | None = None

@@ -226,3 +226,24 @@ def test_validate_refuses_a_match_the_destination_rule_forbids(tmp_path: Path) -
     problems = project.validate(connect=False)
     assert any("needs exactly one match field" in p.message for p in problems), problems
     project.close()
+
+
+def test_validate_asks_the_destination_about_each_sync(
+    tmp_path: Path, receiver: tuple[WebhookReceiver, RunningServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from undertow.destinations.webhook import WebhookDestination
+
+    seen: list[tuple[str, list[str]]] = []
+
+    async def validate_sync(self: WebhookDestination, **kw: object) -> list[str]:
+        seen.append((str(kw["sync"]), list(kw["fields"])))  # type: ignore[call-overload]
+        return ["field 'emial' is not a property of the vendor; did you mean 'email'?"]
+
+    monkeypatch.setattr(WebhookDestination, "validate_sync", validate_sync)
+    _, server = receiver
+    project = webhook_project(tmp_path, f"{server.url}/hooks")
+    problems = project.validate()
+    assert seen == [("out", ["id", "email"])]
+    assert any("did you mean 'email'" in p.message for p in problems), problems
+    assert project.validate(connect=False) == []  # offline: no vendor call
+    project.close()
