@@ -1,7 +1,16 @@
-"""Output goes through a console, never bare ``print``: Rich on a terminal, JSON for machines."""
+"""Output goes through a console, never bare ``print``: Rich on a terminal, JSON for machines.
+
+Everything that comes from data (row keys, reasons, names, error messages, vendor answers)
+is printed through :func:`safe` (inside Rich markup) or :func:`plain` (with markup off, and
+in table cells as :func:`cell`): secrets redacted, Rich markup escaped (a key ``[/bold]``
+is shown as written, it does not crash the command), and terminal control characters (ANSI
+escapes, carriage returns, bidi overrides) shown as ``\\x1b``-style escapes instead of
+reaching the terminal.
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -17,8 +26,42 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
+from rich.text import Text
 
 from undertow.redact import redact
+
+# C0 controls but tab and newline, DEL, C1 controls, and the bidi overrides and isolates
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def plain(value: object) -> str:
+    """``value`` as text fit for a terminal with markup off: redacted, controls escaped."""
+    return _CONTROL.sub(_visible, redact(value))
+
+
+def safe(value: object) -> str:
+    """``value`` as text to put inside Rich markup: :func:`plain`, then markup escaped."""
+    return escape(plain(value))
+
+
+def cell(value: object) -> Text:
+    """A table cell from data (a Rich ``Text`` is never read as markup)."""
+    return Text(plain("" if value is None else value))
+
+
+class DataTable(Table):
+    """A table whose text cells are data: each ``str`` is shown through :func:`cell`. A
+    cell meant to be styled is given as ``Text.from_markup(...)``, with its data made
+    :func:`safe`."""
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*(cell(r) if isinstance(r, str) else r for r in renderables), **kwargs)
 
 
 class TerminalConsole:
@@ -49,13 +92,11 @@ class TerminalConsole:
             self.out.print(*items, **kwargs)
 
     def error(self, text: str) -> None:
-        # escaped: a message quoting `after: [dbt]` or `data_tests: [unique, not_null]` must not
-        # lose those words to rich's markup
-        self.err.print(f"[bold red]error:[/] {escape(redact(text))}", markup=True, highlight=False)
+        self.err.print(f"[bold red]error:[/] {safe(text)}", markup=True, highlight=False)
 
     def warn(self, text: str) -> None:
         if not self.json_mode:
-            self.err.print(f"[yellow]warning:[/] {escape(redact(text))}")
+            self.err.print(f"[yellow]warning:[/] {safe(text)}")
 
     # -- progress (the Reporter protocol of pipeline/run.py) --------------------------------
 
@@ -81,7 +122,7 @@ class TerminalConsole:
             return
         task = self._tasks.get(sync)
         if task is None:
-            self._tasks[sync] = bar.add_task(stage, total=total, sync=sync)
+            self._tasks[sync] = bar.add_task(stage, total=total, sync=safe(sync))
         else:
             bar.reset(task, total=total, description=stage)
         self._current[sync] = stage
@@ -92,7 +133,7 @@ class TerminalConsole:
 
     def note(self, sync: str, text: str) -> None:
         if not self.json_mode:
-            self.err.print(f"[dim]{escape(sync)}:[/] {escape(redact(text))}")
+            self.err.print(f"[dim]{safe(sync)}:[/] {safe(text)}")
 
     def done_progress(self) -> None:
         if self._progress is not None:

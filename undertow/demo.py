@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
-from undertow.console import TerminalConsole
+from undertow.console import TerminalConsole, plain, safe
 from undertow.errors import UndertowError
 from undertow.samples import build_customers, change_customers
 from undertow.state.store import RunRecord
@@ -98,7 +98,7 @@ def run_demo(directory: Path, *, customers: int, console: TerminalConsole) -> bo
     from undertow.project import Project
 
     directory = directory.resolve()
-    console.print(f"[bold]Undertow demo[/] in {directory}")
+    console.print(f"[bold]Undertow demo[/] in {safe(directory)}")
     started = time.monotonic()
     write_project(directory, customers)
     console.print(f"• generated warehouse.duckdb with {customers:,} customers")
@@ -136,7 +136,7 @@ def run_demo(directory: Path, *, customers: int, console: TerminalConsole) -> bo
                 fields = "; ".join(
                     f"{f}: {v['old']!r} → {v['new']!r}" for f, v in change["fields"].items()
                 )
-                console.print(f"    {change['key']}: {fields}", markup=False)
+                console.print(plain(f"    {change['key']}: {fields}"), markup=False)
             second = _run(project, console, "second run (only the changes)")
             second_requests = len(fake.requests) - first_requests
         finally:
@@ -146,7 +146,7 @@ def run_demo(directory: Path, *, customers: int, console: TerminalConsole) -> bo
     _summary(console, [(first, first_requests), (second, second_requests)])
     sample = next(iter(contacts.values()), {})
     console.print(f"HubSpot (fake) now holds {len(contacts):,} contacts; one of them:")
-    console.print(f"  {_trim(sample)}", markup=False)
+    console.print(plain(f"  {_trim(sample)}"), markup=False)
     ok = (
         str(first.status) == "succeeded"
         and str(second.status) == "succeeded"
@@ -171,8 +171,8 @@ def run_demo(directory: Path, *, customers: int, console: TerminalConsole) -> bo
             f"of {second.counts['extracted']:,}[/] (demo took {took:.1f}s)"
         )
         console.print(
-            f"Explore it: undertow status --project {directory} · "
-            f"undertow runs customers_to_hubspot --project {directory}"
+            f"Explore it: undertow status --project {safe(directory)} · "
+            f"undertow runs customers_to_hubspot --project {safe(directory)}"
         )
         console.print(
             f"Open the web UI on it: [bold]undertow demo --ui --dir {_shown(directory)}[/] "

@@ -14,6 +14,9 @@
     ├── PrimaryKeyError                a model has no usable primary key column
     ├── MappingError                   a mapping cannot be compiled (per-row failures are
     │                                  *rejections*, not exceptions)
+    ├── StageCrash                     a stage crashed (a bug, a driver error, a panic in
+    │                                  a native library): the run ended failed, the next
+    │                                  run starts afresh
     └── DeliveryError                  a destination failed
         ├── RetryableError             429, 5xx, timeouts: try again with backoff
         ├── FatalDeliveryError         bad credentials, retries exhausted, a wait longer
@@ -171,6 +174,28 @@ class PrimaryKeyError(UndertowError):
 
 class MappingError(UndertowError):
     """A mapping cannot be compiled (unknown column, bad template syntax, bad cast)."""
+
+
+class StageCrash(UndertowError):
+    """A stage of a run crashed on something that is not an UndertowError; the run was
+    ended ``failed`` and its change set dropped, so the next run starts afresh."""
+
+
+def is_crash(exc: BaseException) -> bool:
+    """An exception a stage can end its run on: any ``Exception``, and a panic of a native
+    library (pyo3's ``PanicException`` derives from ``BaseException``). Not Ctrl-C, not a
+    process exit: those leave the run to be resumed."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+def crash_message(exc: BaseException) -> str:
+    """One line for a crash, redacted: its type, its message, and what happens next."""
+    text = " ".join(str(exc).split())[:300] or "(no message)"
+    return redact(
+        f"the run crashed: {type(exc).__name__}: {text}; the run is failed and the next run "
+        "starts afresh (rows accepted before the crash are recorded). This is a bug in "
+        "Undertow or a library it uses: please report it with the output of --debug"
+    )
 
 
 class DeliveryError(UndertowError):

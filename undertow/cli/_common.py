@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from undertow.console import TerminalConsole
+from undertow.console import TerminalConsole, safe
 from undertow.errors import UndertowError
 from undertow.state.store import RunRecord
 
@@ -113,15 +113,15 @@ def print_runs(console: TerminalConsole, records: list[RunRecord]) -> None:
         label = f"{record.status} with warning" if warned else str(record.status)
         took = f" in {record.duration_s:.1f}s" if record.duration_s is not None else ""
         console.print(
-            f"[{style}]{label}[/] [bold]{record.sync}[/] run {record.id}{took}: "
+            f"[{style}]{label}[/] [bold]{safe(record.sync)}[/] run {safe(record.id)}{took}: "
             f"{counts_line(record)}"
         )
         if record.error:
             console.error(f"{record.sync}: {record.error}")
         if warned:
-            console.print(f"  [yellow]warning:[/] {record.warning}")
+            console.print(f"  [yellow]warning:[/] {safe(record.warning)}")
         if record.counts.get("rejected"):
-            console.print(f"  see the rejected rows with: undertow errors {record.id}")
+            console.print(f"  see the rejected rows with: undertow errors {safe(record.id)}")
     if any(str(r.status) != "succeeded" for r in records):
         raise typer.Exit(1)
 

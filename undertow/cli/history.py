@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load, when
-from undertow.console import TerminalConsole
+from undertow.console import DataTable, TerminalConsole, safe
 from undertow.results import SyncStatus
 from undertow.state.store import RowError, RowStatus, RunRecord, RunStatus
 
@@ -42,17 +42,19 @@ def status(
         return
     from undertow.orchestration.config import format_duration
 
-    table = Table(
+    table = DataTable(
         "sync", "model → destination", "mode", "last run", "status", "counts", "next run", "lag",
         "SLA",
     )  # fmt: skip
     for row in rows:
         last = row["last_run"]
         state = "running" if row["running"] else (last["status"] if last else "never run")
-        sla = "-"
+        sla: str | Text = "-"
         if row["sla_s"] is not None:
             colour = "red" if row["sla_state"] == "breached" else "green"
-            sla = f"[{colour}]{row['sla_state']}[/] ({format_duration(row['sla_s'])})"
+            sla = Text.from_markup(
+                f"[{colour}]{safe(row['sla_state'])}[/] ({format_duration(row['sla_s'])})"
+            )
         upcoming = "paused" if row["paused"] else (row["next_run_at"] or row["schedule"])[:19]
         if row["after"] and not row["paused"]:
             upcoming = "after " + ", ".join(row["after"])
@@ -101,13 +103,13 @@ def _workers(console: TerminalConsole, project: Path, *, json: bool, debug: bool
     if not rows:
         console.print("no worker has registered yet: start one with `undertow worker`")
         return
-    table = Table("worker", "state", "host:pid", "processes", "queues", "heartbeat", "running")
+    table = DataTable("worker", "state", "host:pid", "processes", "queues", "heartbeat", "running")
     colours = {"running": "green", "draining": "yellow", "lost": "red", "stopped": "dim"}
     for row in rows:
         runs = ", ".join(f"{r['sync']} since {(r['since'] or '')[11:19]}" for r in row["runs"])
         table.add_row(
             row["name"],
-            f"[{colours.get(row['state'], 'white')}]{row['state']}[/]",
+            Text.from_markup(f"[{colours.get(row['state'], 'white')}]{safe(row['state'])}[/]"),
             f"{row['host']}:{row['pid']}",
             str(row["concurrency"]),
             ", ".join(row["queues"]),
@@ -139,7 +141,7 @@ def runs(
     if json:
         console.json([r.as_dict() for r in records])
         return
-    table = Table(
+    table = DataTable(
         "run id",
         "started",
         "status",
@@ -177,12 +179,12 @@ def runs(
     console.print(table)
     for r in records:
         if r.warning is not None and r.status is RunStatus.SUCCEEDED:
-            console.print(f"  [yellow]warning[/] {r.id}: {r.warning}", highlight=False)
+            console.print(f"  [yellow]warning[/] {safe(r.id)}: {safe(r.warning)}", highlight=False)
 
 
-def _status_cell(run: RunRecord) -> str:
+def _status_cell(run: RunRecord) -> str | Text:
     if run.warning is not None and run.status is RunStatus.SUCCEEDED:
-        return "[yellow]succeeded with warning[/]"
+        return Text.from_markup("[yellow]succeeded with warning[/]")
     return str(run.status)
 
 
@@ -251,7 +253,9 @@ def errors(
     if not rows:
         console.print("no rejected or failed rows in this run")
         return
-    table = Table("key", "kind", "operation", "attempts", "first failed", "last failed", "reason")
+    table = DataTable(
+        "key", "kind", "operation", "attempts", "first failed", "last failed", "reason"
+    )
     for e in rows:
         table.add_row(
             e.row_key,
@@ -272,9 +276,9 @@ def _print_waiting(
         console.json([r.as_dict() for r in rows])
         return
     if not rows:
-        console.print(f"{sync}: no rejected or failed rows waiting")
+        console.print(f"{safe(sync)}: no rejected or failed rows waiting")
         return
-    table = Table("key", "kind", "attempts", "first failed", "last failed", "reason")
+    table = DataTable("key", "kind", "attempts", "first failed", "last failed", "reason")
     for r in rows:
         table.add_row(
             r.row_key,
@@ -285,4 +289,4 @@ def _print_waiting(
             r.last_reason,
         )
     console.print(table)
-    console.print(f"send them again now with: undertow retry {sync}")
+    console.print(f"send them again now with: undertow retry {safe(sync)}")

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load
-from undertow.console import TerminalConsole
+from undertow.console import TerminalConsole, plain, safe
 
 if TYPE_CHECKING:
     from undertow.project import Problem
@@ -33,10 +32,12 @@ def init(
     if json:
         console.json({"project": str(directory), "files": [str(p) for p in written]})
         return
-    console.print(f"[green]Created a starter project in {directory}[/]")
+    console.print(f"[green]Created a starter project in {safe(directory)}[/]")
     for path in written:
-        console.print(f"  {path}")
-    console.print(f"\nNext: [bold]cd {directory} && undertow validate && undertow run --all[/]")
+        console.print(f"  {safe(path)}")
+    console.print(
+        f"\nNext: [bold]cd {safe(directory)} && undertow validate && undertow run --all[/]"
+    )
 
 
 @app.command()
@@ -72,7 +73,7 @@ def validate(
     elif problems:
         console.err.print(f"[bold red]{len(problems)} problem(s) found:[/]")
         for problem in problems:
-            console.err.print(f"  [red]✗[/] {escape(str(problem))}", highlight=False)
+            console.err.print(f"  [red]✗[/] {safe(problem)}", highlight=False)
     else:
         console.print("[green]✓ project is valid[/]")
     if problems:
@@ -177,7 +178,7 @@ def serve(
                 interval=interval,
                 workers=workers,
                 grace=grace,
-                announce=lambda text: console.err.print(text, markup=False),
+                announce=lambda text: console.err.print(plain(text), markup=False),
             )
         finally:
             proj.close()

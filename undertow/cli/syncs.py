@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load, print_runs
-from undertow.console import TerminalConsole
+from undertow.console import TerminalConsole, plain, safe
 from undertow.errors import UndertowError
 from undertow.pipeline.halt import Halt, on_signals
 from undertow.state.store import RunRecord
@@ -47,13 +47,13 @@ def plan(
         return
     c = data["counts"]
     console.print(
-        f"[bold]{sync}[/] ({data['mode']} → {data['destination']}): "
+        f"[bold]{safe(sync)}[/] ({safe(data['mode'])} → {safe(data['destination'])}): "
         f"{c['extracted']:,} rows · [green]+{c['added']:,} added[/] · "
         f"[yellow]~{c['changed']:,} changed[/] · [red]-{c['removed']:,} removed[/] · "
         f"{c['unchanged']:,} unchanged · {c['rejected']:,} rejected · "
         f"[bold]{c['to_send']:,} to send[/]"
     )
-    ops = ", ".join(f"{k} → {v}" for k, v in data["operations"].items())
+    ops = safe(", ".join(f"{k} → {v}" for k, v in data["operations"].items()))
     console.print(f"operations: {ops}")
     for warning in data["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
@@ -65,16 +65,18 @@ def plan(
             )
             if not change.get("old_known", True):
                 fields = "changed (the warehouse diff engine keeps a hash, not the old values)"
-            console.print(f"  {change['key']}: {fields or '(mapping changed)'}")
+            console.print(
+                plain(f"  {change['key']}: {fields or '(mapping changed)'}"), markup=False
+            )
     if data["samples"]:
         console.print(f"\n[bold]first {len(data['samples'])} payload(s)[/] as they would be sent:")
         for sample in data["samples"]:
             body = orjson.dumps(sample["payload"]).decode()
-            console.print(f"  {sample['operation']} {sample['key']}: {body}", markup=False)
+            console.print(plain(f"  {sample['operation']} {sample['key']}: {body}"), markup=False)
     if data["rejected"]:
         console.print("\n[bold red]rejected rows[/]:")
         for rej in data["rejected"]:
-            console.print(f"  {rej['key']}: {rej['reason']}", markup=False)
+            console.print(plain(f"  {rej['key']}: {rej['reason']}"), markup=False)
 
 
 @app.command()
@@ -193,7 +195,7 @@ def retry(
         if json:
             console.json({"sync": sync, "run_id": None, "status": "nothing to retry"})
         else:
-            console.print(f"{sync}: no rejected or failed rows to retry")
+            console.print(f"{safe(sync)}: no rejected or failed rows to retry")
         return
     print_runs(console, [record])
 
@@ -228,5 +230,5 @@ def reset(
         console.json({"sync": sync, "forgotten_rows": forgotten})
     else:
         console.print(
-            f"reset {sync}: forgot {forgotten:,} accepted row(s); next run is a first run"
+            f"reset {safe(sync)}: forgot {forgotten:,} accepted row(s); next run is a first run"
         )

@@ -33,6 +33,7 @@ from undertow import registry
 from undertow.config._yaml import Env, KeyPath, Locations, dotted, read_dotenv, read_yaml
 from undertow.config.model_sql import read_model_sql
 from undertow.config.models import FieldSpec, ProjectConfig
+from undertow.config.names import check_names
 from undertow.dbt.models import ResolvedDbtModel, resolve_dbt_models
 from undertow.destinations.base import DestinationConfig
 from undertow.errors import ConfigError, ConfigErrors, did_you_mean, unknown_name
@@ -124,6 +125,7 @@ def load_project(path: str | Path = ".", *, require_secrets: bool = True) -> Loa
         return _closest(locations, path)
 
     dbt_models = resolve_dbt_models(data, root, where, errors)  # fills in their primary_key
+    check_names(data, where, errors)
     config = _validate(ProjectConfig, data, (), locations, errors)
     sources = _connectors(data, "sources", "source", registry.source_class, locations, errors)
     destinations = _connectors(

@@ -165,6 +165,12 @@ class ModelConfig(Strict):
     def _pk_nonempty(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("primary_key needs at least one column, e.g. `primary_key: id`")
+        twice = sorted({c for c in value if value.count(c) > 1})
+        if twice:
+            raise ValueError(
+                f"primary_key lists {', '.join(map(repr, twice))} more than once; list each "
+                f"key column once, e.g. `primary_key: [{', '.join(dict.fromkeys(value))}]`"
+            )
         return value
 
     @model_validator(mode="after")

@@ -10,7 +10,6 @@ engine's files, ``<state>/syncs/<sync>.engine``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from undertow.config.models import DiffConfig, SyncConfig
 from undertow.errors import UndertowError
 from undertow.pipeline.diff import DiffEngine, LocalDiffEngine
+from undertow.state.files import sync_file, write_private
 
 if TYPE_CHECKING:
     from undertow.pipeline.run import SyncContext
@@ -38,7 +38,7 @@ def _label(config: DiffConfig) -> str:
 
 
 def _marker(state_dir: Path, sync: str) -> Path:
-    return Path(state_dir) / "syncs" / (re.sub(r"[^A-Za-z0-9_.-]", "_", sync) + ".engine")
+    return sync_file(Path(state_dir) / "syncs", sync, ".engine")
 
 
 def _construct(
@@ -91,6 +91,5 @@ def make_engine(
                 f"diff engine changed from {previous} to {label}: this run is a first run "
                 f"(every row is planned again); {dropped}"
             )
-    marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    marker.write_text(label + "\n")
+    write_private(marker, label + "\n")  # 0600 even where an older version left 0644
     return engine

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -34,7 +35,15 @@ import pyarrow as pa
 from undertow.config.models import ModelConfig, SyncConfig
 from undertow.destinations import capture
 from undertow.destinations.base import Batch, Capabilities, Destination
-from undertow.errors import LockLostError, PlanError, StateError, UndertowError
+from undertow.errors import (
+    LockLostError,
+    PlanError,
+    StageCrash,
+    StateError,
+    UndertowError,
+    crash_message,
+    is_crash,
+)
 from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deliver
 from undertow.pipeline.diff import DiffEngine, DiffSpec
 from undertow.pipeline.engines import make_engine
@@ -43,7 +52,6 @@ from undertow.pipeline.halt import POLL_SECONDS, Halt, LockHeartbeat, halting
 from undertow.pipeline.map import CompiledMapping, compile_mapping
 from undertow.pipeline.plan import Plan, check_deletes, make_plan, percent
 from undertow.pipeline.record import Recorder, Work
-from undertow.redact import redact
 from undertow.sources.base import Source
 from undertow.state.store import Lock, RowError, RunRecord, RunStatus, StateStore
 
@@ -228,8 +236,9 @@ class SyncRun:
             self.reporter.note(ctx.name, f"resuming run {run.id} (was {run.status})")
             plan = ctx.plan(full=run.full_resync)
             full = run.full_resync
-        engine = make_engine(ctx, note=lambda text: self.reporter.note(ctx.name, text))
+        engine: DiffEngine | None = None
         try:
+            engine = make_engine(ctx, note=lambda text: self.reporter.note(ctx.name, text))
             engine.discard_all_plans(keep=run.id)
             mapping, spec = compile_for(ctx)
             if resumed and run.status == RunStatus.DELIVERING and not engine.has_plan(run.id):
@@ -273,13 +282,23 @@ class SyncRun:
                 return self._cancel(run)  # the interrupted stream surfaced as a source error
             self._update(run, status=RunStatus.FAILED, error=str(exc))
             return run
-        except Exception as exc:  # a bug or a driver error: keep the run honest
+        except BaseException as exc:
+            if not is_crash(exc):
+                raise  # a process exit (or a simulated kill): resumed by the next run
             if self.halt.is_set() and run.status != RunStatus.DELIVERING:
                 return self._cancel(run)
-            self._update(run, status=RunStatus.FAILED, error=redact(f"{type(exc).__name__}: {exc}"))
-            raise
+            # A bug, a driver error or a panic in a native library (a pyo3 PanicException is
+            # a BaseException): the run ends failed, its change set is dropped, so the next
+            # run starts afresh instead of resuming into the same crash. The checkpoints of
+            # the batches accepted before it were folded by _deliver_and_record already.
+            self._update(run, status=RunStatus.FAILED, error=crash_message(exc))
+            if engine is not None:
+                with contextlib.suppress(Exception):
+                    engine.discard(run.id)
+            raise StageCrash(crash_message(exc)) from exc
         finally:
-            engine.close()
+            if engine is not None:
+                engine.close()
 
     def _cancel(self, run: RunRecord) -> RunRecord:
         why = self.halt.reason or "interrupted"

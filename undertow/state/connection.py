@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from undertow.errors import NewerStoreError, StateError
 from undertow.redact import redact_url
 from undertow.state import migrations
+from undertow.state.files import prepare_sqlite_file
 from undertow.state.records import normalise_url, utc_now
 from undertow.state.schema import schema_version
 
@@ -49,11 +50,7 @@ class StoreConnection:
         if self.is_sqlite:
             database = parsed.database
             if database and database != ":memory:":
-                # the state folder holds row keys and reasons: private to its user
-                folder = Path(database).parent
-                if not folder.exists():
-                    folder.mkdir(parents=True, mode=0o700)
-                Path(database).touch(mode=0o600, exist_ok=True)
+                prepare_sqlite_file(Path(database))
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs["pool_pre_ping"] = True

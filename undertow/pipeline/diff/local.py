@@ -9,8 +9,6 @@ chunks and folds accepted rows back.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from undertow.pipeline.diff.contract import (
 from undertow.pipeline.frames import to_polars
 from undertow.pipeline.plan import Plan
 from undertow.sources.base import NativeLoad
+from undertow.state.files import private_dir, private_file, sync_file
 
 
 class LocalDiffEngine(DiffEngine):
@@ -49,7 +48,7 @@ class LocalDiffEngine(DiffEngine):
         self, state_dir: Path, sync: str, *, dry_run: bool = False, memory_limit: str = "1536MB"
     ) -> None:
         folder = Path(state_dir) / "syncs"
-        self.path = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", sync) + ".duckdb")
+        self.path = sync_file(folder, sync, ".duckdb")
         self.dry_run = dry_run
         try:
             if dry_run:
@@ -60,10 +59,9 @@ class LocalDiffEngine(DiffEngine):
                 else:
                     self.snapshot = "main.snapshot"
             else:
-                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-                os.chmod(folder, 0o700)
+                private_dir(folder)
                 self.con = duckdb.connect(str(self.path))
-                os.chmod(self.path, 0o600)
+                private_file(self.path)
                 self.snapshot = "main.snapshot"
         except duckdb.IOException as exc:
             raise StateError(

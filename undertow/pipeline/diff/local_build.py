@@ -104,7 +104,7 @@ def build(
         con.execute(f"CREATE TABLE {target} AS SELECT {cols}, 0::BIGINT AS _ut_fp FROM model_shape")
         engine.snapshot = target
     else:
-        align_snapshot(engine, values, spec.sync, full=plan.full)
+        align_snapshot(engine, values, spec.sync, full=plan.full, keys=keys)
     snap = engine.snapshot
     stats.snapshot = int(engine._one(f"SELECT count(*) FROM {snap}"))
     only_snap = (
@@ -312,13 +312,19 @@ def missing_keys(spec: DiffSpec, names: list[str]) -> None:
 
 
 def align_snapshot(
-    engine: LocalDiffEngine, values: list[str], sync: str = "", *, full: bool = False
+    engine: LocalDiffEngine,
+    values: list[str],
+    sync: str = "",
+    *,
+    full: bool = False,
+    keys: Sequence[str] = (),
 ) -> None:
     """Add mapped columns the snapshot lacks (the mapping grew): NULL until accepted.
     Cast columns whose type changed to the new type (see :func:`check_retype`); with
     ``full`` (every row is resent) a column that cannot be cast starts again as NULL."""
     existing = {r[0]: r[1] for r in engine.con.execute(f"DESCRIBE {engine.snapshot}").fetchall()}
     model_types = dict((r[0], r[1]) for r in engine.con.execute("DESCRIBE model_shape").fetchall())
+    check_key_types(existing, model_types, keys, sync)
     retyped = [c for c in values if c in existing and existing[c] != model_types[c]]
     try:
         check_retype(engine, retyped, existing, model_types, sync)
@@ -353,6 +359,29 @@ def align_snapshot(
                 f"FROM {engine.snapshot} s"
             )
             engine.snapshot = "temp.main.snapshot_view"
+
+
+_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT"}
+_INTEGERS |= {"U" + t for t in _INTEGERS}
+
+
+def check_key_types(
+    old: dict[str, str], new: dict[str, str], keys: Sequence[str], sync: str
+) -> None:
+    """A primary key column whose type changed since the snapshot was written (other than
+    between integer widths) cannot be matched to the accepted rows: fail before sending."""
+    for key in keys:
+        was, now = old.get(key), new.get(key)
+        if was is None or now is None or was == now or {was, now} <= _INTEGERS:
+            continue
+        raise PlanError(
+            f"sync {sync!r}: primary key column {key!r} changed type from {was} to {now} "
+            "since the last run, so the model's rows cannot be matched to the rows the "
+            "destination accepted; nothing was sent",
+            hint=f"cast it back in the model's SQL (e.g. CAST({key} AS {was})), or, if the "
+            f"keys really changed, `undertow reset {sync}` so the next run sends every row "
+            "as new",
+        )
 
 
 def check_retype(

@@ -17,7 +17,7 @@ from undertow.pipeline.frames import integer_columns, json_columns, polars_schem
 from undertow.pipeline.map.build import Builder
 from undertow.pipeline.map.templates import parse_json, render
 from undertow.pipeline.map.tree import Compiler, JsonText, ListNode, Node, ObjectNode, TemplateNode
-from undertow.pipeline.map.wire import Value, inst, lit_str
+from undertow.pipeline.map.wire import Value, has_temporal, inst, lit_str, out_of_calendar
 
 if TYPE_CHECKING:
     pass
@@ -85,11 +85,13 @@ class CompiledMapping:
         wide = [c for c in self._integers if isinstance(read.schema[c], pl.Decimal)]
         if wide:  # decimal128(38, 0) holds any HUGEINT; Int128 writes it as a number
             read = read.with_columns(pl.col(wide).cast(pl.Int128))
+        read, calendar = _outside_calendar(read, self.columns)
         schema = read.schema
         nulls = read.select(self.columns).null_count().row(0) if self.columns else ()
         has_nulls = {c for c, n in zip(self.columns, nulls, strict=True) if n}
         all_null = {c for c, n in zip(self.columns, nulls, strict=True) if n == read.height > 0}
         builder = Builder(self, schema, has_nulls, all_null)
+        builder.reasons.extend(calendar)
 
         root = builder.object(self._root)
         payload = root.expr.struct.json_encode() if isinstance(root, Value) else root.expr
@@ -161,6 +163,43 @@ class CompiledMapping:
         return MappedRows(
             index=index, payloads=payloads, identifiers=identifiers, rejected=rejected
         )
+
+
+def _outside_calendar(read: pl.DataFrame, columns: list[str]) -> tuple[pl.DataFrame, list[pl.Expr]]:
+    """Dates and timestamps outside the years 1 to 9999 (a warehouse's ``infinity``, a year
+    294276): each such row gets a reason, and the value is blanked so that nothing after
+    this (casts, templates, the JSON writer, which panics on them) ever sees it."""
+    reasons: list[pl.Expr] = []
+    blanks: list[pl.Expr] = []
+    for column in columns:
+        dtype = inst(read.schema[column])
+        if not has_temporal(dtype):
+            continue
+        flag = f"__ut_calendar_{len(blanks)}"
+        bad = read.select(out_of_calendar(pl.col(column), dtype).alias(flag)).to_series()
+        if not bad.any():
+            continue
+        read = read.with_columns(bad)
+        kind = (
+            "date"
+            if isinstance(dtype, pl.Date)
+            else "timestamp"
+            if isinstance(dtype, pl.Datetime)
+            else "date or timestamp"
+        )
+        reasons.append(
+            pl.when(pl.col(flag)).then(
+                lit_str(
+                    f"column {column!r} holds a {kind} outside the years 1 to 9999 (such as "
+                    "infinity), which a payload cannot carry; fix it in the model (e.g. NULLIF "
+                    "or a CASE)"
+                )
+            )
+        )
+        blanks.append(pl.when(~pl.col(flag)).then(pl.col(column)).alias(column))
+    if blanks:
+        read = read.with_columns(blanks)
+    return read, reasons
 
 
 def _walk(node: Node) -> Iterator[Node]:

@@ -99,6 +99,50 @@ def nonfinite(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return pl.any_horizontal(checks).fill_null(False)
 
 
+# The calendar a payload can carry: ISO 8601 years 1 to 9999. Outside it (a warehouse's
+# `infinity`, a year 294276) Polars' formatter panics, and most APIs refuse the value anyway.
+_DAYS = (-719_162, 2_932_896)  # 0001-01-01 and 9999-12-31, in days since 1970-01-01
+_SECONDS = (-62_135_596_800, 253_402_300_799)  # 0001-01-01T00:00:00 and 9999-12-31T23:59:59
+_PER_SECOND = {"ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def has_temporal(dtype: pl.DataType) -> bool:
+    if isinstance(dtype, pl.Date | pl.Datetime):
+        return True
+    if isinstance(dtype, pl.List | pl.Array):
+        return has_temporal(inst(dtype.inner))
+    if isinstance(dtype, pl.Struct):
+        return any(has_temporal(inst(f.dtype)) for f in dtype.fields)
+    return False
+
+
+def out_of_calendar(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """True where a (possibly nested) date or timestamp is outside the years 1 to 9999
+    (infinity included); ``dtype`` has one (:func:`has_temporal`)."""
+    if isinstance(dtype, pl.Date):
+        days = expr.cast(pl.Int32)
+        return ((days < _DAYS[0]) | (days > _DAYS[1])).fill_null(False)
+    if isinstance(dtype, pl.Datetime):
+        per = _PER_SECOND[dtype.time_unit or "us"]
+        if per == 1_000_000_000:
+            return pl.repeat(False, pl.len())  # int64 nanoseconds reach 1677 to 2262 only
+        ticks = expr.cast(pl.Int64)
+        low, high = _SECONDS[0] * per, (_SECONDS[1] + 1) * per - 1
+        return ((ticks < low) | (ticks > high)).fill_null(False)
+    if isinstance(dtype, pl.Array):
+        return out_of_calendar(expr.arr.to_list(), pl.List(inst(dtype.inner)))
+    if isinstance(dtype, pl.List):
+        inner = out_of_calendar(pl.element(), inst(dtype.inner))
+        return expr.list.eval(inner).list.any().fill_null(False)
+    assert isinstance(dtype, pl.Struct)
+    checks = [
+        out_of_calendar(expr.struct.field(f.name), inst(f.dtype))
+        for f in dtype.fields
+        if has_temporal(inst(f.dtype))
+    ]
+    return pl.any_horizontal(checks).fill_null(False)
+
+
 def wire(expr: pl.Expr, dtype: pl.DataType, where: str) -> tuple[pl.Expr, bool]:
     """Rewrite a value so Polars' JSON writer sends our wire format; (expr, changed).
 
