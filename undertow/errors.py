@@ -190,7 +190,7 @@ def is_crash(exc: BaseException) -> bool:
 
 def crash_message(exc: BaseException) -> str:
     """One line for a crash, redacted: its type, its message, and what happens next."""
-    text = " ".join(str(exc).split())[:300] or "(no message)"
+    text = " ".join(redact(exc).split())[:300] or "(no message)"  # redacted before cut
     return redact(
         f"the run crashed: {type(exc).__name__}: {text}; the run is failed and the next run "
         "starts afresh (rows accepted before the crash are recorded). This is a bug in "

@@ -4,19 +4,40 @@ Every secret Undertow resolves (a ``${ENV}`` value, a ``SecretStr`` field, a hea
 secret) is registered here with :func:`register_secret`; :func:`redact` replaces every
 registered value, and every credential-looking pattern (bearer tokens, ``password=`` in
 URLs and query strings, basic auth in URLs), with ``***``.
+
+A secret is masked in every form it is known to travel in, not only as written: a vendor
+that echoes a token in a JSON error writes ``/`` as ``\\/`` and ``"`` as ``\\"``; a URL
+carries it percent-encoded (``%2F`` or ``%2f``, ``+`` for a space, or encoded twice); an
+HTML error page escapes ``&`` and ``<``; HTTP basic auth carries it inside the base64 of
+``user:secret``, where the prefix is not known. :func:`encodings` lists the forms; for
+base64 the part of the encoding that depends only on the secret is masked, at each of the
+three alignments a prefix can give it (and in the URL-safe alphabet), so the secret cannot
+be read back from what is left (at most two characters of the encoding at each edge,
+which carry less than two characters of the secret).
+
+Redaction is one compiled regular expression over every form of every secret (longest
+first), rebuilt when a secret is registered.
 """
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 import re
 import threading
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 _MIN_SECRET_LEN = 4
+_MIN_FORM_LEN = 4
+"""Shorter forms (the base64 core of a 4-character secret at a bad alignment) are not
+masked on their own: they would match everywhere and carry less than the secret."""
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+_compiled: re.Pattern[str] | None = None
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Authorization: Bearer xyz / Basic xyz
@@ -31,32 +52,84 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         ),
         r"\1=" + MASK,
     ),
-    # "password": "..." in JSON-ish text
+    # "password": "..." in JSON-ish text (escaped quotes inside the value included)
     (
-        re.compile(r"(?i)(\"(?:password|token|secret|api_key|access_token)\"\s*:\s*\")[^\"]*\""),
+        re.compile(
+            r"(?i)(\"(?:password|token|secret|api_key|apikey|access_token|client_secret|"
+            r"authorization|x-api-key)\"\s*:\s*\")(?:[^\"\\]|\\.)*\""
+        ),
         r"\1" + MASK + '"',
     ),
 ]
 
 
+def _base64_cores(secret: bytes) -> list[str]:
+    """The parts of base64(prefix + secret + suffix) that depend on the secret alone, for
+    each of the three alignments a prefix of unknown length gives it."""
+    cores = []
+    for offset in range(3):
+        padded = b"\0" * offset + secret
+        first = -(-offset // 3)  # the first 3-byte group that holds only the secret's bytes
+        last = len(padded) // 3  # one past the last full group
+        if last > first:
+            text = base64.b64encode(padded[first * 3 : last * 3]).decode()
+            cores.append(text)
+    return cores
+
+
+def encodings(secret: str) -> set[str]:
+    """Every form of ``secret`` that :func:`redact` masks (the secret itself included)."""
+    forms = {secret}
+    as_json = json.dumps(secret)[1:-1]
+    as_json_ascii = json.dumps(secret, ensure_ascii=True)[1:-1]
+    forms |= {as_json, as_json_ascii, as_json.replace("/", "\\/")}
+    forms.add(as_json_ascii.replace("/", "\\/"))
+    for url in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
+        forms |= {url, _lower_hex(url), quote(url, safe="")}
+    forms.add(html.escape(secret))
+    forms.add(html.escape(secret, quote=False))
+    forms.add(html.escape(secret).replace("&#x27;", "&#39;"))
+    raw = secret.encode("utf-8", "surrogatepass")
+    for core in [base64.b64encode(raw).decode(), *_base64_cores(raw)]:
+        forms |= {core, core.replace("+", "-").replace("/", "_")}
+    return {f for f in forms if len(f) >= _MIN_FORM_LEN}
+
+
+def _lower_hex(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), text)
+
+
 def register_secret(value: str | None) -> None:
     """Remember a secret value so that :func:`redact` masks it wherever it appears."""
+    global _compiled
     if value and len(value) >= _MIN_SECRET_LEN:
         with _lock:
-            _secrets.add(value)
+            if value not in _secrets:
+                _secrets.add(value)
+                _compiled = None
+
+
+def _pattern() -> re.Pattern[str] | None:
+    global _compiled
+    with _lock:
+        if _compiled is None and _secrets:
+            forms: set[str] = set()
+            for secret in _secrets:
+                forms |= encodings(secret)
+            ordered = sorted(forms, key=len, reverse=True)
+            _compiled = re.compile("|".join(re.escape(f) for f in ordered))
+        return _compiled
 
 
 def redact(text: Any) -> str:
-    """Return ``text`` as a string with every known secret and credential pattern masked."""
+    """Return ``text`` as a string with every known secret, in every encoding
+    (:func:`encodings`), and every credential pattern masked."""
     out = str(text)
-    if _secrets:
-        with _lock:
-            values = sorted(_secrets, key=len, reverse=True)
-        for value in values:
-            if value in out:
-                out = out.replace(value, MASK)
-    for pattern, repl in _PATTERNS:
-        out = pattern.sub(repl, out)
+    pattern = _pattern()
+    if pattern is not None:
+        out = pattern.sub(MASK, out)
+    for regex, repl in _PATTERNS:
+        out = regex.sub(repl, out)
     return out
 
 

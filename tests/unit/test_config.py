@@ -487,13 +487,14 @@ def test_env_default_and_partial_substitution(
     text = BASE.replace(
         'url: "https://example.com/hook"', 'url: "https://${UT_TEST_HOST}/${UT_TEST_UNSET:-v1}"'
     )
-    text = text.replace("users_to_crm:", "${NOT_A_KEY_SUBSTITUTION}:")
+    text = text.replace("{email: email, plan: plan}", '{email: email, "${NOT_A_KEY_SUBSTITUTION}": plan}')
     write(tmp_path, "undertow.yml", text)
     project = load_project(tmp_path)
     config = project.destinations["crm"]
     assert isinstance(config, FakeDestinationConfig)
     assert config.url == "https://hooks.example.com/v1"
-    assert "${NOT_A_KEY_SUBSTITUTION}" in project.config.syncs  # keys are never substituted
+    mappings = project.config.syncs["users_to_crm"].mappings
+    assert "${NOT_A_KEY_SUBSTITUTION}" in mappings  # keys are never substituted
 
 
 def test_dollar_dollar_is_a_literal_dollar(tmp_path: Path) -> None:

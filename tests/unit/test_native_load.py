@@ -100,10 +100,8 @@ def test_two_statements_are_refused(tmp_path: Path) -> None:
     )
     engine, spec, plan = _engine_and_spec(tmp_path)
     try:
-        load = source.load_into_duckdb("drop table users; select 1 as id", model="users")
-        assert load is not None
-        with pytest.raises(ModelError, match="exactly one SELECT"):
-            engine.build("r1", load, spec, plan, 10)  # type: ignore[arg-type]
+        with pytest.raises(ModelError, match="exactly one SELECT"):  # before anything runs
+            source.load_into_duckdb("drop table users; select 1 as id", model="users")
     finally:
         engine.close()
     with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:

@@ -7,6 +7,7 @@ a missing one raises :func:`missing_driver`, which prints the exact ``pip instal
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from undertow.errors import SourceError
+from undertow.sources.statement import check_one_query, tokenizer_dialect
 
 DEFAULT_BATCH_ROWS = 65_536
 
@@ -207,11 +209,41 @@ class AccessProblem:
     grants: tuple[str, ...] = ()
 
 
+_CHECKED = ("describe", "extract", "load_into_duckdb")
+"""The methods that send a model's SQL: every source class gets the one-query check."""
+
+
+def _one_query_first(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def checked(self: Source, sql: str, *args: Any, model: str, **kwargs: Any) -> Any:
+        check_one_query(
+            sql,
+            dialect=tokenizer_dialect(self.sql_dialect, self.name),
+            model=model,
+            source=self.instance_name,
+        )
+        return method(self, sql, *args, model=model, **kwargs)
+
+    checked.__undertow_checked__ = True  # type: ignore[attr-defined]
+    return checked
+
+
 class Source(ABC):
-    """Base of every source connector. Not thread-safe: one instance per run."""
+    """Base of every source connector. Not thread-safe: one instance per run.
+
+    Every subclass's ``describe``, ``extract`` and ``load_into_duckdb`` refuse SQL that is
+    not exactly one query before it is sent (:mod:`undertow.sources.statement`).
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[SourceConfig]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for attr in _CHECKED:
+            method = cls.__dict__.get(attr)
+            if callable(method) and not getattr(method, "__undertow_checked__", False):
+                setattr(cls, attr, _one_query_first(method))
 
     def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
         if not isinstance(config, self.Config):  # a generic SourceConfig: validate as ours

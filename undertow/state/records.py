@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from typing_extensions import TypedDict  # pydantic (FastAPI responses) needs it on 3.11
 
+from undertow.redact import redact
+
 if TYPE_CHECKING:
     from undertow.state.locks import LockStore
 
@@ -176,6 +178,10 @@ class RowError:
     last_failed_at: datetime | None = None
     attempts: int | None = None
     resolved_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        # a vendor's answer may echo a credential: never into the state store
+        self.reason = redact(self.reason)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from undertow.redact import redact
 from undertow.state.connection import StoreConnection
 from undertow.state.locks import fence as fence_lock
 from undertow.state.records import Lock, RunRecord, RunStatus, as_aware, empty_counts, utc_now
@@ -152,9 +153,9 @@ class RunStore(StoreConnection):
                 run.stages.setdefault(str(status), now.isoformat())
             run.status = status
         if error is not None:
-            run.error = error
+            run.error = redact(error)  # the state store never holds a secret
         if warning is not None:
-            run.warning = warning
+            run.warning = redact(warning)
         if bump_attempt:
             run.attempt += 1
         values: dict[str, Any] = {
