@@ -30,6 +30,17 @@ _SEQ = "tag:yaml.org,2002:seq"
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
 
+MAX_VALUES = 200_000
+"""Most values (mappings, lists, scalars) one file may expand to, aliases counted each time
+they are used: far above any project, far below what a few lines of nested aliases (a
+"billion laughs" file) expand to, which is refused before it takes time or memory."""
+MAX_FILE_BYTES = 10 * 1024 * 1024
+"""Largest project file read (10 MiB)."""
+
+
+class _TooLarge(Exception):
+    pass
+
 
 def read_dotenv(path: Path, shown: Path, errors: list[ConfigError]) -> dict[str, str]:
     """``KEY=VALUE`` lines (``export`` prefix, ``#`` comments and quotes allowed)."""
@@ -121,6 +132,18 @@ def _substitute(
 def read_yaml(path: Path, shown: str, env: Env, errors: list[ConfigError]) -> tuple[Any, Locations]:
     locations: Locations = {(): (shown, 1)}
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            errors.append(
+                ConfigError(
+                    f"the file is {size:,} bytes, more than the {MAX_FILE_BYTES:,} a project "
+                    "file may be",
+                    file=shown,
+                    hint="keep models' SQL in `file:` .sql files and split syncs into files "
+                    "under syncs/",
+                )
+            )
+            return None, locations
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         errors.append(ConfigError(f"not UTF-8 text ({exc.reason})", file=shown))
@@ -137,7 +160,20 @@ def read_yaml(path: Path, shown: str, env: Env, errors: list[ConfigError]) -> tu
     if node is None:
         return None, locations
     builder = _Builder(shown, env, locations, errors)
-    return builder.build(node, ()), locations
+    try:
+        return builder.build(node, ()), locations
+    except _TooLarge:
+        errors.append(
+            ConfigError(
+                f"the file expands to more than {MAX_VALUES:,} values: its aliases (*name) "
+                "and merges (<<) repeat what they refer to each time they are used, and "
+                "here they nest into an expansion no project needs (a YAML alias bomb?)",
+                file=shown,
+                line=1,
+                hint="write the repeated parts out, or use fewer levels of aliases",
+            )
+        )
+        return None, locations
 
 
 def _yaml_error(exc: yaml.MarkedYAMLError, shown: str) -> ConfigError:
@@ -184,6 +220,8 @@ class _Builder:
         self.errors = errors
         self.constructor = SafeConstructor()
         self.active: set[int] = set()
+        self.left = [MAX_VALUES]
+        """Values this file may still expand to (shared with merge sub-builders)."""
 
     def fail(self, message: str, node: yaml.Node, path: KeyPath, hint: str | None = None) -> None:
         self.errors.append(
@@ -197,6 +235,9 @@ class _Builder:
         )
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.left[0] -= 1
+        if self.left[0] < 0:
+            raise _TooLarge
         if id(node) in self.active:
             self.fail("an alias refers to itself", node, path, "remove the recursive alias")
             return None
@@ -258,6 +299,7 @@ class _Builder:
             theirs: Locations = {}
             sub = _Builder(self.shown, self.env, theirs, self.errors)
             sub.active = self.active
+            sub.left = self.left
             for key, value in sub.mapping(merged, path).items():
                 if key not in out:
                     out[key] = value

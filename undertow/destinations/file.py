@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import errno
 import io
 import os
 import tempfile
@@ -37,6 +38,7 @@ from undertow.destinations.base import (
     Operation,
 )
 from undertow.errors import FatalDeliveryError
+from undertow.state.files import open_private_append
 
 OPERATION_COLUMN = "_operation"
 
@@ -113,20 +115,33 @@ class FileDestination(Destination[FileConfig]):
             data, result = _jsonl_lines(batch)
             header = None
         created = not self.path.exists()
+        start = 0 if created else self.path.stat().st_size
         try:
-            with open(self.path, "ab") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            with open_private_append(self.path) as handle:  # full payloads: 0600
+                try:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                except OSError:
+                    # a full disk mid-write leaves a torn line: cut the file back to the
+                    # last whole batch, so the rerun appends the batch once, cleanly
+                    os.ftruncate(handle.fileno(), start)
+                    raise
         except FileNotFoundError as exc:
             raise FatalDeliveryError(
                 f"{self._where()}: folder {str(self.path.parent)!r} does not exist",
                 hint=f"create it (mkdir -p {self.path.parent}) or fix `path`",
             ) from exc
         except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             raise FatalDeliveryError(
-                f"{self._where()}: cannot append ({exc.strerror})",
-                hint="check the disk space and the file's permissions",
+                f"{self._where()}: cannot append"
+                + (": the disk is full" if full else f" ({exc.strerror})")
+                + "; the file was cut back to its last whole batch, nothing of this batch "
+                "was kept, and the next run sends it again",
+                hint="free some space on that disk, then run again"
+                if full
+                else "check the disk space and the file's permissions",
             ) from exc
         if created:
             _fsync_dir(self.path.parent)

@@ -23,8 +23,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
+from undertow.config.headers import HeaderSecret
 from undertow.destinations._http import Response
 from undertow.destinations.base import (
     Batch,
@@ -96,7 +97,7 @@ TOKEN_HINT = (
 class HubSpotConfig(HttpConfig):
     """``destinations: {crm: {type: hubspot, token: "${HUBSPOT_TOKEN}"}}``."""
 
-    token: SecretStr = Field(description="a private app access token")
+    token: HeaderSecret = Field(description="a private app access token")
     base_url: str = "https://api.hubapi.com"
     batch_size: int = Field(default=MAX_INPUTS, ge=1, le=MAX_INPUTS)
     max_concurrency: int = Field(default=4, ge=1, le=32)

@@ -34,6 +34,7 @@ from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from undertow.config.headers import check_headers
 from undertow.destinations._http import HttpClient, Response
 from undertow.destinations.base import (
     Batch,
@@ -101,6 +102,7 @@ class WebhookConfig(DestinationConfig):
     @classmethod
     def _hide_credentials(cls, value: dict[str, str | SecretStr]) -> dict[str, str | SecretStr]:
         """Credential-looking header values become SecretStr so no repr or dump shows them."""
+        check_headers(value)  # no CR/LF: a clear config error, not a traceback mid-run
         return {
             name: SecretStr(v) if isinstance(v, str) and is_credential_header(name) else v
             for name, v in value.items()

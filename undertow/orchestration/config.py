@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
+from undertow.config.headers import Headers, HeaderSecret
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(?:\d+\s*[smhdw]\s*)+$")
 _PART = re.compile(r"(\d+)\s*([smhdw])")
@@ -205,7 +207,7 @@ class Freshness(_Strict):
 class ThenWebhook(_Strict):
     url: str
     method: Literal["POST", "PUT", "GET"] = "POST"
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
 
 
 class ThenAction(_Strict):
@@ -239,7 +241,7 @@ class ThenAction(_Strict):
 class WebhookSignal(_Strict):
     """``webhooks: {users_loaded: {token: "${LOADER_TOKEN}"}}``: an upstream says "loaded"."""
 
-    token: SecretStr | None = None
+    token: HeaderSecret | None = None
     """Bearer token the caller must send; without one, the server's API token is required."""
     description: str | None = None
 
@@ -255,7 +257,7 @@ class WebhookChannel(_Strict):
     url: str
     secret: SecretStr | None = None
     """Signs each body: ``X-Undertow-Signature: sha256=HMAC(secret, timestamp + "." + body)``."""
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: Headers = Field(default_factory=dict)
 
 
 class EmailChannel(_Strict):

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Protocol
 import duckdb
 import pyarrow as pa
 
-from undertow.errors import ModelError
+from undertow.errors import ModelError, StateError
 from undertow.pipeline.diff import DiffEngine, DiffSpec, q
 from undertow.redact import redact
 from undertow.sources.base import NativeLoad
+from undertow.state.files import disk_cause
 
 if TYPE_CHECKING:
     from undertow.pipeline.run import SyncContext
@@ -98,6 +99,18 @@ def model_failures(ctx: SyncContext) -> Iterator[None]:
             raise KeyboardInterrupt from None
         raise
     except (pa.ArrowException, duckdb.Error) as exc:
+        cause = disk_cause(str(exc))
+        if cause is not None or (
+            isinstance(exc, duckdb.IOException) and str(ctx.state_dir) in str(exc)
+        ):
+            # the diff files could not be written: the state folder's disk, not the model
+            raise StateError(
+                f"sync {ctx.name!r}: cannot write its diff files under {ctx.state_dir}: "
+                f"{cause or redact(str(exc)).splitlines()[0]}",
+                hint="free some space on that disk (or set `state_dir:` to a folder on "
+                "another disk), then run again; nothing was sent and the snapshot is "
+                "unchanged",
+            ) from exc
         # a failure while streaming the model (e.g. division by zero on row 3 million)
         raise ModelError(
             redact(str(exc)).splitlines()[0],

@@ -50,6 +50,7 @@ from undertow.pipeline.engines import make_engine
 from undertow.pipeline.extract import model_failures, open_model, projected_sql
 from undertow.pipeline.halt import POLL_SECONDS, Halt, LockHeartbeat, halting
 from undertow.pipeline.map import CompiledMapping, compile_mapping
+from undertow.pipeline.map.limits import TemplateCancelled
 from undertow.pipeline.plan import Plan, check_deletes, make_plan, percent
 from undertow.pipeline.record import Recorder, Work
 from undertow.sources.base import Source
@@ -548,10 +549,14 @@ class SyncRun:
     ) -> DeliveryReport:
         ctx = self.ctx
         works: dict[int, Work] = {}
+        mapping.cancel = self.halt  # Ctrl-C / SIGTERM stop a template rendering in the thread
         source = self._works(run, engine, mapping, done)
 
         def pull() -> tuple[Work, Batch | None] | None:
-            return next(source, None)
+            try:
+                return next(source, None)
+            except TemplateCancelled:  # Ctrl-C while mapping: no more batches
+                return None
 
         async def batches() -> AsyncIterator[Batch]:
             while not self.stop.is_set() and not self.halt.is_set():

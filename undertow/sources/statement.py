@@ -41,8 +41,8 @@ def tokenizer_dialect(sql_dialect: str | None, connector: str) -> str:
 def check_one_query(sql: str, *, dialect: str, model: str, source: str) -> None:
     """Raise :class:`ModelError` unless ``sql`` is exactly one query (nothing is sent)."""
     import sqlglot  # a required dependency, imported on first use (it is slow to import)
+    from sqlglot import TokenType
     from sqlglot.errors import TokenError
-    from sqlglot.tokens import TokenType
 
     hint = "a model is one SELECT (or WITH ... SELECT); remove the other statements"
     try:

@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from typing import BinaryIO
 
 from undertow.errors import StateError
 
@@ -67,6 +68,19 @@ def private_file(path: Path) -> None:
             os.chmod(path, 0o600)
 
 
+def open_private_append(path: Path) -> BinaryIO:
+    """Open ``path`` to append, created 0600 (and made 0600 if it was looser): for files
+    that hold full payloads (the ``local://`` inbox, the file destination)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab")
+
+
 def write_private(path: Path, text: str) -> None:
     """Write a small file atomically, 0600 (a temporary file renamed over it)."""
     private_dir(path.parent)
@@ -94,8 +108,22 @@ def prepare_sqlite_file(database: Path) -> None:
     private_file(database)
     if not os.access(database.parent, os.W_OK):
         # SQLite writes its journal (-wal, -shm) beside the file
-        exc = OSError(errno.EACCES, "permission denied")
-        raise state_os_error(exc, database.parent, "write the state folder") from None
+        denied = OSError(errno.EACCES, "permission denied")
+        raise state_os_error(denied, database.parent, "write the state folder")
+
+
+_DISK_CAUSES = {
+    "no space left on device": "the disk is full",
+    "disk quota exceeded": "the disk quota is exceeded",
+    "read-only file system": "the file system is read-only",
+    "database or disk is full": "the disk is full",
+}
+
+
+def disk_cause(message: str) -> str | None:
+    """The disk problem a driver's message reports (full, over quota, read-only), if any."""
+    lowered = message.lower()
+    return next((cause for text, cause in _DISK_CAUSES.items() if text in lowered), None)
 
 
 def state_os_error(exc: OSError, path: Path, doing: str) -> StateError:

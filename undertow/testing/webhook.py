@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from undertow.state.files import open_private_append
 from undertow.testing.faults import Decision, FaultPlan, Ledger
 
 METHODS = ["POST", "PUT", "PATCH"]
@@ -227,7 +228,7 @@ class WebhookReceiver:
     def _append_inbox(self, method: str, path: str, key: str | None, raw: bytes) -> None:
         assert self.inbox is not None
         head = orjson.dumps({"method": method, "path": path, "idempotency_key": key})
-        with self.inbox.open("ab") as out:
+        with open_private_append(self.inbox) as out:  # full payloads: 0600
             out.write(head[:-1] + b',"body":' + (raw or b"null") + b"}\n")
 
     def _log(self, received: ReceivedRequest) -> None:

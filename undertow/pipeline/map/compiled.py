@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,8 @@ class CompiledMapping:
         self._schema = dict(schema)
         self._integers = sorted((integers or set()) & set(columns))
         """Decimal columns the source says hold integers: sent as JSON numbers."""
+        self.cancel = threading.Event()
+        """Set by the run on Ctrl-C / SIGTERM: templates stop (``TemplateCancelled``)."""
 
     def __repr__(self) -> str:
         return f"CompiledMapping(sync={self.sync!r}, fields={self.fields!r})"
@@ -102,7 +105,7 @@ class CompiledMapping:
 
         derived: list[pl.Series] = []
         for node in self._templates:
-            outputs, reasons = render(node, read)
+            outputs, reasons = render(node, read, cancel=self.cancel)
             derived.append(pl.Series(f"__ut_template_{node.slot}", outputs, dtype=pl.String))
             derived.append(pl.Series(f"__ut_template_error_{node.slot}", reasons, dtype=pl.String))
         for column, text_col, reason_col in builder.json_slots:

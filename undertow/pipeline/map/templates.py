@@ -4,12 +4,22 @@ and JSON-text columns checked with orjson per value.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import polars as pl
 
+from undertow.pipeline.map.limits import (
+    BUDGET,
+    TEMPLATE_SECONDS,
+    TIMEOUTS_BEFORE_SKIP,
+    TemplateCancelled,
+    TemplateLimit,
+    TemplateTimeout,
+    render_bounded,
+)
 from undertow.pipeline.map.tree import TemplateNode
 from undertow.pipeline.map.wire import TRIM
 
@@ -20,8 +30,17 @@ _TEMPLATE_CACHE_LIMIT = 65_536
 """Distinct inputs whose rendering a template remembers (templates are pure functions)."""
 
 
-def render(node: TemplateNode, frame: pl.DataFrame) -> tuple[list[str | None], list[str | None]]:
+def render(
+    node: TemplateNode,
+    frame: pl.DataFrame,
+    *,
+    seconds: float = TEMPLATE_SECONDS,
+    cancel: threading.Event | None = None,
+) -> tuple[list[str | None], list[str | None]]:
     """Render a template over the rows; (outputs, reasons), None where not applicable.
+
+    Each row is bounded in time and size (:mod:`.limits`); ``cancel`` set (Ctrl-C) stops
+    the rendering with :class:`~.limits.TemplateCancelled`.
 
     Rows with the same inputs render once (templates are pure functions of their columns);
     the cache switches itself off when most inputs are distinct.
@@ -32,7 +51,8 @@ def render(node: TemplateNode, frame: pl.DataFrame) -> tuple[list[str | None], l
     template = node.template
     # Template.render merges the globals into a new dict per row; doing it ourselves and
     # passing shared=True renders about 1.5x faster.
-    root, new_context, concat = template.root_render_func, template.new_context, "".join
+    root, new_context = template.root_render_func, template.new_context
+    timeouts, skipped = 0, ""
     base = dict(template.globals)
     names = node.columns
     outputs: list[str | None] = []
@@ -55,12 +75,29 @@ def render(node: TemplateNode, frame: pl.DataFrame) -> tuple[list[str | None], l
         if node.uses_row:
             context["row"] = dict(zip(names, values, strict=True))
         result: tuple[str | None, str | None]
+        if timeouts >= TIMEOUTS_BEFORE_SKIP:
+            outputs.append(None)
+            reasons.append(skipped)
+            continue
+        BUDGET.start(seconds, cancel)
         try:
-            result = (concat(root(new_context(context, shared=True))), None)
+            result = (render_bounded(root(new_context(context, shared=True))), None)
+        except TemplateCancelled:
+            raise
+        except TemplateLimit as exc:
+            result = (None, f"field {name!r}: template stopped: {exc}")
+            if isinstance(exc, TemplateTimeout):
+                timeouts += 1
+                skipped = (
+                    f"field {name!r}: template not rendered: it ran longer than {seconds:g} s "
+                    f"on {timeouts} other rows of this batch, the limit per row"
+                )
         except Exception as exc:
             lines = str(exc).strip().splitlines()
             message = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
             result = (None, f"field {name!r}: template failed: {message}")
+        finally:
+            BUDGET.stop()
         outputs.append(result[0])
         reasons.append(result[1])
         if cache is not None and len(cache) < _TEMPLATE_CACHE_LIMIT:

@@ -17,6 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from undertow.config.models import FieldSpec
 from undertow.errors import MappingError, unknown_name
+from undertow.pipeline.map.limits import BoundedEnvironment
 
 if TYPE_CHECKING:
     pass
@@ -72,7 +73,8 @@ def finalize(value: Any) -> Any:
 
 
 def environment() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(
+    """The sandbox, with each row's time and size bounded (see :mod:`.limits`)."""
+    return BoundedEnvironment(
         undefined=StrictUndefined, finalize=finalize, autoescape=False, keep_trailing_newline=True
     )
 
