@@ -248,6 +248,10 @@ class Project(Inspection):
                     ctx.source.close()
             except UndertowError as exc:
                 add(exc, "syncs", sname)
+        from undertow.state.files import unwritable
+
+        for error in unwritable(self.loaded.state_dir, self.loaded.state_url):
+            add(error, "state_dir")
         return problems
 
     async def _validate_sync(self, ctx: SyncContext) -> list[str]:

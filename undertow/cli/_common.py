@@ -4,15 +4,17 @@ red line, exit 1), loading the project, and how runs are printed.
 
 from __future__ import annotations
 
+import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
 from undertow.console import TerminalConsole, safe
 from undertow.errors import UndertowError
+from undertow.redact import redact
 from undertow.state.store import RunRecord
 
 if TYPE_CHECKING:
@@ -59,21 +61,48 @@ T = TypeVar("T")
 
 
 def guard(console: TerminalConsole, debug: bool, fn: Callable[[], T]) -> T:
+    """Run a command's work: an error is one red line (one JSON object with --json) and
+    exit 1; the traceback, redacted like everything else, only with --debug."""
     try:
         return fn()
     except UndertowError as exc:
-        console.done_progress()
-        if debug:
-            traceback.print_exc()
-        if console.json_mode:
-            console.json({"error": str(exc), "type": type(exc).__name__, **exc.fields()})
-        else:
-            console.error(str(exc))
-        raise typer.Exit(1) from None
+        _fail(console, debug, str(exc), type(exc).__name__, exc.fields())
     except KeyboardInterrupt:
         console.done_progress()
         console.error("interrupted")
         raise typer.Exit(130) from None
+    except OSError as exc:  # a file Undertow could not read or write
+        where = f" {exc.filename}" if exc.filename else ""
+        why = exc.strerror or str(exc)
+        message = (
+            f"cannot use{where}: {why}\n  hint: check that this user may read and write "
+            "there (the project folder and `state_dir:`), and that the disk has room"
+        )
+        _fail(console, debug, message, type(exc).__name__)
+    except Exception as exc:  # a bug: still one line, the traceback with --debug
+        message = (
+            f"unexpected error: {type(exc).__name__}: {exc}\n  hint: this is a bug in "
+            "Undertow or a library it uses; rerun with --debug and report the traceback"
+        )
+        _fail(console, debug, message, type(exc).__name__)
+    raise AssertionError("unreachable")
+
+
+def _fail(
+    console: TerminalConsole,
+    debug: bool,
+    message: str,
+    kind: str,
+    fields: dict[str, Any] | None = None,
+) -> NoReturn:
+    console.done_progress()
+    if debug:
+        sys.stderr.write(redact(traceback.format_exc()))
+    if console.json_mode:
+        console.json({"error": redact(message), "type": kind, **(fields or {})})
+    else:
+        console.error(message)
+    raise typer.Exit(1) from None
 
 
 def load(project: Path, *, require_secrets: bool = True) -> Project:

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -124,6 +125,30 @@ def disk_cause(message: str) -> str | None:
     """The disk problem a driver's message reports (full, over quota, read-only), if any."""
     lowered = message.lower()
     return next((cause for text, cause in _DISK_CAUSES.items() if text in lowered), None)
+
+
+def unwritable(state_dir: Path, state_url: str) -> list[StateError]:
+    """What of the state folder (and a SQLite state file's folder) this user cannot write,
+    found by creating and removing a file there (or in the closest existing parent), so a
+    read-only project folder is reported by ``validate``, not by a crash in ``run``."""
+    folders = [Path(state_dir)]
+    if state_url.startswith("sqlite:///"):
+        file = state_url.removeprefix("sqlite:///").split("?", 1)[0]
+        if file and file != ":memory:":
+            folders.append(Path(file).parent)
+    problems = []
+    for folder in dict.fromkeys(folders):
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            fd, name = tempfile.mkstemp(dir=probe, prefix=".undertow-probe-")
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            doing = "write the state folder" if probe == folder else "create the state folder"
+            problems.append(state_os_error(exc, folder, doing))
+    return problems
 
 
 def state_os_error(exc: OSError, path: Path, doing: str) -> StateError:
