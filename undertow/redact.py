@@ -80,10 +80,8 @@ def _base64_cores(secret: bytes) -> list[str]:
 def encodings(secret: str) -> set[str]:
     """Every form of ``secret`` that :func:`redact` masks (the secret itself included)."""
     forms = {secret}
-    as_json = json.dumps(secret)[1:-1]
-    as_json_ascii = json.dumps(secret, ensure_ascii=True)[1:-1]
-    forms |= {as_json, as_json_ascii, as_json.replace("/", "\\/")}
-    forms.add(as_json_ascii.replace("/", "\\/"))
+    for as_json in (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
+        forms |= {as_json, as_json.replace("/", "\\/")}  # \/: PHP, some Java encoders
     for url in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
         forms |= {url, _lower_hex(url), quote(url, safe="")}
     forms.add(html.escape(secret))

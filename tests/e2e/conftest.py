@@ -174,3 +174,18 @@ def receiver() -> Iterator[Receiver]:
     fake = WebhookReceiver()
     with serve_in_thread(fake.app) as server:
         yield Receiver(fake, server)
+
+
+# -- the bad-input catalogue (docs/bad-input.md) --------------------------------------------
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return tmp_path / "bad"
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[WebhookReceiver, str]]:
+    receiver = WebhookReceiver()
+    with serve_in_thread(receiver.app) as server:
+        yield receiver, server.url + "/hook"

@@ -25,7 +25,6 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from undertow.config.headers import HeaderSecret
 from undertow.destinations._http import Response
 from undertow.destinations.base import (
     Batch,
@@ -50,6 +49,7 @@ from undertow.destinations.kit import (
     parse_json,
 )
 from undertow.errors import FatalDeliveryError, RejectedBatchError
+from undertow.headers import HeaderSecret
 from undertow.redact import trim
 
 # -- vendor limits, each next to the doc that states it ------------------------------------

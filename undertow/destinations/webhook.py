@@ -34,7 +34,6 @@ from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from undertow.config.headers import check_headers
 from undertow.destinations._http import HttpClient, Response
 from undertow.destinations.base import (
     Batch,
@@ -46,6 +45,7 @@ from undertow.destinations.base import (
     RateLimit,
 )
 from undertow.errors import ConfigError, FatalDeliveryError
+from undertow.headers import check_headers
 from undertow.redact import redact, redact_url, register_secret, trim
 
 if TYPE_CHECKING:  # the local receiver (uvicorn) is imported only for local:// URLs
