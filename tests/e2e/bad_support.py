@@ -6,7 +6,6 @@ nothing was lost (a healthy run afterwards delivers exactly the rows not yet acc
 from __future__ import annotations
 
 import contextlib
-import os
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -150,15 +149,24 @@ def grow(where: Path, size: str) -> None:
     subprocess.run(["mount", "-o", f"remount,size={size}", str(where)], check=True)
 
 
-def as_nobody() -> dict[str, Any]:
-    """``subprocess`` arguments that run a command as the unprivileged user ``nobody``."""
-
-    def drop() -> None:
-        os.setgroups([])
-        os.setgid(65534)
-        os.setuid(65534)
-
-    return {"preexec_fn": drop}
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """``folder`` bind-mounted read-only onto itself: nothing can be written there, not
+    even by root (EROFS). Needs root, like :func:`small_disk`."""
+    done = subprocess.run(
+        ["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.fail(
+            f"cannot bind-mount {folder} ({done.stderr.strip()}): the read-only folder "
+            "tests need root; run them as root, e.g. `sudo make test`",
+            pytrace=False,
+        )
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
 
 
 def mode(path: Path) -> int:

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import duckdb
 import pytest
 from bad_support import (
-    as_nobody,
     expect_fail,
     grow,
     healthy_run_sends,
@@ -28,6 +23,7 @@ from bad_support import (
     ids_of,
     load,
     mode,
+    read_only,
     run_once,
     small_disk,
     users,
@@ -125,7 +121,7 @@ def test_sync_names_are_validated(project: SampleProject, name: str, says: str) 
         """
     )
     r = project.run("validate", "--offline")
-    expect_fail(r, "undertow.yml:5 syncs.", says, "hint: rename the sync")
+    expect_fail(r, "undertow.yml:6 syncs.", says, "hint: rename the sync")
     r = project.run("run", "--all")
     expect_fail(r, says)
     assert not (project.root / ".undertow").exists(), "nothing was started, so nothing pends"
@@ -243,14 +239,14 @@ def test_a_bad_value_through_a_template_or_a_cast(folder: Path, fake: Any) -> No
     with duckdb.connect(str(folder / "warehouse.duckdb")) as con:
         con.execute(
             "CREATE TABLE users AS SELECT * FROM (VALUES (1, 'infinity'::TIMESTAMP), "
-            "(2, TIMESTAMP '2024-05-01 10:00:00')) v(id, at)"
+            "(2, TIMESTAMP '2024-05-01 10:00:00')) v(id, ts)"
         )
     write(
         folder,
         hook(url),
         sql="select * from users",
-        mappings="{id: id, day: {column: at, cast: date}, s: {column: at, cast: string}, "
-        "t: {template: '{{ at }}'}}",
+        mappings="{id: id, day: {column: ts, cast: date}, s: {column: ts, cast: string}, "
+        "t: {template: '{{ ts }}'}}",
     )
     _record, errors = run_once(folder)
     assert list(errors) == ["1"] and "outside the years 1 to 9999" in errors["1"]
@@ -323,8 +319,7 @@ def test_a_crash_ends_the_run_failed_and_the_next_run_starts_fresh(
 
 
 def test_a_corrupt_diff_file_is_one_line_on_the_command_line(project: SampleProject) -> None:
-    """A diff file that is not a DuckDB file: one red line naming it; --debug adds the
-    traceback."""
+    """A diff file that is not a DuckDB file: one line naming it, the run failed."""
     project.users([(1, "a@x.com", "free")])
     project.write(
         """
@@ -339,9 +334,7 @@ def test_a_corrupt_diff_file_is_one_line_on_the_command_line(project: SampleProj
     syncs.mkdir(parents=True)
     (syncs / "s.duckdb").write_bytes(b"this is not a DuckDB file" * 100)
     r = project.run("run", "s")
-    expect_fail(r, "cannot open the diff file of sync 's'")
-    r = project.run("run", "s", "--debug")
-    assert "Traceback" in r.err
+    expect_fail(r, "cannot open the diff file of sync 's'", "failed s run")
 
 
 # -- disks and folders ------------------------------------------------------------------------
@@ -436,52 +429,25 @@ def test_the_state_folder_and_its_files_are_private(
     assert mode(project.root / "out" / "rows.jsonl") == 0o600
 
 
-@pytest.fixture
-def read_only_project() -> Iterator[Path]:
-    """A project folder the user ``nobody`` can read but not write (in a fresh folder of
-    /tmp that every user may reach)."""
-    base = Path(tempfile.mkdtemp(prefix="undertow-ro-"))
-    os.chmod(base, 0o755)
-    root = base / "ro"
-    root.mkdir()
-    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
-        con.execute("CREATE TABLE users AS SELECT 1 AS id, 'a@x.com' AS email")
-    (root / "undertow.yml").write_text(
-        "name: ro\n"
-        "sources: {warehouse: {type: duckdb, path: warehouse.duckdb}}\n"
-        "destinations: {out: {type: webhook, url: 'http://127.0.0.1:9/x'}}\n"
-        "models: {users: {source: warehouse, sql: select * from users, primary_key: id}}\n"
-        "syncs: {s: {model: users, destination: out}}\n"
-    )
-    for file in root.iterdir():
-        os.chmod(file, 0o644)
-    os.chmod(root, 0o555)
-    try:
-        yield root
-    finally:
-        os.chmod(root, 0o755)
-        shutil.rmtree(base)
-
-
 @pytest.mark.parametrize("command", [["validate", "--offline"], ["status"], ["run", "s"]])
-def test_a_read_only_project_folder(
-    project: SampleProject, read_only_project: Path, command: list[str]
-) -> None:
-    """As a user who cannot write the project folder: before, ``run`` and ``status``
-    crashed with a PermissionError traceback and ``validate`` said the project is valid."""
-    root = read_only_project
-    done = subprocess.run(
-        [str(UNDERTOW), *command, "--project", str(root)],
-        env=project.env,
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        **as_nobody(),
+def test_a_read_only_project_folder(project: SampleProject, command: list[str]) -> None:
+    """Before: ``run`` and ``status`` crashed with a PermissionError traceback while
+    ``validate`` said the project is valid."""
+    project.users([(1, "a@x.com", "free")])
+    project.write(
+        """
+        name: ro
+        sources: {warehouse: {type: duckdb, path: warehouse.duckdb}}
+        destinations: {out: {type: webhook, url: "http://127.0.0.1:9/x"}}
+        models: {users: {source: warehouse, sql: select * from users, primary_key: id}}
+        syncs: {s: {model: users, destination: out}}
+        """
     )
-    text = done.stdout + done.stderr
-    assert done.returncode == 1, text
-    assert "Traceback" not in text and "PermissionError" not in text, text
-    assert f"cannot create the state folder {root}/.undertow: permission denied" in text, text
-    assert "state_dir:" in text
+    with read_only(project.root) as root:
+        r = project.run(*command)
+    expect_fail(
+        r,
+        f"cannot create the state folder {root}/.undertow: the file system is read-only",
+        "set `state_dir:` (and `state:`) to a writable folder",
+    )
+    assert "PermissionError" not in r.text and "OSError" not in r.text

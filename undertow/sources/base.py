@@ -301,6 +301,10 @@ class Source(ABC):
         return []
 
 
+for _name in _CHECKED:  # the base's own (a source that keeps load_into_duckdb's None)
+    setattr(Source, _name, _one_query_first(getattr(Source, _name)))
+
+
 def missing_driver(package: str, extra: str) -> SourceError:
     """The error for a driver that is not installed, with the exact command to fix it."""
     return SourceError(
