@@ -12,17 +12,27 @@ import re
 import signal
 import sqlite3
 import time
+import urllib.error
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
 from bad_support import expect_fail, ids_of, run_once, users, write
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from undertow import registry
 from undertow.errors import ModelError
+from undertow.orchestration import alerts
+from undertow.orchestration.alerts import Alert
+from undertow.orchestration.config import WebhookChannel
 from undertow.state.store import RunStatus
+from undertow.testing.server import serve_in_thread
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Receiver, SampleProject
@@ -446,3 +456,40 @@ def test_json_output_keeps_data_exact(project: SampleProject) -> None:
     )
     r = project.run("plan", "s", "--json")
     assert r.code == 0 and r.json()["samples"][0]["key"] == "[/bold]", r
+
+
+# -- redirects of Undertow's own calls --------------------------------------------------------
+
+
+class Recorder:
+    """A server that records every request (any method) and answers ``status``."""
+
+    def __init__(self, status: int = 200, location: str | None = None) -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.status, self.location = status, location
+        self.app = Starlette(routes=[Route("/{p:path}", self.handle, methods=["GET", "POST"])])
+
+    async def handle(self, request: Request) -> Response:
+        self.seen.append((request.method, dict(request.headers)))
+        headers = {"location": self.location} if self.location else None
+        return Response("moved", status_code=self.status, headers=headers)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_an_alert_webhook_redirect_is_a_failure_and_never_followed(status: int) -> None:
+    """urllib followed 301/302/303 (a POST became a GET to the other host, the alert's
+    headers and signature with it) and counted the other host's 200 as sent."""
+    elsewhere = Recorder()
+    with serve_in_thread(elsewhere.app) as other:
+        redirector = Recorder(status, location=f"{other.url}/steal")
+        with serve_in_thread(redirector.app) as server:
+            channel = WebhookChannel(
+                type="webhook", url=f"{server.url}/alerts", headers={"X-Api-Key": "k-123"}
+            )
+            alert = Alert(
+                "p", "s", "run_failed", True, datetime.now(UTC), "boom", "undertow runs s"
+            )
+            with pytest.raises(urllib.error.HTTPError) as info:
+                alerts.send(channel, alert)
+    assert info.value.code == status
+    assert len(redirector.seen) == 1 and elsewhere.seen == [], "never followed"

@@ -27,6 +27,7 @@ import logging
 import smtplib
 import ssl
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -104,14 +105,35 @@ class Alert:
         }
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib follows 301/302/303 by default, turning the POST into a GET that keeps the
+    request's headers (a token, the signature) and goes to whatever host the answer names,
+    and then counts the redirect target's 200 as delivered. A redirect is an error here."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises HTTPError with the 3xx
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def open_no_redirect(request: urllib.request.Request, timeout: float) -> bytes:
+    """Send ``request``; any answer but a 2xx (a 3xx included) raises ``HTTPError``."""
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            return bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        exc.close()  # its answer is not read: release the connection
+        raise
+
+
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> None:
     request = urllib.request.Request(url, data=body, method="POST")
     request.add_header("Content-Type", "application/json")
     request.add_header("User-Agent", "undertow-alerts")
     for key, value in headers.items():
         request.add_header(key, value)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        response.read()
+    open_no_redirect(request, timeout)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from undertow.errors import UndertowError
-from undertow.orchestration.alerts import AlertManager
+from undertow.orchestration.alerts import AlertManager, open_no_redirect
 from undertow.orchestration.config import ScheduleSpec, Upstream, format_duration
 from undertow.orchestration.freshness import check_freshness
 from undertow.orchestration.schedule import Clock, SystemClock, describe, next_after
@@ -185,8 +185,7 @@ class Orchestration:
         for key, value in headers.items():
             request.add_header(key, value)
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                response.read()
+            open_no_redirect(request, 30)  # a 3xx is a failure, never followed
         except Exception as exc:
             log.warning("`then` webhook of sync %s failed: %s", record.sync, redact(f"{exc}"))
 
