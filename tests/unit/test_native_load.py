@@ -98,7 +98,7 @@ def test_two_statements_are_refused(tmp_path: Path) -> None:
     source = DuckDBSource(
         DuckDBConfig(type="duckdb", path="wh.duckdb"), name="wh", base_dir=str(tmp_path)
     )
-    engine, spec, plan = _engine_and_spec(tmp_path)
+    engine, _spec, _plan = _engine_and_spec(tmp_path)
     try:
         with pytest.raises(ModelError, match="exactly one SELECT"):  # before anything runs
             source.load_into_duckdb("drop table users; select 1 as id", model="users")
