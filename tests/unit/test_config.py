@@ -487,7 +487,9 @@ def test_env_default_and_partial_substitution(
     text = BASE.replace(
         'url: "https://example.com/hook"', 'url: "https://${UT_TEST_HOST}/${UT_TEST_UNSET:-v1}"'
     )
-    text = text.replace("{email: email, plan: plan}", '{email: email, "${NOT_A_KEY_SUBSTITUTION}": plan}')
+    text = text.replace(
+        "{email: email, plan: plan}", '{email: email, "${NOT_A_KEY_SUBSTITUTION}": plan}'
+    )
     write(tmp_path, "undertow.yml", text)
     project = load_project(tmp_path)
     config = project.destinations["crm"]
