@@ -2,9 +2,9 @@
 
 Names reach file names (the local diff engine's files), URLs (``undertow serve``), the
 command line and the terminal, so they are kept to what is safe in all four: letters and
-digits of any script, ``_``, ``-`` and ``.``, starting with a letter, a digit or ``_``, at most
-:data:`MAX_NAME` characters. Two syncs never share a file whatever their names: the file
-names are derived injectively (:func:`undertow.state.files.sync_stem`), so this rule is
+digits of any script, ``_``, ``-``, ``.`` and single spaces inside, starting with a letter,
+a digit or ``_``, at most :data:`MAX_NAME` characters. Two syncs never share a file whatever
+their names: the file names are derived injectively (:func:`undertow.state.files.sync_stem`), so this rule is
 about clear errors and safe output, not about collisions.
 """
 
@@ -20,7 +20,7 @@ MAX_NAME = 64
 """Longest name: fits a file name (255 bytes) with room, and a terminal table column."""
 
 SECTIONS = ("sources", "destinations", "models", "syncs", "webhooks")
-_NAME = re.compile(r"^[^\W][\w.-]*$")
+_NAME = re.compile(r"^[^\W](?:[\w.-]| (?! ))*(?<! )$")  # spaces: single, inside only
 
 
 def problem(name: object) -> str | None:
@@ -32,10 +32,11 @@ def problem(name: object) -> str | None:
         return "name cannot be empty"
     if len(name) > MAX_NAME:
         return f"name {shown[:40]}... is {len(name)} characters long, more than {MAX_NAME}"
-    if not _NAME.match(name) or any(unicodedata.category(c)[0] in "CZ" for c in name):
+    odd = any(unicodedata.category(c)[0] in "CZ" and c != " " for c in name)
+    if not _NAME.match(name) or odd:
         return (
             f"name {shown} has characters a name cannot have; use letters, digits, "
-            "'_', '-' and '.', starting with a letter, a digit or '_'"
+            "'_', '-', '.' and single spaces, starting with a letter, a digit or '_'"
         )
     return None
 
