@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from undertow.redact import redact
 from undertow.results import PlanDocument, RunSummary, SyncStatus
@@ -45,8 +45,31 @@ if TYPE_CHECKING:
     from undertow.state.store import RowError
 
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
 class TriggerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     full: bool = Field(default=False, description="Resend every row, not only the changes.")
+
+
+async def json_body(request: Request, model: type[ModelT]) -> ModelT:
+    """The request's JSON body as ``model``, whatever its content type: ``curl -d '{...}'``
+    sends ``application/x-www-form-urlencoded``, and a body that is JSON is taken as JSON.
+    No body is the model's defaults; anything else is a 422 saying what is wrong."""
+    raw = await request.body()
+    try:
+        data = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        raise HTTPException(status_code=422, detail="the body must be JSON") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise HTTPException(status_code=422, detail=f"invalid body: {problems}") from None
 
 
 class TriggerResponse(BaseModel):
@@ -150,10 +173,17 @@ def api_router(project: Project, auth: Auth, stopping: threading.Event | None = 
         tags=["syncs"],
         status_code=202,
         response_model=TriggerResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": TriggerRequest.model_json_schema()}},
+            }
+        },
     )
-    def trigger(sync: str, body: TriggerRequest | None = None) -> TriggerResponse:
-        full = body.full if body is not None else False
-        queued = project.trigger(sync, full=full, reason="api")
+    async def trigger(sync: str, request: Request) -> TriggerResponse:
+        body = await json_body(request, TriggerRequest)
+        full = body.full
+        queued = await asyncio.to_thread(project.trigger, sync, full=full, reason="api")
         return TriggerResponse(sync=sync, queued=True, trigger_id=queued, full=full)
 
     @router.post(
