@@ -67,6 +67,14 @@ bench: $(STAMP) ## print throughput and memory figures (never fails on timing)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/diff.py
+	$(BIN)/python bench/side_by_side.py
+
+bench-peers: $(STAMP) ## the side-by-side with dlt and drt-core, each in its own venv (.venv-bench-dlt, .venv-bench-drt)
+	test -x .venv-bench-dlt/bin/python || $(PY) -m venv .venv-bench-dlt
+	.venv-bench-dlt/bin/pip install -q "dlt==1.31.0" duckdb pyarrow
+	test -x .venv-bench-drt/bin/python || $(PY) -m venv .venv-bench-drt
+	.venv-bench-drt/bin/pip install -q "drt-core==1.2.1" duckdb
+	$(BIN)/python bench/side_by_side.py --peers
 	$(BIN)/python bench/sync_logs.py
 
 bench-destinations: $(STAMP) ## each destination against its fake at the vendor's limits: records/s, share of the ceiling, slow-downs, p95
@@ -77,6 +85,6 @@ bench-cluster: $(STAMP) ## cluster figures: chaos across 3 workers (kill -9 for 
 	$(BIN)/python bench/cluster_chaos.py
 
 clean: ## remove the virtualenv and generated files
-	rm -rf $(VENV) .venv-orchestrators .venv-warehouses .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-orchestrators .venv-warehouses .venv-bench-dlt .venv-bench-drt .demo .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help install chromium screenshots demo test test-orchestrators dbt-fixtures test-warehouses test-fast lint format bench bench-destinations bench-cluster clean
+.PHONY: help install chromium screenshots demo test test-orchestrators dbt-fixtures test-warehouses test-fast lint format bench bench-destinations bench-cluster bench-peers clean

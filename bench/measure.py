@@ -3,8 +3,8 @@
     python -m bench.measure RESULT.json -- CMD ARG...
 
 The command inherits stdin, stdout and stderr. RESULT.json gets ``{"returncode", "wall_s",
-"maxrss_kb"}``: the wall time from spawn to exit (start-up included) and the RSS high-water
-mark of that one process, from ``os.wait4``. This small wrapper exists because a child's
+"cpu_s", "maxrss_kb"}``: the wall time from spawn to exit (start-up included), the CPU
+seconds (user + system) and the RSS high-water mark of that one process, from ``os.wait4``. This small wrapper exists because a child's
 ``ru_maxrss`` starts at the RSS of the process that spawned it (Linux folds the parent's
 mm into the child's high-water mark at exec), and the benchmark's own process is big after
 building the warehouse; here the floor is this wrapper's ~15 MB.
@@ -31,7 +31,10 @@ def main(argv: list[str]) -> int:
     code = os.waitstatus_to_exitcode(status)
     proc.returncode = code  # already reaped: keep Popen from waiting again
     with open(result_path, "w", encoding="utf-8") as fh:
-        json.dump({"returncode": code, "wall_s": wall, "maxrss_kb": usage.ru_maxrss}, fh)
+        cpu = usage.ru_utime + usage.ru_stime
+        json.dump(
+            {"returncode": code, "wall_s": wall, "cpu_s": cpu, "maxrss_kb": usage.ru_maxrss}, fh
+        )
     return code
 
 
