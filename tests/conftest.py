@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["project_support"]  # the `script` fixture and the project builder
+pytest_plugins = ["project_support", "broker_support"]  # the `script` fixture and the project
+# builder; the message brokers of this machine (tests/broker_support.py)
 
 PG_HOST = os.environ.get("UNDERTOW_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("UNDERTOW_TEST_PG_PORT", "5432"))

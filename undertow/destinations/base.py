@@ -228,6 +228,9 @@ class Batch:
     payloads: list[str]
     identifiers: dict[str, list[Any]] = field(default_factory=dict)
     object: str | None = None
+    run_id: str | None = None
+    """The run that sends the batch (the same after a resume): destinations that derive
+    message ids from the run (Redis stream entry ids) read it."""
     _records: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -255,6 +258,7 @@ class Batch:
             payloads=[self.payloads[i] for i in indices],
             identifiers={f: [v[i] for i in indices] for f, v in self.identifiers.items()},
             object=self.object,
+            run_id=self.run_id,
             _records=[records[i] for i in indices],
         )
 

@@ -421,6 +421,7 @@ class SyncRun:
                         payloads=mapped.payloads[lo:hi],
                         identifiers={f: v[lo:hi] for f, v in mapped.identifiers.items()},
                         object=ctx.sync.object,
+                        run_id=run.id,
                     )
                 start, lo = end, hi
                 yield work, batch
