@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-import orjson
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
+from undertow.destinations._table import Kind, infer_kind, not_found, prepare_rows, text_param
 from undertow.destinations.base import (
     Batch,
     BatchResult,
@@ -407,36 +407,13 @@ class PostgresDestination(Destination[PostgresConfig]):
         return BatchResult(rejected=rejected)
 
     def _not_found(self, batch: Batch, index: int, match: list[str]) -> str:
-        key = batch.keys[index] if index < len(batch.keys) else "?"
-        return (
-            f"no row with key {key} (matched on {', '.join(match)}) in table {self.qualified}; "
-            "update does not create rows (use mode upsert for that)"
-        )
+        return not_found(batch, index, match, self.qualified)
 
     def _rows(
         self, batch: Batch, match: list[str], rejected: dict[int, str]
     ) -> list[dict[str, Any] | None]:
         """Each record with its match values; None for a record rejected here."""
-        operation = batch.operation
-        records: list[dict[str, Any]] = (
-            [{} for _ in batch.payloads] if operation is Operation.DELETE else batch.records()
-        )
-        rows: list[dict[str, Any] | None] = []
-        for index, record in enumerate(records):
-            row = dict(record)
-            for field in match:
-                row[field] = batch.identifiers[field][index]
-            if operation is not Operation.INSERT:
-                nulls = [f for f in match if row[f] is None]
-                if nulls:
-                    rejected[index] = (
-                        f"match field(s) {', '.join(nulls)} are null, so the row cannot be "
-                        f"matched in table {self.qualified}"
-                    )
-                    rows.append(None)
-                    continue
-            rows.append(row)
-        return rows
+        return prepare_rows(batch, match, rejected, self.qualified)
 
     def _statements(
         self,
@@ -541,37 +518,24 @@ class PostgresDestination(Destination[PostgresConfig]):
         )
 
 
-def infer_type(values: Sequence[Any]) -> str:
-    """The column type ``create_table`` gives a field, from its JSON values in the batch.
+_PG_TYPES = {
+    Kind.BOOLEAN: "boolean",
+    Kind.INTEGER: "bigint",
+    Kind.FLOAT: "double precision",
+    Kind.TEXT: "text",
+    Kind.JSON: "jsonb",
+}
 
-    booleans -> boolean; integers -> bigint; numbers -> double precision; strings -> text;
-    objects and lists -> jsonb; a mix of strings and other scalars, or only nulls -> text.
-    """
-    kinds = {type(v) for v in values if v is not None}
-    if not kinds:
-        return "text"
-    if kinds <= {dict, list}:
-        return "jsonb"
-    if kinds == {bool}:
-        return "boolean"
-    if kinds == {int}:
-        return "bigint"
-    if kinds <= {int, float}:
-        return "double precision"
-    if kinds & {dict, list}:
-        return "jsonb"
-    return "text"
+
+def infer_type(values: Sequence[Any]) -> str:
+    """The column type ``create_table`` gives a field, from its JSON values in the batch
+    (the shared rule, ``_table.infer_kind``): boolean, bigint, double precision, text, jsonb."""
+    return _PG_TYPES[infer_kind(values)]
 
 
 def _param(value: Any) -> str | None:
     """Values go as text of unknown type: PostgreSQL parses them as the column's type."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return orjson.dumps(value).decode()
+    return text_param(value)
 
 
 def _plain(value: SecretStr | str) -> str:
