@@ -44,7 +44,7 @@ from undertow.destinations.base import (
     RateLimit,
 )
 from undertow.destinations.kit import Auth, BearerAuth, HttpConfig, HttpDestination, Reject
-from undertow.errors import FatalDeliveryError
+from undertow.errors import ConfigError, FatalDeliveryError
 from undertow.redact import register_secret, trim
 
 POST_DOC = "https://api.slack.com/methods/chat.postMessage"
@@ -97,12 +97,6 @@ class SlackConfig(HttpConfig):
             raise ValueError(
                 "`channel` is required with `token` (the channel id, e.g. C0123456789)"
             )
-        if self.webhook_url is not None:
-            parts = urlsplit(self.webhook_url.get_secret_value())
-            if parts.scheme not in ("http", "https") or not parts.path.strip("/"):
-                raise ValueError(
-                    "`webhook_url` must be the https://hooks.slack.com/services/... URL"
-                )
         return self
 
 
@@ -137,6 +131,12 @@ class SlackDestination(HttpDestination[SlackConfig]):
             url = cfg.webhook_url.get_secret_value()
             parts = urlsplit(url)
             register_secret(url)
+            if parts.scheme not in ("http", "https") or not parts.path.strip("/"):
+                raise ConfigError(
+                    f"destination {name!r}: `webhook_url` is not an https:// URL",
+                    key=f"destinations.{name}.webhook_url",
+                    hint="paste the https://hooks.slack.com/services/... URL of the webhook",
+                )
             register_secret(parts.path)
             self._hook_path = parts.path
             cfg = cfg.model_copy(update={"base_url": f"{parts.scheme}://{parts.netloc}"})

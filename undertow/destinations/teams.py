@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 
 from undertow.destinations._chat import MessageTemplate
 from undertow.destinations.base import (
@@ -45,7 +45,7 @@ from undertow.destinations.base import (
     RateLimit,
 )
 from undertow.destinations.kit import HttpConfig, HttpDestination, Reject
-from undertow.errors import FatalDeliveryError
+from undertow.errors import ConfigError, FatalDeliveryError
 from undertow.redact import register_secret, trim
 
 WEBHOOK_DOC = "https://learn.microsoft.com/en-us/microsoftteams/platform/webhooks-and-connectors/how-to/add-incoming-webhook"
@@ -64,14 +64,6 @@ class TeamsConfig(HttpConfig):
     title: str | None = None
     """An optional bold first line, a template."""
     batch_size: int = Field(default=100, ge=1, le=1000)
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _https(cls, value: SecretStr) -> SecretStr:
-        parts = urlsplit(value.get_secret_value())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("`webhook_url` must be the workflow's https:// trigger URL")
-        return value
 
 
 class TeamsDestination(HttpDestination[TeamsConfig]):
@@ -110,6 +102,12 @@ class TeamsDestination(HttpDestination[TeamsConfig]):
         url = cfg.webhook_url.get_secret_value()
         parts = urlsplit(url)
         register_secret(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"destination {name!r}: `webhook_url` is not an https:// URL",
+                key=f"destinations.{name}.webhook_url",
+                hint="copy the workflow's HTTP trigger URL (Workflows > the flow > the trigger)",
+            )
         for key, value in parse_qsl(parts.query):
             if key.lower() in ("sig", "signature", "code"):
                 register_secret(value)
