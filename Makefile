@@ -77,8 +77,9 @@ bench-peers: $(STAMP) ## the side-by-side with dlt and drt-core, each in its own
 	$(BIN)/python bench/side_by_side.py --peers
 	$(BIN)/python bench/sync_logs.py
 
-bench-destinations: $(STAMP) ## each destination against its fake at the vendor's limits: records/s, share of the ceiling, slow-downs, p95
+bench-destinations: $(STAMP) ## each destination against its fake at the vendor's limits (records/s, share of the ceiling, slow-downs, p95); queues and databases on the real servers (records/s, ratio to file)
 	$(BIN)/python bench/destinations.py
+	$(BIN)/python bench/servers.py
 
 bench-cluster: $(STAMP) ## cluster figures: chaos across 3 workers (kill -9 for a minute), the shared rate budget
 	$(BIN)/python bench/cluster_budget.py

@@ -241,14 +241,22 @@ class QueueDestination(Destination[ConfigT]):
     def address_template(self) -> str:
         return str(getattr(self.config, self.address_key))
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "capabilities" not in cls.__dict__:  # declared as data, from the class facts
+            cls.capabilities = Capabilities(
+                operations=OPERATIONS,
+                max_batch_size=1000,  # the default `batch_size` (up to 10,000)
+                max_concurrency=cls.concurrency,
+                per_record_results=True,
+                idempotency_key=cls.deduplicates,
+                docs=(cls.docs_url,) if cls.docs_url else (),
+            )
+
     def capabilities_for(self, object: str | None) -> Capabilities:
-        return Capabilities(
-            operations=OPERATIONS,
-            max_batch_size=self.queue_config.batch_size,
-            max_concurrency=self.concurrency,
-            per_record_results=True,
-            idempotency_key=self.deduplicates,
-        )
+        from dataclasses import replace
+
+        return replace(self.capabilities, max_batch_size=self.queue_config.batch_size)
 
     def where(self) -> str:
         return f"{self.name} destination {self.instance_name!r}"

@@ -222,13 +222,17 @@ class TableDestination(Destination[ConfigT]):
     def where(self) -> str:
         return f"{self.name} destination {self.instance_name!r} (table {self.qualified})"
 
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        operations=TABLE_OPERATIONS,
+        max_batch_size=1000,  # the default `batch_size` (up to 50,000)
+        max_concurrency=1,  # one connection, one transaction per batch
+        per_record_results=True,
+    )
+
     def capabilities_for(self, object: str | None) -> Capabilities:
-        return Capabilities(
-            operations=TABLE_OPERATIONS,
-            max_batch_size=self.table_config.batch_size,
-            max_concurrency=1,  # one connection, one transaction per batch
-            per_record_results=True,
-        )
+        from dataclasses import replace
+
+        return replace(self.capabilities, max_batch_size=self.table_config.batch_size)
 
     def unique_index_statement(self, match: Sequence[str]) -> str:
         return f"CREATE UNIQUE INDEX ON {self.qualified} ({', '.join(match)});"
