@@ -401,15 +401,21 @@ class FakeAPI:
             return answer
         with self._lock:
             now = self.clock()
-            for window in self.windows:
+            windows = self.windows_for(captured)
+            for window in windows:
                 if window.full(now):
                     self.slow_downs += 1
                     answer = self.slow_down(window)
                     captured.status = answer.status_code
                     return answer
-            for window in self.windows:
+            for window in windows:
                 window.arrivals.append(now)
         return None
+
+    def windows_for(self, captured: CapturedRequest) -> Sequence[Window]:
+        """The windows this request counts against (default: all; Attio counts reads and
+        writes apart)."""
+        return self.windows
 
     def respond(
         self, status: int, body: Any = None, headers: dict[str, str] | None = None

@@ -38,7 +38,6 @@ destination declares ``bisect`` (at most :func:`bisect_allowance` extra requests
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ from undertow.destinations.base import (
     DestinationConfig,
 )
 from undertow.destinations.kit.auth import Auth
+from undertow.destinations.kit.each import Work, for_each
 from undertow.destinations.kit.endpoints import (
     Call,
     Endpoint,
@@ -473,12 +473,14 @@ class HttpDestination(Destination[ConfigT]):
             return urlencode(built, doseq=True).encode(), "application/x-www-form-urlencoded"
         return orjson.dumps(built), endpoint.content_type
 
-    async def call(self, endpoint: Endpoint, call: Call) -> BatchResult:
-        """One request for a call; its results per item (raises RejectedBatchError)."""
+    async def call(self, endpoint: Endpoint, call: Call, *, path: str | None = None) -> BatchResult:
+        """One request for a call; its results per item (raises RejectedBatchError).
+
+        ``path`` replaces the endpoint's (a path holding an id a lookup found)."""
         body, content_type = self.encode(endpoint, call)
         response = await self.send(
             endpoint.method,
-            endpoint.path_for(call),
+            path or endpoint.path_for(call),
             body=body,
             headers=endpoint.headers(call) if endpoint.headers else None,
             params=endpoint.params(call) if endpoint.params else None,
@@ -493,18 +495,14 @@ class HttpDestination(Destination[ConfigT]):
         return (endpoint.read or accept_all)(call, response, parsed)
 
     async def _per_record(self, endpoint: Endpoint, call: Call, result: BatchResult) -> None:
-        slots = asyncio.Semaphore(max(1, self.capabilities_for(call.object).max_concurrency))
+        async def one(single: Call) -> BatchResult:
+            return await self.call(endpoint, single)
 
-        async def one(item: Item) -> None:
-            async with slots:
-                await self._resolve(endpoint, call.subset([item]), result, [0])
+        await self.each(call, result, one)
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                for item in call.items:
-                    group.create_task(one(item))
-        except* UndertowError as failures:
-            raise failures.exceptions[0] from None
+    async def each(self, call: Call, result: BatchResult, work: Work) -> None:
+        """Run ``work`` for every record of ``call``, ``max_concurrency`` at once (``kit/each``)."""
+        await for_each(self.capabilities_for(call.object).max_concurrency, call, result, work)
 
     def unknown_object(self, batch: Batch) -> FatalDeliveryError:
         return FatalDeliveryError(
