@@ -172,7 +172,8 @@ class AttioDestination(HttpDestination[AttioConfig]):
 type: attio
 token: ${FAKE_TOKEN}
 base_url: ${FAKE_URL}
-writes_per_second: 500   # the local fake's limit; Attio allows 25 writes/s""",
+writes_per_second: 900   # the demo fake allows 1,000; Attio allows 25 writes/s
+max_concurrency: 16""",
         sync="""\
 object: people
 mode: upsert
@@ -186,9 +187,10 @@ mappings:
       full_name: {template: "{{ first_name }} {{ last_name }}"}
   plan: plan
   seats: seats
-  mrr: mrr
+  mrr: {column: mrr, cast: float}   # a DECIMAL goes out as exact text; Attio numbers are numbers
   country: country
   signup_date: signup_date""",
+        fake_options={"writes_per_second": 1000, "reads_per_second": 2000},
     )
 
     def __init__(self, config: Any, *, name: str) -> None:

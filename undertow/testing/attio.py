@@ -82,6 +82,8 @@ class AttioFake(FakeAPI):
         self.records: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {
             n: {} for n in self.attributes
         }
+        self.unique: dict[str, dict[str, dict[str, str]]] = {n: {} for n in self.attributes}
+        """object -> unique attribute -> normalised value -> record id (an index)."""
         self.writes = Window(writes_per_second, window_seconds, "writes")
         self.reads = Window(reads_per_second, window_seconds, "reads")
         super().__init__(
@@ -117,12 +119,8 @@ class AttioFake(FakeAPI):
 
     def find(self, object_: str, slug: str, value: Any) -> str | None:
         """The id of the record whose ``slug`` holds ``value`` (caseless for emails/domains)."""
-        wanted = norm(self.attributes[object_][slug], value)
-        for record_id, values in self.records[object_].items():
-            attribute = self.attributes[object_][slug]
-            if any(norm(attribute, primary(attribute, v)) == wanted for v in values.get(slug, [])):
-                return record_id
-        return None
+        found = self._holders(object_, slug, [value], plain=True)
+        return next(iter(sorted(found)), None)
 
     def by(self, object_: str, slug: str, value: Any) -> dict[str, Any] | None:
         record_id = self.find(object_, slug, value)
@@ -132,6 +130,7 @@ class AttioFake(FakeAPI):
         with self._lock:
             super().reset()
             self.records = {n: {} for n in self.attributes}
+            self.unique = {n: {} for n in self.attributes}
 
     # -- the vendor's answers ----------------------------------------------------------------
 
@@ -268,7 +267,7 @@ class AttioFake(FakeAPI):
             with self._lock:
                 found = [
                     self._public(name, record_id)
-                    for record_id in self.records[name]
+                    for record_id in self._candidates(name, conditions)
                     if self._matches(name, record_id, conditions)
                 ]
         except (Refused, ValueError) as refused:
@@ -306,6 +305,8 @@ class AttioFake(FakeAPI):
         if name not in self.attributes:
             return self._no_object(name)
         with self._lock:
+            if record_id in self.records[name]:
+                self._write(name, record_id, {k: [] for k in self.records[name][record_id]})
             gone = self.records[name].pop(record_id, None)
         if gone is None:
             return self.error(404, "not_found", f'Record with ID "{record_id}" not found.')
@@ -315,14 +316,28 @@ class AttioFake(FakeAPI):
 
     # -- the workspace ---------------------------------------------------------------------
 
-    def _holders(self, name: str, slug: str, values: Iterable[dict[str, Any]]) -> set[str]:
+    def _holders(
+        self, name: str, slug: str, values: Iterable[Any], *, plain: bool = False
+    ) -> set[str]:
+        """Records whose ``slug`` holds one of ``values`` (stored value dicts, or ``plain``)."""
         attribute = self.attributes[name][slug]
-        wanted = {norm(attribute, primary(attribute, v)) for v in values}
+        wanted = {norm(attribute, v if plain else primary(attribute, v)) for v in values}
+        if attribute.unique:
+            index = self.unique[name].get(slug, {})
+            return {index[w] for w in wanted if w in index}
         return {
             record_id
             for record_id, held in self.records[name].items()
             if any(norm(attribute, primary(attribute, v)) in wanted for v in held.get(slug, []))
         }
+
+    def _candidates(self, name: str, conditions: dict[str, Any]) -> Iterable[str]:
+        """Records a query may match: through a unique index when it filters on one."""
+        for slug, wanted in conditions.items():
+            attribute = self.attributes[name].get(slug)
+            if attribute is not None and attribute.unique and not isinstance(wanted, dict):
+                return sorted(self._holders(name, slug, [wanted], plain=True))
+        return list(self.records[name])
 
     def _check_unique(
         self, name: str, values: dict[str, list[dict[str, Any]]], own: str | None
@@ -382,11 +397,12 @@ class AttioFake(FakeAPI):
             "active_until": None,
             "created_by_actor": {"type": "system", "id": None},
         }
-        self.records[name][record_id] = {
+        self.records[name][record_id] = {}
+        system = {
             "record_id": [{**stamp, "attribute_type": "text", "value": record_id}],
             "created_at": [{**stamp, "attribute_type": "timestamp", "value": now_iso()}],
         }
-        self._write(name, record_id, values)
+        self._write(name, record_id, {**system, **values})
         return record_id
 
     def _write(
@@ -399,12 +415,20 @@ class AttioFake(FakeAPI):
     ) -> None:
         held = self.records[name][record_id]
         for slug, given in values.items():
-            if append and self.attributes[name][slug].multiselect:
-                held[slug] = held.get(slug, []) + given
+            attribute = self.attributes[name][slug]
+            before = held.get(slug, [])
+            if append and attribute.multiselect:
+                held[slug] = before + given
             elif given:
                 held[slug] = given
             else:
                 held.pop(slug, None)
+            if attribute.unique:
+                index = self.unique[name].setdefault(slug, {})
+                for value in before:
+                    index.pop(norm(attribute, primary(attribute, value)), None)
+                for value in held.get(slug, []):
+                    index[norm(attribute, primary(attribute, value))] = record_id
 
     def _matches(self, name: str, record_id: str, conditions: dict[str, Any]) -> bool:
         for slug, wanted in conditions.items():

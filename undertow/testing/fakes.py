@@ -63,7 +63,7 @@ AuthCheck = Callable[[Request], bool]
 STATS_PATH = "/__undertow_fake__/stats"
 """What the fake did (requests, slow-down answers, largest batch), for a fake served in
 another process (``undertow fake TYPE``, the benchmarks). No credential needed."""
-CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "api_key"})
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "api_key", "x-api-token"})
 
 
 def now_iso() -> str:

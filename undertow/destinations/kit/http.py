@@ -72,7 +72,14 @@ from undertow.destinations.kit.endpoints import (
     not_confirmed,
 )
 from undertow.destinations.kit.signals import DEFAULT_SIGNALS, RateHeaders, SlowDown, Verdict
-from undertow.destinations.rate import Interrupted, RateBudget, WaitTooLong, budget_for, pause
+from undertow.destinations.rate import (
+    Interrupted,
+    Permit,
+    RateBudget,
+    WaitTooLong,
+    budget_for,
+    pause,
+)
 from undertow.errors import (
     FatalDeliveryError,
     InterruptedDelivery,
@@ -215,15 +222,25 @@ class HttpDestination(Destination[ConfigT]):
         params: Mapping[str, str] | None = None,
         content_type: str | None = "application/json",
         expect: frozenset[int] = frozenset({200, 201, 202, 204}),
+        also: RateBudget | None = None,
     ) -> Response:
-        """Send one request with pacing, slow-down signals, status classes and retries."""
+        """Send one request with pacing, slow-down signals, status classes and retries.
+
+        ``also``: a further budget the request draws from, besides the account's (an
+        endpoint with a window of its own, such as Pipedrive's search)."""
         ctx = retry.current()
         policy = ctx.policy
         attempt = 0
         refreshed = False
         while True:
             attempt += 1
-            permit = await self._acquire(ctx)
+            extra: Permit | None = await self._acquire(ctx, also) if also else None
+            try:
+                permit = await self._acquire(ctx)
+            except BaseException:
+                if also is not None and extra is not None:
+                    await also.release(extra)
+                raise
             error: RetryableError | None = None
             response: Response | None = None
             try:
@@ -244,6 +261,8 @@ class HttpDestination(Destination[ConfigT]):
                 error = exc
             finally:
                 await self.budget.release(permit)
+                if also is not None and extra is not None:
+                    await also.release(extra)
             verdict: Verdict | None = None
             if response is not None:
                 if self.rate_headers is not None:
@@ -294,9 +313,11 @@ class HttpDestination(Destination[ConfigT]):
                 except Interrupted:
                     raise self._interrupted(error) from None
 
-    async def _acquire(self, ctx: retry.DeliveryContext) -> Any:
+    async def _acquire(
+        self, ctx: retry.DeliveryContext, budget: RateBudget | None = None
+    ) -> Permit:
         try:
-            return await self.budget.acquire(stop=ctx.stop, max_wait=ctx.max_wait)
+            return await (budget or self.budget).acquire(stop=ctx.stop, max_wait=ctx.max_wait)
         except WaitTooLong as exc:
             raise retry.too_long(
                 self.instance_name, exc.seconds, f"the rate budget ({exc.reason})", ctx.max_wait
