@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +99,52 @@ def assert_docs_state(page: str, facts: list[tuple[str, str]]) -> None:
         assert any(fact in line and url in line for line in lines), (
             f"{page} no longer states {fact!r} next to {url}: revisit this conformance test"
         )
+
+
+@dataclass
+class Exchange:
+    """One request to a fake and its answer, as they went over the wire."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int = 0
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_body: bytes = b""
+
+    def json(self) -> Any:
+        return orjson.loads(self.response_body) if self.response_body else None
+
+
+def recorded(app: Any, exchanges: list[Exchange]) -> Any:
+    """``app``, keeping every exchange in ``exchanges`` (what the tests assert on; the
+    spec's verdict comes from ``Contract.watch`` around it)."""
+
+    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        exchange = Exchange(scope["method"], scope["path"], headers, b"")
+
+        async def receiving() -> Any:
+            message = await receive()
+            if message["type"] == "http.request":
+                exchange.body += message.get("body", b"")
+            return message
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                exchange.status = message["status"]
+                exchange.response_headers = {
+                    k.decode().lower(): v.decode() for k, v in message.get("headers", [])
+                }
+            elif message["type"] == "http.response.body":
+                exchange.response_body += message.get("body", b"")
+            await send(message)
+
+        await app(scope, receiving, sending)
+        exchanges.append(exchange)
+
+    return wrapped

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -18,6 +20,7 @@ from undertow.testing.template import DestinationTests
 
 pytestmark = pytest.mark.connectors
 
+SPECS = Path(os.environ.get("UNDERTOW_SPECS", Path(__file__).resolve().parents[3] / "shared/specs"))
 KEY = "sk_test_51Nundertowsecret000000000000000000"
 FAST = {
     "window_seconds": 0.2,
@@ -40,6 +43,8 @@ class TestStripeCustomers(DestinationTests):
     config: ClassVar[dict[str, Any]] = CONFIG
     fake_options: ClassVar[dict[str, Any]] = FAST
     invalid = ({"email": "not-an-email", "name": "Bad"}, "Invalid email address: not-an-email")
+    # every exchange of the suite validated against the OpenAPI file
+    openapi = SPECS / "stripe" / "stripe-2020-08-27-customers.openapi.json"
 
     def record(self, n: int, version: int = 0) -> dict[str, Any]:
         return {"email": f"user{n}@example.com", "name": f"User {n}", "plan": f"v{version}"}

@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from undertow.testing.conformance import brackets as unflatten
 from undertow.testing.fakes import CapturedRequest, FakeAPI, RecordStore, Window
 from undertow.testing.faults import FaultPlan, Ledger
 
@@ -86,30 +87,6 @@ class _Refused(Exception):
             param,
             kind,
         )
-
-
-def unflatten(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """``a[b][0]=x`` pairs into nested dicts and lists (Stripe's bracket notation)."""
-    root: dict[str, Any] = {}
-    for key, value in pairs:
-        parts = re.findall(r"[^\[\]]+", key)
-        node: Any = root
-        for part, following in zip(parts, [*parts[1:], None], strict=True):
-            if following is None:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
-    fixed = _lists(root)
-    return fixed if isinstance(fixed, dict) else {}
-
-
-def _lists(node: Any) -> Any:
-    if isinstance(node, dict):
-        fixed = {k: _lists(v) for k, v in node.items()}
-        if fixed and all(k.isdigit() for k in fixed):
-            return [fixed[k] for k in sorted(fixed, key=int)]
-        return fixed
-    return node
 
 
 class StripeFake(FakeAPI):
