@@ -172,8 +172,8 @@ class AttioDestination(HttpDestination[AttioConfig]):
 type: attio
 token: ${FAKE_TOKEN}
 base_url: ${FAKE_URL}
-writes_per_second: 900   # the demo fake allows 1,000; Attio allows 25 writes/s
-max_concurrency: 16""",
+writes_per_second: 900   # the local fake's demo limit; Attio allows 25 writes/s
+max_concurrency: 16      # for the local fake""",
         sync="""\
 object: people
 mode: upsert

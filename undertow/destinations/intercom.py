@@ -185,8 +185,8 @@ class IntercomDestination(HttpDestination[IntercomConfig]):
 type: intercom
 token: ${FAKE_TOKEN}
 base_url: ${FAKE_URL}
-calls_per_10s: 9000   # the demo fake's limit; Intercom allows 1,666 per 10 s
-max_concurrency: 16""",
+calls_per_10s: 9000   # the local fake's demo limit; Intercom allows 1,666 per 10 s
+max_concurrency: 16   # for the local fake""",
         sync="""\
 object: contacts
 mode: upsert

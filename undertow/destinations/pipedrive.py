@@ -161,9 +161,9 @@ class PipedriveDestination(HttpDestination[PipedriveConfig]):
 type: pipedrive
 api_token: ${FAKE_TOKEN}
 base_url: ${FAKE_URL}
-requests_per_2s: 2000   # the demo fake's limits; Pipedrive allows 20-120 per 2 s by plan
-search_per_2s: 1000
-max_concurrency: 16""",
+requests_per_2s: 2000   # the local fake's demo limit; Pipedrive allows 20-120 per 2 s
+search_per_2s: 1000     # the local fake's demo limit; Pipedrive: 10 per 2 s
+max_concurrency: 16     # for the local fake""",
         sync="""\
 object: persons
 mode: upsert

@@ -191,10 +191,10 @@ class StripeDestination(HttpDestination[StripeConfig]):
 type: stripe
 api_key: ${FAKE_TOKEN}
 base_url: ${FAKE_URL}
-requests_per_second: 3000   # the demo fake's limits; Stripe allows 25 (test) or 100 (live)
-search_per_second: 1500
-writes_per_second: 1500
-max_concurrency: 16""",
+requests_per_second: 3000   # the local fake's demo limit; Stripe: 25 (test), 100 (live)
+search_per_second: 1500     # the local fake's demo limit; Stripe: 20
+writes_per_second: 1500     # the local fake's demo limit; Stripe: 25 per endpoint
+max_concurrency: 16         # for the local fake""",
         sync="""\
 object: customers
 mode: upsert
