@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from undertow.config.loader import LoadedProject, load_project
 from undertow.config.models import SyncConfig, SyncLogsConfig
-from undertow.destinations.base import Destination
+from undertow.destinations.base import Destination, Operation
 from undertow.errors import ConfigError, SourceError, UndertowError, did_you_mean, unknown_name
 from undertow.inspection import Inspection
 from undertow.pipeline.engines import make_engine
@@ -192,6 +192,8 @@ class Project(Inspection):
                 file, line, key, message = exc.file, exc.line, exc.key or key, exc.detail
             problems.append(Problem(message=message, file=file, line=line, key=key))
 
+        broken: set[str] = set()
+        """Destinations whose check failed: their syncs are not checked against them."""
         if connect:
             for name in self.loaded.sources:
                 try:
@@ -212,6 +214,7 @@ class Project(Inspection):
                 try:
                     asyncio.run(self._check_destination(name))
                 except UndertowError as exc:
+                    broken.add(name)
                     add(exc, "destinations", name)
         from undertow.dbt.check import offline_schema, stale_models
 
@@ -236,14 +239,15 @@ class Project(Inspection):
             try:
                 ctx = self.context(sname)
                 try:
-                    ctx.plan(full=False)
+                    plan = ctx.plan(full=False)
                     ctx.batch_size()
-                    if ctx.sync.object is not None or ctx.destination.objects is not None:
+                    if self._uses_object(ctx):
                         self._check_object(ctx)
-                    compile_for(ctx, dbt_columns.get(ctx.model_name))
-                    if connect:  # the vendor's own metadata (HubSpot properties, ...)
-                        for found in asyncio.run(self._validate_sync(ctx)):
-                            add(ConfigError(found), "syncs", sname)
+                    mapping, _ = compile_for(ctx, dbt_columns.get(ctx.model_name))
+                    ops = frozenset(plan.ops.values())
+                    if connect and ctx.sync.destination not in broken:
+                        for text in asyncio.run(self._validate_sync(ctx, mapping.fields, ops)):
+                            add(ConfigError(text), "syncs", sname)
                 finally:
                     ctx.source.close()
             except UndertowError as exc:
@@ -254,19 +258,6 @@ class Project(Inspection):
             add(error, "state_dir")
         return problems
 
-    async def _validate_sync(self, ctx: SyncContext) -> list[str]:
-        dest = ctx.destination
-        await dest.open()
-        try:
-            return await dest.validate_sync(
-                sync=ctx.name,
-                object=ctx.sync.object,
-                match=ctx.sync.match,
-                fields=list(ctx.sync.mappings),
-            )
-        finally:
-            await dest.close()
-
     def dbt_exposures(
         self, *, dbt_project: str | None = None, owner: str = "Undertow", email: str | None = None
     ) -> Exposures:
@@ -275,9 +266,39 @@ class Project(Inspection):
 
         return build_exposures(self.loaded, dbt_project=dbt_project, owner=owner, email=email)
 
+    @staticmethod
+    def _uses_object(ctx: SyncContext) -> bool:
+        dest = ctx.destination
+        return ctx.sync.object is not None or dest.objects is not None or dest.any_object
+
+    async def _validate_sync(
+        self, ctx: SyncContext, fields: list[str], operations: frozenset[Operation]
+    ) -> list[str]:
+        """The destination's own metadata checks of one sync (e.g. Salesforce's describe)."""
+        dest = ctx.destination
+        await dest.open()
+        try:
+            return await dest.validate_sync(
+                sync=ctx.name,
+                object=ctx.sync.object,
+                match=ctx.sync.match,
+                fields=fields,
+                operations=operations,
+            )
+        finally:
+            await dest.close()
+
     def _check_object(self, ctx: SyncContext) -> None:
         objects = ctx.destination.objects
         obj = ctx.sync.object
+        if ctx.destination.any_object:
+            if obj is None:
+                raise ConfigError(
+                    f"sync {ctx.name!r}: destination {ctx.destination_name!r} needs `object:` "
+                    "(which of its objects the rows go to)",
+                    hint="e.g. `object: Contact` (the object's API name)",
+                )
+            return  # any name the vendor has: validate_sync checks it against the vendor
         if objects is None and obj is not None:
             raise ConfigError(
                 f"sync {ctx.name!r}: destination {ctx.destination_name!r} takes no `object:`",
@@ -306,7 +327,7 @@ class Project(Inspection):
         """A dry run: extract and diff in memory against the snapshot; send nothing."""
         ctx = self.context(name)
         try:
-            if ctx.destination.objects is not None:
+            if ctx.destination.objects is not None or ctx.destination.any_object:
                 self._check_object(ctx)
             return preview(ctx, limit=limit, full=full)
         finally:

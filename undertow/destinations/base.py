@@ -331,6 +331,10 @@ class Destination(ABC, Generic[ConfigT]):
     capabilities: ClassVar[Capabilities]
     objects: ClassVar[tuple[str, ...] | None] = None
     """Objects a sync may target (e.g. ``contacts``); None when ``object`` is not used."""
+    any_object: ClassVar[bool] = False
+    """True when a sync names any object the vendor has (Salesforce sObjects, custom ones
+    included): ``object:`` is then required, ``objects`` is not a closed list, and
+    :meth:`validate_sync` checks the name against the vendor's metadata."""
     fake: ClassVar[str | None] = None
     """``module:Class`` of this destination's local fake (``undertow fake TYPE``)."""
     demo: ClassVar[DemoProfile | None] = None
@@ -402,12 +406,20 @@ class Destination(ABC, Generic[ConfigT]):
         return list(batch.records())
 
     async def validate_sync(
-        self, *, sync: str, object: str | None, match: Mapping[str, str], fields: list[str]
+        self,
+        *,
+        sync: str,
+        object: str | None,
+        match: Mapping[str, str],
+        fields: list[str],
+        operations: frozenset[Operation] = frozenset(),
     ) -> list[str]:
         """Problems with a sync found from the vendor's own metadata (``undertow validate``).
 
-        Called with the connection open; the default finds none. HubSpot reads its
-        properties API and names unknown properties with a did-you-mean.
+        Called with the connection open (after :meth:`check`), once per sync, with the
+        mapped field names and the operations the sync's mode plans; the default finds
+        none. Salesforce describes the object (unknown fields with a did-you-mean, required
+        fields not mapped, a ``match`` field that is not an External ID).
         """
         return []
 
