@@ -41,8 +41,6 @@ TOKEN_PATH = "/services/oauth2/token"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 JWT_LIFETIME = 180
 """Seconds until the assertion expires (the JWT bearer flow's documented window)."""
-RELOGIN_WINDOW = 5.0
-"""A 401 within this many seconds of a login reuses that login (concurrent 401s log in once)."""
 
 HINTS = {
     "invalid_client_id": "check client_id: it is the connected app's Consumer Key",
@@ -88,7 +86,6 @@ class SalesforceAuth(Auth):
         self.login_url = config.base_url.rstrip("/")
         self.token: str | None = None
         self.instance_url: str | None = None
-        self.logged_in_at = 0.0
         self.logins = 0
         self._lock = asyncio.Lock()
         for secret in (config.client_secret, config.private_key, config.refresh_token):
@@ -99,9 +96,11 @@ class SalesforceAuth(Auth):
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     async def refresh(self, client: HttpClient) -> bool:
-        """After a 401: log in again (once for every request that got the same 401)."""
+        """After a 401: log in again (once for the requests that got a 401 together: those
+        that waited for the lock find a new token and resend with it)."""
+        stale = self.token
         async with self._lock:
-            if time.monotonic() - self.logged_in_at > RELOGIN_WINDOW:
+            if self.token == stale:
                 await self._login(client)
         return True
 
@@ -197,7 +196,6 @@ class SalesforceAuth(Auth):
             register_secret(token)
             instance = str(answer.get("instance_url") or self.login_url).rstrip("/")
             self.token, self.instance_url = token, instance
-            self.logged_in_at = time.monotonic()
             self.logins += 1
             client.allow(instance)
             client.base_url = f"{instance}/services/data/v{self.config.api_version}"
