@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from project_support import users_project
+
 from undertow.project import Project
 from undertow.testing.salesforce import DEMO_CLIENT_ID, SalesforceFake
 
@@ -25,14 +25,19 @@ def org() -> Iterator[SalesforceFake]:
         yield fake
 
 
-def project(folder: Path, org: SalesforceFake, sync: str, monkeypatch: pytest.MonkeyPatch) -> Project:
+def project(
+    folder: Path, org: SalesforceFake, sync: str, monkeypatch: pytest.MonkeyPatch
+) -> Project:
     monkeypatch.setenv("SF_SECRET", SECRET)
     destination = (
         f"crm: {{type: salesforce, base_url: '{org.url}', client_id: {DEMO_CLIENT_ID}, "
         "client_secret: '${SF_SECRET}'}"
     )
     return users_project(
-        folder, ROWS, columns=COLUMNS, destinations=destination,
+        folder,
+        ROWS,
+        columns=COLUMNS,
+        destinations=destination,
         syncs="  to_sf:\n    model: users\n    destination: crm\n" + sync,
     )
 

@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 import pytest
 
 from undertow.destinations.zendesk import ZendeskDestination
-from undertow.testing.zendesk import ZendeskFake
 from undertow.testing.template import DestinationTests
+from undertow.testing.zendesk import ZendeskFake
 
 pytestmark = pytest.mark.connectors
 

@@ -145,12 +145,14 @@ class ZendeskFake(FakeAPI):
             Route(f"{api}/users/me.json", self._me, methods=["GET"]),
             Route(f"{api}/user_fields", self._fields, methods=["GET"]),
             Route(f"{api}/organization_fields", self._fields, methods=["GET"]),
+            Route(f"{api}/users/create_or_update", self._user_upsert, methods=["POST"]),
             Route(f"{api}/users/create_or_update_many", self._users_many, methods=["POST"]),
             Route(f"{api}/users/create_many", self._users_many, methods=["POST"]),
             Route(f"{api}/users/destroy_many", self._destroy_many, methods=["DELETE"]),
             Route(f"{api}/organizations/create_or_update", self._org_upsert, methods=["POST"]),
             Route(f"{api}/organizations/create_many", self._orgs_many, methods=["POST"]),
             Route(f"{api}/organizations/destroy_many", self._destroy_many, methods=["DELETE"]),
+            Route(f"{api}/job_statuses", self._job_list, methods=["GET"]),
             Route(f"{api}/job_statuses/show_many", self._job_many, methods=["GET"]),
             Route(f"{api}/job_statuses/{{id}}", self._job, methods=["GET"]),
         ]
@@ -276,7 +278,39 @@ class ZendeskFake(FakeAPI):
         found = [j for j in (self._alive(i) for i in ids) if j is not None]
         return self.respond(200, {"job_statuses": [j.body(self._base(request)) for j in found]})
 
+    async def _job_list(self, request: Request) -> Response:
+        _, early = await self.admit(request)
+        if early is not None:
+            return early
+        alive = [j for j in (self._alive(i) for i in list(self.jobs)) if j is not None]
+        latest = sorted(alive, key=lambda j: j.queued_at)[-100:]  # only the latest 100
+        return self.respond(200, {"job_statuses": [j.body(self._base(request)) for j in latest]})
+
     # -- users -------------------------------------------------------------------------------
+
+    async def _user_upsert(self, request: Request) -> Response:
+        """One user, synchronously: 201 created or 200 updated, with a ``Location`` header."""
+        captured, early = await self.admit(request)
+        if early is not None:
+            return early
+        body = captured.body
+        user = body.get("user") if isinstance(body, dict) else None
+        if not isinstance(user, dict):
+            return self._error(400, "InvalidPayload", 'the body must be {"user": {...}}')
+        with self._lock:
+            result = self._user(0, user, True)
+        if result.get("status") == "Failed":
+            return self._error(
+                422,
+                "RecordInvalid",
+                "Record validation errors",
+                details={"base": [{"description": result["details"]}]},
+            )
+        object_id = str(result["id"])
+        location = f"{self._base(request)}/api/v2/users/{object_id}.json"
+        user_body = {"id": result["id"], **self.users[object_id]}
+        status = 201 if result["action"] == "create" else 200
+        return self.respond(status, {"user": user_body}, {"Location": location})
 
     def _items(self, body: Any, key: str) -> list[Any] | str:
         if not isinstance(body, dict) or not isinstance(body.get(key), list):
