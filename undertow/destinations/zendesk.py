@@ -329,7 +329,8 @@ mappings:
         if batch.operation is Operation.DELETE:
             return str(key)
         if match and key is not None:
-            body[match] = key
+            # Zendesk's external_id is text: a numeric key goes as "42"
+            body[match] = str(key) if match == "external_id" else key
         for name, value in body.items():
             if isinstance(value, list) and name not in ("tags", "domain_names"):
                 return Reject(

@@ -62,6 +62,7 @@ from undertow.destinations.salesforce.config import (
 from undertow.destinations.salesforce.describe import Describe, sync_problems, unknown_object
 from undertow.destinations.salesforce.records import (
     NUMERIC,
+    as_field_types,
     lookup,
     norm,
     read_collection,
@@ -238,6 +239,16 @@ mappings:
                 self._described[sobject] = Describe.from_json(body)
         return self._described[sobject]
 
+    async def _describe_quietly(self, sobject: str) -> None:
+        """Describe the object once so values go as its field types want (a failure to
+        describe is no failure to write: the values then go as mapped)."""
+        if sobject in self._described:
+            return
+        try:
+            await self.describe(sobject)
+        except FatalDeliveryError:
+            self._described[sobject] = None
+
     async def validate_sync(
         self,
         *,
@@ -269,7 +280,8 @@ mappings:
             body[match] = key
         elif batch.operation is Operation.UPDATE and match == "Id":
             body["Id"] = key
-        return body
+        described = self._described.get(str(batch.object))
+        return as_field_types(body, described) if described else body
 
     def preview(self, batch: Batch) -> list[Any]:
         result = BatchResult()
@@ -283,6 +295,8 @@ mappings:
                 "`object:` (an sObject API name such as Contact or Subscription__c)"
             )
         match = self.match_field(batch)
+        if batch.operation is not Operation.DELETE:
+            await self._describe_quietly(str(batch.object))  # values as the field types want
         result = BatchResult()
         items = self.items(batch, match, result)
         if not items:

@@ -28,11 +28,12 @@ LIMIT_HEADER_DOC = (
     "https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/headers_api_usage.htm"
 )
 ALLOCATIONS_DOC = (
-    "https://developer.salesforce.com/docs/atlas.en-us.salesforce_app_limits_cheatsheet.meta/"
-    "salesforce_app_limits_cheatsheet/salesforce_app_limits_platform_api.htm"
+    "https://developer.salesforce.com/docs/platform/salesforce-app-limits-cheatsheet/guide/"
+    "salesforce-app-limits-platform-api.html"
 )
 CLIENT_CREDENTIALS_DOC = (
-    "https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_client_credentials_flow.htm"
+    "https://developer.salesforce.com/docs/atlas.en-us.chatterapi.meta/chatterapi/"
+    "quickstart_connecting.htm"
 )
 JWT_DOC = "https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_jwt_flow.htm"
 
@@ -47,7 +48,8 @@ BULK_JOB_RECORDS = 10_000
 BULK_UPLOAD_BYTES = 100 * 1024 * 1024
 """A job's CSV upload: "upload data that doesn't exceed 100 MB" (150 MB once base64-encoded)."""
 CONCURRENT_LONG_REQUESTS = 25
-"""Production orgs allow 25 concurrent long-running (20 s or more) API requests."""
+"""Production orgs and sandboxes allow 25 concurrent API requests of 20 s or longer (Developer
+Edition and trials 5); shorter requests are not limited."""
 
 
 class SalesforceConfig(HttpConfig):

@@ -25,8 +25,14 @@ from undertow.errors import did_you_mean
 
 DESCRIBE_DOC = (
     "https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/"
-    "resources_sobject_describe.htm"
+    "dome_sobject_describe.htm"
 )
+FIELD_PROPERTIES_DOC = (
+    "https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/"
+    "sforce_api_calls_describesobjects_describesobjectresult.htm"
+)
+"""What ``createable``, ``nillable``, ``defaultedOnCreate``, ``externalId`` and ``idLookup``
+mean (idLookup: "can be used to specify a record in an upsert call")."""
 
 
 @dataclass(frozen=True)

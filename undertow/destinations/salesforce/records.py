@@ -58,6 +58,35 @@ def shape_fields(record: dict[str, Any]) -> dict[str, Any] | Reject:
     return out
 
 
+TEXT = frozenset(
+    {
+        "string",
+        "textarea",
+        "email",
+        "phone",
+        "url",
+        "picklist",
+        "multipicklist",
+        "combobox",
+        "reference",
+        "id",
+        "encryptedstring",
+    }
+)
+
+
+def as_field_types(body: dict[str, Any], described: Any) -> dict[str, Any]:
+    """Numbers and booleans bound for text fields as text (``42`` -> ``"42"``), per the
+    object's describe; other values as they are."""
+    out = dict(body)
+    for name, value in body.items():
+        if isinstance(value, bool | int | float) and name != "attributes":
+            info = described.field(name)
+            if info is not None and info.type in TEXT:
+                out[name] = _text(value)
+    return out
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

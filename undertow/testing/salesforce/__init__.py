@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -122,7 +123,11 @@ class SalesforceFake(RestRoutes):
         self.cursors = {}
         self.org = Org({**default_objects(), **(objects or {})}, ledger)
         self.jobs = Jobs(self.org)
-        self.api_calls = 0
+        self.hold_jobs = False
+        """True: closed Bulk jobs wait (InProgress) until :meth:`release_jobs`."""
+        self.held: list[str] = []
+        self.polls: Counter[str] = Counter()
+        """``GET /jobs/ingest/{id}`` answers per job id."""
         super().__init__(
             auth=lambda request: self.sessions.valid(request.headers.get("authorization")),
             windows=[Window(daily_api_requests, 86_400.0, "TotalRequests")],
@@ -136,6 +141,12 @@ class SalesforceFake(RestRoutes):
     def records(self, sobject: str) -> RecordStore:
         """The records of one sObject (Salesforce id -> fields)."""
         return self.org.store(sobject)
+
+    def release_jobs(self) -> None:
+        """Process the jobs held by ``hold_jobs`` now (and stop holding new ones)."""
+        self.hold_jobs = False
+        while self.held:
+            self.jobs.process(self.held.pop(0))
 
     @property
     def daily_limit(self) -> int:
@@ -273,7 +284,9 @@ class SalesforceFake(RestRoutes):
         job_id = request.path_params["job"]
         try:
             if request.method == "GET":
-                return self.respond(200, self.jobs.get(job_id).info(full=True))
+                info = self.jobs.get(job_id).info(full=True)
+                self.polls[job_id] += 1
+                return self.respond(200, info)
             if request.method == "DELETE":
                 self.jobs.delete(job_id)
                 return self.respond(204)
@@ -287,6 +300,10 @@ class SalesforceFake(RestRoutes):
 
     def _schedule(self, job_id: str) -> None:
         """Salesforce's background processing: InProgress at once, done ``job_seconds`` later."""
+        if self.hold_jobs:
+            self.jobs.start(job_id)
+            self.held.append(job_id)
+            return
         loop = asyncio.get_running_loop()
         loop.call_later(self.job_seconds / 2, self.jobs.start, job_id)
         loop.call_later(self.job_seconds, self.jobs.process, job_id)
