@@ -26,7 +26,7 @@ def test_kill_9_during_bulk_jobs_then_run_polls_the_same_jobs(tmp_path: Path) ->
         write_project(
             tmp_path,
             f'{{type: salesforce, base_url: "{url}", client_id: {DEMO_CLIENT_ID}, '
-            f"client_secret: {SECRET}, bulk_threshold: 1, bulk_batch_size: 100}}",
+            f"client_secret: {SECRET}, bulk_threshold: 1, bulk_batch_size: 100, bulk_poll_seconds: 0.1}}",
             object_="Contact",
             match="{Customer_Id__c: id}",
             mappings="{Email: email, LastName: plan, Title: version}",

@@ -458,7 +458,7 @@ def test_the_connector_sends_collections_as_documented(org: Org) -> None:
 
 def test_the_connector_runs_bulk_jobs_as_documented(org: Org) -> None:
     """Facts: the job lifecycle (create CSV job, PUT text/csv, UploadComplete, poll, results)."""
-    run_connector(org, connector_batch(30), bulk_threshold=10)
+    run_connector(org, connector_batch(30), bulk_threshold=10, bulk_poll_seconds=0.02)
     methods = [(r.method, r.path.removeprefix(V)) for r in org.fake.requests if "/jobs/" in r.path]
     job = next(iter(org.fake.jobs.jobs))
     assert methods[:3] == [

@@ -100,6 +100,7 @@ class TestSalesforceBulk(TestSalesforceContactsCollections):
         "client_id": DEMO_CLIENT_ID,
         "bulk_threshold": 1,
         "bulk_batch_size": 50,
+        "bulk_poll_seconds": 0.02,
     }
     fake_options: ClassVar[dict[str, Any]] = {"job_seconds": 0.05}
 
@@ -279,7 +280,7 @@ def test_one_bad_value_in_500_rejects_that_record_only_with_salesforces_message(
 
 
 def test_daily_allocation_spent_stops_the_run_with_the_vendors_words(org: SalesforceFake) -> None:
-    org.windows[0].limit = 1  # one REST call left in the rolling 24 hours
+    org.windows[0].limit = 2  # two REST calls left in the rolling 24 hours (describe, upsert)
     dest = destination(org)
     write(org, batch([contact(1)]))
     with pytest.raises(FatalDeliveryError) as caught:
@@ -300,10 +301,10 @@ def test_the_rest_api_is_reached_at_the_instance_url_the_login_returns() -> None
         assert write(fake, batch([contact(1)])) == BatchResult()
     hosts = [(urlsplit(e.url).hostname, urlsplit(e.url).path) for e in seen]
     assert hosts[0] == ("127.0.0.1", "/services/oauth2/token")
-    assert hosts[1] == (
-        "localhost",
-        "/services/data/v62.0/composite/sobjects/Contact/Customer_Id__c",
-    )
+    assert hosts[1:] == [
+        ("localhost", "/services/data/v62.0/sobjects/Contact/describe"),
+        ("localhost", "/services/data/v62.0/composite/sobjects/Contact/Customer_Id__c"),
+    ]
 
 
 def test_an_expired_session_logs_in_again_once_and_resends(org: SalesforceFake) -> None:

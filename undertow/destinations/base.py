@@ -348,8 +348,9 @@ class Destination(ABC, Generic[ConfigT]):
     async_jobs: ClassVar[bool] = False
     """True when batches go through :meth:`submit_batch` and :meth:`poll_job` (an API that
     accepts a batch now and reports per-record results later) instead of ``write_batch``."""
-    poll_interval: ClassVar[float] = 2.0
-    """Seconds between two polls of a job."""
+    poll_interval: float = 2.0
+    """Seconds between two polls of a job (a class attribute, or set per instance from the
+    destination's config: Salesforce's ``bulk_poll_seconds``, Zendesk's ``poll_seconds``)."""
     job_timeout: ClassVar[float] = 3600.0
     """A job still running after this many seconds stops the run; the next run polls it."""
 

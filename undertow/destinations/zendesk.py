@@ -24,7 +24,6 @@ one (another app spending the same account). Too many jobs queued at once is a 4
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, model_validator
@@ -36,6 +35,7 @@ from undertow.destinations.base import (
     BatchResult,
     Capabilities,
     DemoProfile,
+    Job,
     MatchRule,
     Operation,
     RateLimit,
@@ -160,15 +160,6 @@ class ZendeskConfig(HttpConfig):
         return self
 
 
-@dataclass(frozen=True)
-class ZendeskJob:
-    """A batch Zendesk accepted as a background job."""
-
-    id: str
-    count: int
-    """Records in the job (its results are indexed 0..count-1)."""
-
-
 def _users_body(call: Call) -> Any:
     return {"users": call.bodies}
 
@@ -289,7 +280,7 @@ type: zendesk
 base_url: ${FAKE_URL}          # or subdomain: acme
 email: admin@example.com
 api_token: ${FAKE_TOKEN}
-rate_limit_per_minute: 700     # your plan's limit (Team 200 ... Enterprise 700)""",
+rate_limit_per_minute: 2500    # the local fake's limit; plans allow 200 (Team) to 2,500""",
         sync="""\
 object: users
 mode: upsert
@@ -299,11 +290,15 @@ mappings:
   name:
     template: "{{ first_name }} {{ last_name }}"
   user_fields:
-    plan: plan
-    seats: seats
-    mrr: mrr
-    signup_date: signup_date""",
+    object: {plan: plan, seats: seats, mrr: mrr, signup_date: signup_date}""",
+        fake_options={"rate_limit_per_minute": 2500},
     )
+
+    async_jobs = True
+
+    def __init__(self, config: Any, *, name: str) -> None:
+        super().__init__(config, name=name)
+        self.poll_interval = self.config.poll_seconds
 
     def make_auth(self) -> Auth:
         config = self.config
@@ -382,7 +377,7 @@ mappings:
     # -- write -------------------------------------------------------------------------------
 
     async def write_batch(self, batch: Batch) -> BatchResult:
-        """Submit the batch and wait for its job (the deliver stage polls jobs itself)."""
+        """Outside the pipeline (which submits and polls itself): submit, then wait."""
         submitted = await self.submit_batch(batch)
         if isinstance(submitted, BatchResult):
             return submitted
@@ -392,7 +387,7 @@ mappings:
             if result is not None:
                 return result
             try:
-                await pause(self.config.poll_seconds, ctx.stop)
+                await pause(self.poll_interval, ctx.stop)
             except Interrupted:
                 raise InterruptedDelivery(
                     f"destination {self.instance_name!r}: stopped while Zendesk job "
@@ -416,7 +411,7 @@ mappings:
             )
         return result, self.items(batch, match, result)
 
-    async def submit_batch(self, batch: Batch) -> ZendeskJob | BatchResult:
+    async def submit_batch(self, batch: Batch) -> Job | BatchResult:
         """Start the batch's job, or its result at once (nothing to send, or organizations'
         upsert, which is one synchronous request per record)."""
         result, items = self._prepare(batch)
@@ -447,7 +442,7 @@ mappings:
         answer = parse_json(response)
         status = answer.get("job_status") if isinstance(answer, dict) else None
         if response.status == 200 and isinstance(status, dict) and status.get("id"):
-            return ZendeskJob(str(status["id"]), len(items))
+            return Job(str(status["id"]), {"count": len(items)})
         if 400 <= response.status < 500:
             raise RejectedBatchError(
                 error_text(answer.get("error"), answer.get("description"))
@@ -461,7 +456,7 @@ mappings:
             )
         return result
 
-    async def poll_job(self, job: ZendeskJob, batch: Batch) -> BatchResult | None:
+    async def poll_job(self, job: Job, batch: Batch) -> BatchResult | None:
         """The job's per-record results once it has finished (None while it runs)."""
         response = await self.send(
             "GET", f"/api/v2/job_statuses/{job.id}", expect=frozenset({200, 404})
@@ -484,7 +479,7 @@ mappings:
             deleting=batch.operation is Operation.DELETE,
             status=str(status.get("status")),
         )
-        if len(items) != job.count:
+        if len(items) != job.data.get("count", len(items)):
             sub = BatchResult.all_failed(len(items), "the batch changed since its job started")
         result.merge(sub, [i.index for i in items])
         return result

@@ -49,7 +49,8 @@ from undertow.testing.fakes import CapturedRequest, FakeAPI, RecordStore, Window
 from undertow.testing.faults import Ledger
 
 MAX_PER_JOB = 100
-PER_MINUTE = 700
+PER_MINUTE = 200
+"""The Team plan's limit, the lowest Zendesk documents (Undertow's default too)."""
 JOB_LIMIT = 30
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 ROLES = ("end-user", "agent", "admin")

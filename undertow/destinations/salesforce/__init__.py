@@ -33,6 +33,7 @@ from undertow.destinations.base import (
     BatchResult,
     Capabilities,
     DemoProfile,
+    Job,
     MatchRule,
     Operation,
 )
@@ -173,10 +174,12 @@ mappings:
     )
 
     auth: SalesforceAuth
+    async_jobs = True
 
     def __init__(self, config: Any, *, name: str) -> None:
         super().__init__(config, name=name)
         self._described: dict[str, Describe | None] = {}
+        self.poll_interval = self.config.bulk_poll_seconds
 
     def make_auth(self) -> Auth:
         return SalesforceAuth(self.config, self.instance_name)
@@ -289,6 +292,24 @@ mappings:
         return [bodies.get(n, {"rejected": result.rejected.get(n)}) for n in range(len(batch))]
 
     async def write_batch(self, batch: Batch) -> BatchResult:
+        """Outside the pipeline (which submits and polls itself): submit, then wait."""
+        submitted = await self.submit_batch(batch)
+        if isinstance(submitted, BatchResult):
+            return submitted
+        ctx = retry.current()
+        while (result := await self.poll_job(submitted, batch)) is None:
+            try:
+                await pause(self.poll_interval, ctx.stop)
+            except Interrupted:
+                raise InterruptedDelivery(
+                    f"destination {self.instance_name!r}: stopped while Bulk API job "
+                    f"{submitted.id} runs",
+                    hint="the next run polls the same job",
+                ) from None
+        return result
+
+    async def _prepare(self, batch: Batch) -> tuple[str | None, BatchResult, list[Item]]:
+        """The batch's match field, its records refused before sending, and the rest."""
         if not batch.object:
             raise FatalDeliveryError(
                 f"sync {batch.sync!r}: destination {self.instance_name!r} (salesforce) needs "
@@ -298,19 +319,71 @@ mappings:
         if batch.operation is not Operation.DELETE:
             await self._describe_quietly(str(batch.object))  # values as the field types want
         result = BatchResult()
-        items = self.items(batch, match, result)
+        return match, result, self.items(batch, match, result)
+
+    async def submit_batch(self, batch: Batch) -> Job | BatchResult:
+        """A Bulk API 2.0 job for a batch of ``bulk_threshold`` records or more (the pipeline
+        records it, then polls :meth:`poll_job`); smaller batches and deletes are written
+        through sObject Collections and answered at once."""
+        match, result, items = await self._prepare(batch)
         if not items:
             return result
         if batch.operation is Operation.DELETE:
             await self._delete(batch, match, items, result)
             return result
+        ids: dict[int, str] = {}
         if batch.operation is Operation.UPDATE and match and match != "Id":
             items = await self._with_ids(batch, match, items, result)
-        if self._bulk(items):
-            await self._bulk_write(batch, match, items, result)
-        else:
-            await self._collections(batch, items, result)
+            ids = {i.index: str(i.body["Id"]) for i in items}
+        upload, numeric = self._upload(batch, match, items)
+        if not self._bulk(items) or len(upload.data) > BULK_UPLOAD_BYTES:
+            await self._collections(batch, items, result)  # small (or too big for one job)
+            return result
+        try:
+            job = await self.submit_job(batch, match, upload)
+        except RejectedBatchError as exc:
+            for item in items:
+                result.rejected[item.index] = str(exc)
+            return result
+        data: dict[str, Any] = {"numeric": numeric}
+        if ids:  # update by an external ID: the ids looked up, and the records refused
+            data["ids"] = {str(k): v for k, v in ids.items()}
+            data["rejected"] = {str(k): v for k, v in result.rejected.items()}
+        return Job(job, data)
+
+    async def poll_job(self, job: Job, batch: Batch) -> BatchResult | None:
+        """The job's per-record results once it has ended (None while it runs); the batch is
+        rebuilt as it was submitted, in this process or a later one."""
+        state = bulk.job_state(await self.get_json(f"/jobs/ingest/{job.id}"))
+        if not state.done:
+            return None
+        match, result, items = await self._prepare(batch)
+        if "ids" in job.data:
+            ids, refused = job.data["ids"], job.data.get("rejected", {})
+            result.rejected.update({int(k): str(v) for k, v in refused.items()})
+            items = [
+                Item(i.index, i.record, i.key, {**i.body, "Id": ids[str(i.index)]})
+                for i in items
+                if str(i.index) in ids
+            ]
+        numeric = bool(job.data.get("numeric"))
+        upload, _ = self._upload(batch, match, items, numeric)
+        successes = await self._csv(f"/jobs/ingest/{job.id}/successfulResults")
+        failures = await self._csv(f"/jobs/ingest/{job.id}/failedResults")
+        sub = bulk.read_results(upload, state, successes, failures, numeric)
+        result.merge(sub, [i.index for i in items])
         return result
+
+    def _upload(
+        self, batch: Batch, match: str | None, items: list[Item], numeric: bool | None = None
+    ) -> tuple[bulk.Upload, bool]:
+        """The job's CSV (the same for the same batch: a resumed run rebuilds it to read the
+        results); ``numeric``: whether the key field holds numbers (found at submit)."""
+        key = "Id" if batch.operation is Operation.UPDATE else match
+        if numeric is None:
+            numeric = bool(key and key != "Id" and self._numeric(batch, key))
+        bodies = [Item(i.index, i.record, i.key, _fields_of(i.body)) for i in items]
+        return bulk.build_upload(bodies, batch.operation, key, numeric), numeric
 
     def _bulk(self, items: list[Item]) -> bool:
         threshold = self.config.bulk_threshold
@@ -422,25 +495,6 @@ mappings:
 
     # -- Bulk API 2.0 ------------------------------------------------------------------------
 
-    async def _bulk_write(
-        self, batch: Batch, match: str | None, items: list[Item], result: BatchResult
-    ) -> None:
-        key = "Id" if batch.operation is Operation.UPDATE else match
-        numeric = bool(key and key != "Id" and self._numeric(batch, key))
-        bodies = [Item(i.index, i.record, i.key, _fields_of(i.body)) for i in items]
-        upload = bulk.build_upload(bodies, batch.operation, key, numeric)
-        if len(upload.data) > BULK_UPLOAD_BYTES:
-            await self._collections(batch, items, result)  # too big for one job: Collections
-            return
-        try:
-            job = await self.submit_job(batch, match, upload)
-        except RejectedBatchError as exc:
-            for item in items:
-                result.rejected[item.index] = str(exc)
-            return
-        sub = await self.job_result(job, upload, numeric)
-        result.merge(sub, [i.index for i in items])
-
     async def submit_job(self, batch: Batch, match: str | None, upload: bulk.Upload) -> str:
         """Create a job, upload its CSV and close it; the job id (Salesforce starts on it)."""
         spec: dict[str, Any] = {
@@ -485,29 +539,6 @@ mappings:
             json={"state": "Aborted"},
             expect=frozenset({200, 400, 404, 409}),
         )
-
-    async def poll_job(self, job: str) -> bulk.JobState:
-        return bulk.job_state(await self.get_json(f"/jobs/ingest/{job}"))
-
-    async def job_result(self, job: str, upload: bulk.Upload, numeric: bool) -> BatchResult:
-        """Wait for the job to finish, then read each record's result."""
-        delay = 0.1
-        ctx = retry.current()
-        while True:
-            state = await self.poll_job(job)
-            if state.done:
-                break
-            try:
-                await pause(delay, ctx.stop)
-            except Interrupted:
-                raise InterruptedDelivery(
-                    f"destination {self.instance_name!r}: stopped while Bulk API job {job} runs",
-                    hint="the batch stays undelivered; the next run sends it",
-                ) from None
-            delay = min(delay * 1.5, 10.0)
-        successes = await self._csv(f"/jobs/ingest/{job}/successfulResults")
-        failures = await self._csv(f"/jobs/ingest/{job}/failedResults")
-        return bulk.read_results(upload, state, successes, failures, numeric)
 
     async def _csv(self, path: str) -> str:
         response = await self.send("GET", path, expect=frozenset({200}))

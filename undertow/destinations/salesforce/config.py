@@ -81,6 +81,8 @@ class SalesforceConfig(HttpConfig):
     bulk_batch_size: int = Field(default=BULK_JOB_RECORDS, ge=1, le=150_000)
     """Records per Bulk API 2.0 job (the size of Undertow's batches when Bulk is on)."""
     max_concurrency: int = Field(default=4, ge=1, le=CONCURRENT_LONG_REQUESTS)
+    bulk_poll_seconds: float = Field(default=2.0, gt=0)
+    """Seconds between two polls of a Bulk API 2.0 job."""
 
     @model_validator(mode="after")
     def _credentials(self) -> SalesforceConfig:
