@@ -146,9 +146,9 @@ def starter_destination(type_name: str, profile: DemoProfile) -> str:
     lines = []
     for line in text.splitlines():
         if "${FAKE_URL}" in line:
-            if not default:
-                continue
-            line = line.replace("${FAKE_URL}", f"${{{env}_BASE_URL:-{default}}}")
+            # no vendor default (Zendesk's address is per account): the environment gives it
+            fallback = f":-{default}" if default else ""
+            line = line.replace("${FAKE_URL}", f"${{{env}_BASE_URL{fallback}}}")
         if "local fake" in line:  # a limit raised for the fake: the vendor's default applies
             continue
         lines.append(line)

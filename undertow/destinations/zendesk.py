@@ -23,7 +23,9 @@ one (another app spending the same account). Too many jobs queued at once is a 4
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, model_validator
@@ -59,6 +61,7 @@ from undertow.errors import (
     FatalDeliveryError,
     InterruptedDelivery,
     RejectedBatchError,
+    RetryableError,
     did_you_mean,
 )
 from undertow.redact import trim
@@ -66,6 +69,7 @@ from undertow.redact import trim
 USERS_DOC = "https://developer.zendesk.com/api-reference/ticketing/users/users/"
 ORGS_DOC = "https://developer.zendesk.com/api-reference/ticketing/organizations/organizations/"
 JOBS_DOC = "https://developer.zendesk.com/api-reference/ticketing/ticket-management/job_statuses/"
+"""Show Job Status, Show Many Job Statuses (``show_many?ids=``), List Job Statuses."""
 LIMITS_DOC = "https://developer.zendesk.com/api-reference/introduction/rate-limits"
 JOB_LIMIT_DOC = "https://support.zendesk.com/hc/en-us/articles/8050017386522"
 
@@ -77,7 +81,12 @@ TEAM_PER_MINUTE = 200
 700, Enterprise Plus or the High Volume add-on 2,500): set ``rate_limit_per_minute``."""
 JOB_LIMIT = 30
 """Jobs queued or running at once per account (Zendesk's example: 30); more get 429."""
-POLL_SECONDS = 1.0
+POLL_SECONDS = 3.0
+"""Between two polls: long enough that one poll answers for many jobs (polls spend the
+same per-minute budget as writes)."""
+CONCURRENCY = 12
+"""Batches (jobs) in flight per sync: with 3 s polls, enough to keep the budget busy with
+writes; well under the account's job limit of 30."""
 MATCH = {"users": ("email", "external_id"), "organizations": ("external_id",)}
 OBJECTS = ("users", "organizations")
 GONE = frozenset({"RecordNotFound", "UserNotFound", "OrganizationNotFound"})
@@ -142,7 +151,7 @@ class ZendeskConfig(HttpConfig):
     api_token: SecretStr | None = None
     oauth_token: SecretStr | None = None
     rate_limit_per_minute: int = Field(default=TEAM_PER_MINUTE, ge=1)
-    max_concurrency: int = Field(default=4, ge=1, le=32)
+    max_concurrency: int = Field(default=CONCURRENCY, ge=1, le=JOB_LIMIT)
     poll_seconds: float = Field(default=POLL_SECONDS, gt=0)
     """Seconds between two polls of a job status."""
 
@@ -235,7 +244,7 @@ class ZendeskDestination(HttpDestination[ZendeskConfig]):
     capabilities = Capabilities(
         operations=frozenset({Operation.UPSERT, Operation.INSERT, Operation.DELETE}),
         max_batch_size=MAX_PER_JOB,
-        max_concurrency=4,
+        max_concurrency=CONCURRENCY,
         rate_limit=RateLimit(TEAM_PER_MINUTE, 60.0, LIMITS_DOC),
         per_record_results=True,
         match=MatchRule.exactly_one(*MATCH["users"], example="match: {email: email}"),
@@ -299,6 +308,10 @@ mappings:
     def __init__(self, config: Any, *, name: str) -> None:
         super().__init__(config, name=name)
         self.poll_interval = self.config.poll_seconds
+        self._submitted: dict[str, float] = {}
+        self._waiting: set[str] = set()
+        self._statuses: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._poll_lock = asyncio.Lock()
 
     def make_auth(self) -> Auth:
         config = self.config
@@ -442,6 +455,8 @@ mappings:
         answer = parse_json(response)
         status = answer.get("job_status") if isinstance(answer, dict) else None
         if response.status == 200 and isinstance(status, dict) and status.get("id"):
+            self._submitted[str(status["id"])] = time.monotonic()
+            self._waiting.add(str(status["id"]))  # the next shared poll asks about it too
             return Job(str(status["id"]), {"count": len(items)})
         if 400 <= response.status < 500:
             raise RejectedBatchError(
@@ -457,20 +472,24 @@ mappings:
         return result
 
     async def poll_job(self, job: Job, batch: Batch) -> BatchResult | None:
-        """The job's per-record results once it has finished (None while it runs)."""
-        response = await self.send(
-            "GET", f"/api/v2/job_statuses/{job.id}", expect=frozenset({200, 404})
-        )
+        """The job's per-record results once it has finished (None while it runs).
+
+        Polls cost requests from the account's per-minute budget, so they are shared: a job
+        submitted by this process is not asked about before ``poll_seconds`` have passed,
+        and one ``show_many`` request answers for every job this destination is waiting on.
+        """
+        submitted = self._submitted.get(job.id)
+        if submitted is not None and time.monotonic() - submitted < self.poll_interval:
+            return None
+        found, status = await self._status(job.id)
         result, items = self._prepare(batch)
-        if response.status == 404:
+        if not found:
             for item in items:
                 result.failed[item.index] = (
                     f"Zendesk no longer has job {job.id} (job statuses expire after about an "
                     "hour), so its outcome is unknown; the record is sent again by the next run"
                 )
             return result
-        answer = parse_json(response)
-        status = answer.get("job_status") if isinstance(answer, dict) else None
         if not isinstance(status, dict) or status.get("status") not in FINISHED:
             return None
         sub = read_job_results(
@@ -483,6 +502,39 @@ mappings:
             sub = BatchResult.all_failed(len(items), "the batch changed since its job started")
         result.merge(sub, [i.index for i in items])
         return result
+
+    async def _status(self, job_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """(Zendesk still has the job, its status), from one ``show_many`` for every job
+        waited on, or from the answer another poll fetched moments ago."""
+        self._waiting.add(job_id)
+        async with self._poll_lock:
+            cached = self._statuses.get(job_id)
+            if cached is None or time.monotonic() - cached[0] >= self.poll_interval / 2:
+                ids = [job_id, *sorted(self._waiting - {job_id})][:MAX_PER_JOB]
+                response = await self.send(
+                    "GET",
+                    "/api/v2/job_statuses/show_many",
+                    params={"ids": ",".join(ids)},
+                    expect=frozenset({200}),
+                )
+                answer = parse_json(response)
+                listed = answer.get("job_statuses") if isinstance(answer, dict) else None
+                if response.status != 200 or not isinstance(listed, list):
+                    raise RetryableError(
+                        f"Zendesk's job statuses could not be read: {response.describe()}"
+                    )
+                now = time.monotonic()
+                for known in ids:
+                    self._statuses[known] = (now, None)  # not listed: Zendesk dropped it
+                for status in listed:
+                    if isinstance(status, dict) and status.get("id") in ids:
+                        self._statuses[str(status["id"])] = (now, status)
+            status = self._statuses[job_id][1]
+        if status is None or status.get("status") in FINISHED:
+            self._waiting.discard(job_id)
+            self._statuses.pop(job_id, None)
+            self._submitted.pop(job_id, None)
+        return status is not None, status
 
     def auth_error(self, response: Response) -> FatalDeliveryError:
         if response.status == 403 and b"import" in response.body.lower():
