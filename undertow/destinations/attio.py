@@ -303,7 +303,13 @@ mappings:
     # -- validate --------------------------------------------------------------------------
 
     async def validate_sync(
-        self, *, sync: str, object: str | None, match: Mapping[str, str], fields: list[str]
+        self,
+        *,
+        sync: str,
+        object: str | None,
+        match: Mapping[str, str],
+        fields: list[str],
+        operations: frozenset[Operation] = frozenset(),
     ) -> list[str]:
         """Mapped fields and the match attribute against the object's attributes in Attio."""
         response = await self.send(

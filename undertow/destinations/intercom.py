@@ -363,7 +363,13 @@ mappings:
     # -- validate --------------------------------------------------------------------------
 
     async def validate_sync(
-        self, *, sync: str, object: str | None, match: Mapping[str, str], fields: list[str]
+        self,
+        *,
+        sync: str,
+        object: str | None,
+        match: Mapping[str, str],
+        fields: list[str],
+        operations: frozenset[Operation] = frozenset(),
     ) -> list[str]:
         """Custom attributes the sync maps, against Intercom's data attributes."""
         if object not in ("contacts", "companies"):

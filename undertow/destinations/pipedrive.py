@@ -354,7 +354,13 @@ mappings:
     # -- validate --------------------------------------------------------------------------
 
     async def validate_sync(
-        self, *, sync: str, object: str | None, match: Mapping[str, str], fields: list[str]
+        self,
+        *,
+        sync: str,
+        object: str | None,
+        match: Mapping[str, str],
+        fields: list[str],
+        operations: frozenset[Operation] = frozenset(),
     ) -> list[str]:
         """Mapped fields and the match field against the object's fields in Pipedrive."""
         if object not in OBJECTS:

@@ -429,7 +429,13 @@ mappings:
     # -- validate --------------------------------------------------------------------------
 
     async def validate_sync(
-        self, *, sync: str, object: str | None, match: Mapping[str, str], fields: list[str]
+        self,
+        *,
+        sync: str,
+        object: str | None,
+        match: Mapping[str, str],
+        fields: list[str],
+        operations: frozenset[Operation] = frozenset(),
     ) -> list[str]:
         """Stripe publishes no schema of its customers to read: the checks are its stated
         limits (metadata keys), against the fields the sync maps."""
