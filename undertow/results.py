@@ -111,6 +111,8 @@ class PlanDocument(TypedDict):
     sync: str
     mode: str
     destination: str
+    kind: str
+    """What a record is: ``profiles``, ``membership`` or ``events`` (``Capabilities.kind``)."""
     counts: PlanCounts
     operations: dict[str, str]
     samples: list[Sample]

@@ -327,3 +327,64 @@ def test_two_syncs_on_one_account_never_get_a_429_from_a_rolling_window() -> Non
     assert acme.slow_downs == 0
     assert len(acme.contacts) == 12
     assert elapsed >= 1.0  # 12 requests at 4 per 0.5 s: at least two more windows
+
+
+class WindowedAcme(AcmeDestination):
+    """The same vendor whose upsert endpoint has a window of its own (Endpoint.window)."""
+
+    endpoints: ClassVar[dict[Any, Endpoint]] = {
+        Operation.UPSERT: Endpoint(
+            "POST",
+            "/v1/contacts",
+            body=envelope("contacts"),
+            read=errors_by_index(),
+            window=RateLimit(3, 0.5),
+        )
+    }
+
+
+def test_an_endpoints_own_window_is_paced_besides_the_accounts() -> None:
+    forget_budgets()
+    acme = AcmeFake(limit=3, seconds=0.5)  # the endpoint's window, stricter than the account's
+    with acme.serve():
+        dest = WindowedAcme(
+            AcmeConfig(type="acme", token=SecretStr(TOKEN), base_url=acme.url, rate=1000),
+            name="acme",
+        )
+
+        async def go() -> None:
+            try:
+                for i in range(7):
+                    await dest.write_batch(batch([{"email": f"w{i}@example.com"}]))
+            finally:
+                await dest.close()
+
+        started = time.monotonic()
+        asyncio.run(go())
+        elapsed = time.monotonic() - started
+    assert acme.slow_downs == 0 and len(acme.contacts) == 7
+    assert elapsed >= 1.0  # 7 requests at 3 per 0.5 s
+
+
+def test_a_kit_destination_runs_the_before_send_hook_once_right_before_its_first_request(
+    fake: AcmeFake,
+) -> None:
+    seen: list[int] = []
+    dest = make(fake)
+
+    async def go() -> BatchResult:
+        policy = RetryPolicy(max_attempts=6, base_delay=0.01, max_delay=0.05)
+        try:
+            with retry.delivery(
+                policy=policy,
+                stop=None,
+                max_wait=30,
+                before_send=lambda: seen.append(len(fake.requests)),
+            ):
+                fake.throttle_next(1)  # a retried request does not run it again
+                return await dest.write_batch(batch(records(3)))
+        finally:
+            await dest.close()
+
+    assert asyncio.run(go()) == BatchResult()
+    assert seen == [0] and len(fake.requests) == 2

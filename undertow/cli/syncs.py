@@ -46,12 +46,14 @@ def plan(
         console.json(data)
         return
     c = data["counts"]
+    events = data["kind"] == "events"
+    changed = "changed (not events: never sent again)" if events else "changed"
     console.print(
-        f"[bold]{safe(sync)}[/] ({safe(data['mode'])} → {safe(data['destination'])}): "
+        f"[bold]{safe(sync)}[/] ({safe(data['mode'])} → {safe(data['destination'])}, {data['kind']}): "
         f"{c['extracted']:,} rows · [green]+{c['added']:,} added[/] · "
-        f"[yellow]~{c['changed']:,} changed[/] · [red]-{c['removed']:,} removed[/] · "
+        f"[yellow]~{c['changed']:,} {changed}[/] · [red]-{c['removed']:,} removed[/] · "
         f"{c['unchanged']:,} unchanged · {c['rejected']:,} rejected · "
-        f"[bold]{c['to_send']:,} to send[/]"
+        f"[bold]{c['to_send']:,} {'event(s) ' if events else ''}to send[/]"
     )
     ops = safe(", ".join(f"{k} → {v}" for k, v in data["operations"].items()))
     console.print(f"operations: {ops}")

@@ -32,6 +32,21 @@ from typing_extensions import TypeVar
 from undertow.errors import unknown_name
 
 
+class RecordKind(StrEnum):
+    """What one record of an object is, which decides the modes a sync of it takes.
+
+    ``profiles``: attributes on a person or an object (``upsert``, ``update``, ``mirror``);
+    ``membership``: a person in a list or segment (``add``, ``remove``, and ``mirror``: join
+    when the row enters the model, leave when it leaves it); ``events``: something that
+    happened, immutable (``insert``: each new row is one event, sent once, never again when
+    the row changes).
+    """
+
+    PROFILES = "profiles"
+    MEMBERSHIP = "membership"
+    EVENTS = "events"
+
+
 class Operation(StrEnum):
     """What a batch asks the destination to do with its records."""
 
@@ -121,6 +136,19 @@ class Capabilities:
     """Links to the vendor docs that state the limits above."""
     cite: Mapping[str, str] = field(default_factory=dict)
     """Field name -> the vendor URL that states that limit (``undertow destinations``)."""
+    kind: RecordKind = RecordKind.PROFILES
+    """What a record of this object is (see :class:`RecordKind`); ``pipeline/plan.py`` turns
+    it into the modes a sync may use."""
+    event_id: str | None = None
+    """On an ``events`` object: the record field the vendor deduplicates events by (a resend
+    with the same value is dropped; the connector fills it from the row's primary key when the
+    mapping leaves it out). None: the vendor keeps every copy, so the deliver stage marks each
+    batch before sending it and never sends again a batch whose answer a crash lost."""
+
+    @property
+    def at_most_once(self) -> bool:
+        """True when a batch sent twice would be counted twice by the vendor."""
+        return self.kind is RecordKind.EVENTS and self.event_id is None
 
     @property
     def limits(self) -> tuple[RateLimit, ...]:
@@ -190,6 +218,14 @@ class Capabilities:
         rule = self.match
         if rule is not None and rule.max_fields is not None and rule.max_fields < rule.min_fields:
             found.append("match rule allows no field count")
+        if self.kind is RecordKind.EVENTS and self.operations != {Operation.INSERT}:
+            found.append("an events object takes insert only (each new row is sent once)")
+        if self.kind is RecordKind.MEMBERSHIP and not {Operation.ADD, Operation.REMOVE} <= set(
+            self.operations
+        ):
+            found.append("a membership object needs add and remove")
+        if self.event_id is not None and self.kind is not RecordKind.EVENTS:
+            found.append("event_id is declared on an object that does not take events")
         return found
 
 
@@ -341,6 +377,10 @@ class Destination(ABC, Generic[ConfigT]):
     """How ``undertow demo --destination TYPE`` uses it (None: no demo)."""
     docs_url: ClassVar[str | None] = None
     """The vendor's main API reference (``undertow destinations``)."""
+    object_capabilities: ClassVar[Mapping[str, Capabilities]] = {}
+    """Capabilities per object where they differ from ``capabilities`` (an email tool's
+    ``users`` take profiles, its ``events`` events, its ``lists`` membership): the default
+    :meth:`capabilities_for` returns them, ``undertow destinations`` lists them."""
     paces_requests: ClassVar[bool] = False
     """True when the destination paces each request itself (the HTTP kit does): the
     deliver stage then does not pace whole batches on top."""
@@ -376,7 +416,7 @@ class Destination(ABC, Generic[ConfigT]):
 
     def capabilities_for(self, object: str | None) -> Capabilities:
         """Capabilities for one object (override when they differ per object or config)."""
-        return self.capabilities
+        return self.object_capabilities.get(object or "", self.capabilities)
 
     def account_key(self) -> str:
         """Which rate budget this destination draws from: ``account:`` if set, else its

@@ -46,6 +46,16 @@ def describe(type_name: str) -> dict[str, Any]:
         "cite": dict(caps.cite),
         "fake": cls.fake,
         "demo": cls.demo is not None,
+        "kind": str(caps.kind),
+        "object_kinds": {
+            name: {
+                "kind": str(oc.kind),
+                "operations": sorted(str(o) for o in oc.operations),
+                "batch_size": oc.max_batch_size,
+                "event_id": oc.event_id,
+            }
+            for name, oc in cls.object_capabilities.items()
+        },
     }
 
 

@@ -40,6 +40,7 @@ from undertow.destinations.base import (
     DestinationConfig,
     Operation,
     RateLimit,
+    RecordKind,
 )
 from undertow.errors import RetryableError
 
@@ -64,6 +65,10 @@ class MemoryConfig(DestinationConfig):
     """``[requests, per_seconds]``: paced by the deliver stage."""
     requires_match: bool = False
     objects: list[str] | None = None
+    kind: RecordKind = RecordKind.PROFILES
+    """What a record is (``profiles``, ``membership``, ``events``: see ``pipeline/plan.py``)."""
+    event_id: str | None = None
+    """On ``kind: events``, the field the vendor deduplicates by (None: at most once)."""
     faults: FaultConfig | None = None
 
 
@@ -188,6 +193,8 @@ class MemoryDestination(Destination[MemoryConfig]):
             max_concurrency=config.max_concurrency,
             rate_limit=limit,
             requires_match=config.requires_match,
+            kind=config.kind,
+            event_id=config.event_id,
         )
 
     async def check(self) -> None:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import contextvars
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from undertow.errors import FatalDeliveryError
@@ -49,6 +49,16 @@ class DeliveryContext:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     stop: asyncio.Event | None = None
     max_wait: float = 900.0
+    before_send: Callable[[], None] | None = None
+    """Run once, right before the batch's first request leaves (the deliver stage's "being
+    sent" mark of events the vendor does not deduplicate)."""
+
+    def sending(self) -> None:
+        """A destination calls this right before it sends a request."""
+        hook = self.before_send
+        object.__setattr__(self, "before_send", None)  # once per batch attempt
+        if hook is not None:
+            hook()
 
 
 _current: contextvars.ContextVar[DeliveryContext | None] = contextvars.ContextVar(
@@ -62,10 +72,14 @@ def current() -> DeliveryContext:
 
 @contextlib.contextmanager
 def delivery(
-    *, policy: RetryPolicy, stop: asyncio.Event | None, max_wait: float
+    *,
+    policy: RetryPolicy,
+    stop: asyncio.Event | None,
+    max_wait: float,
+    before_send: Callable[[], None] | None = None,
 ) -> Iterator[DeliveryContext]:
     """Set the delivery context for the requests made inside."""
-    ctx = DeliveryContext(policy=policy, stop=stop, max_wait=max_wait)
+    ctx = DeliveryContext(policy=policy, stop=stop, max_wait=max_wait, before_send=before_send)
     token = _current.set(ctx)
     try:
         yield ctx

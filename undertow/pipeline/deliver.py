@@ -22,6 +22,16 @@ anything else happens, and only then polled until its results are known; a retry
 failed poll polls again, never submits again. A batch found in ``jobs`` (a resumed run's
 recorded jobs) is polled, not submitted. Stopping while a job runs leaves it recorded and
 unfinished: the next run polls it.
+
+Events a vendor does not deduplicate (``Capabilities.at_most_once``: Braze counts a custom
+event sent twice twice): ``on_submitted`` records the batch as
+:data:`SENDING`, right before the request leaves (a kit destination runs the mark from
+``retry.DeliveryContext.sending``). Its checkpoint follows the answer; a run that died in
+between leaves the mark without a checkpoint, and the resumed run does not send that batch
+again: its rows count as delivered and the run says so in its warning
+(:attr:`Outcome.note`). At most one copy of each event, rather than a duplicate; a batch in
+flight whose request had not reached the vendor is the price (every batch in flight at a
+crash is in doubt).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from undertow.errors import (
 )
 
 __all__ = [
+    "SENDING",
     "DeliveryReport",
     "Outcome",
     "Pacer",
@@ -113,6 +124,8 @@ class Outcome:
     pending: bool = False
     """An asynchronous job was submitted for the batch and its result is not known (the run
     stopped, or the job outlived its timeout): no checkpoint; the next run polls the job."""
+    note: str | None = None
+    """Something the run's warning should say about this batch (a batch in doubt)."""
 
 
 @dataclass
@@ -122,6 +135,33 @@ class DeliveryReport:
 
 
 Submitted = Callable[[Batch, Job], None]
+
+SENDING = "undertow:sending"
+"""The job id of a mark "this batch is being sent" (events the vendor does not deduplicate)."""
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    """``action`` the first time only (a batch's retries share one mark)."""
+    done: list[bool] = []
+
+    def run() -> None:
+        if not done:
+            done.append(True)
+            action()
+
+    return run
+
+
+def _in_doubt(destination: Destination, batch: Batch) -> Outcome:
+    """A marked batch with no checkpoint: a run died after sending it, before its answer."""
+    first = ", ".join(batch.keys[:3]) + (", ..." if len(batch) > 3 else "")
+    note = (
+        f"batch {batch.number} ({len(batch):,} row(s): {first}) was being sent to "
+        f"{destination.instance_name!r} when an earlier attempt of this run died; its events "
+        "are not sent again, since the vendor does not deduplicate events and would count "
+        "them twice: they most likely arrived (the request had left), check them there"
+    )
+    return Outcome(batch, BatchResult(), 0, sent=False, note=note)
 
 
 async def _through_job(
@@ -191,6 +231,13 @@ async def _send(
     """The batch's outcome, and whether its result is known (False on every error path)."""
     attempt = 0
     max_wait = pacer.max_wait
+    mark: Callable[[], None] | None = None
+    if destination.capabilities_for(batch.object).at_most_once:
+        found = jobs.get(batch.number)
+        if found is not None and found.id == SENDING:
+            return _in_doubt(destination, batch), True
+        if on_submitted is not None:
+            mark = _once(lambda: on_submitted(batch, Job(SENDING, {"keys": len(batch)})))
     while True:
         attempt += 1
         try:
@@ -215,8 +262,17 @@ async def _send(
                     keys=tuple(batch.keys),
                     attempt=attempt,
                 ),
-                retry.delivery(policy=policy, stop=stop, max_wait=max_wait),
+                retry.delivery(
+                    policy=policy,
+                    stop=stop,
+                    max_wait=max_wait,
+                    # in the state store before the first byte: a kit destination runs it
+                    # right before its request, any other one now
+                    before_send=mark if destination.paces_requests else None,
+                ),
             ):
+                if mark is not None and not destination.paces_requests:
+                    mark()
                 if destination.async_jobs:
                     result = await _through_job(destination, batch, jobs, on_submitted, stop)
                 else:

@@ -8,9 +8,16 @@
 
     * only with ``--full``, which resends every row of the model.
 
-``mirror`` on a list destination (one that can ``add``/``remove`` members but not
-``upsert``) adds and removes members. A plan the destination cannot carry out fails here,
-before anything is sent, naming the sync, the mode and the destination.
+``mirror`` on a list destination (a ``membership`` object, or one that can
+``add``/``remove`` members but not ``upsert``) adds and removes members: a row joins the list
+when it enters the model and leaves it when it leaves the model.
+
+An ``events`` object (``Capabilities.kind``) takes ``insert`` only: each new row is one
+event, sent once; a changed row is not an event (the snapshot keeps what was sent, so it is
+never sent again), and ``--full`` is refused, since it would send every event again.
+
+A plan the destination cannot carry out fails here, before anything is sent, naming the
+sync, the mode and the destination.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from undertow.config.models import Mode
-from undertow.destinations.base import Capabilities, Operation
+from undertow.destinations.base import Capabilities, Operation, RecordKind
 from undertow.errors import DeleteLimitError, PlanError
 
 KINDS = ("added", "changed", "unchanged", "removed")
@@ -38,12 +45,28 @@ class Plan:
 
 
 def is_list_destination(caps: Capabilities) -> bool:
+    if caps.kind is RecordKind.MEMBERSHIP:
+        return True
     return Operation.ADD in caps.operations and Operation.UPSERT not in caps.operations
+
+
+MODES_OF = {
+    RecordKind.MEMBERSHIP: "add, remove or mirror (join when a row enters the model, leave "
+    "when it leaves it)",
+    RecordKind.EVENTS: "insert (each new row is one event, sent once)",
+}
 
 
 def make_plan(
     *, sync: str, mode: Mode, destination: str, caps: Capabilities, full: bool = False
 ) -> Plan:
+    if caps.kind is RecordKind.EVENTS and full:
+        raise PlanError(
+            f"sync {sync!r} sends events to {destination!r}: each new row is sent once, and "
+            "--full would send every event again; nothing was sent",
+            hint=f"run without --full; to send every event again on purpose, `undertow reset "
+            f"{sync}` first (where the vendor deduplicates, it drops the repeats)",
+        )
     listy = is_list_destination(caps)
     write = Operation.ADD if listy else Operation.UPSERT
     table: dict[Mode, dict[str, Operation]] = {
@@ -64,10 +87,15 @@ def make_plan(
     missing = sorted(str(op) for op in set(ops.values()) - caps.operations)
     if missing:
         supported = ", ".join(sorted(str(o) for o in caps.operations))
+        hint = "choose a mode the destination supports (see its page under docs/destinations/)"
+        what = ""
+        if caps.kind in MODES_OF:
+            what = f" (it takes {caps.kind})"
+            hint = f"a sync of {caps.kind} takes mode {MODES_OF[caps.kind]}; " + hint
         raise PlanError(
             f"sync {sync!r}: mode {str(mode)!r} needs {', '.join(missing)} on destination "
-            f"{destination!r}, which supports only: {supported}; nothing was sent",
-            hint="choose a mode the destination supports (see its page under docs/destinations/)",
+            f"{destination!r}{what}, which supports only: {supported}; nothing was sent",
+            hint=hint,
         )
     return Plan(mode=mode, ops=ops, full=full)
 

@@ -51,12 +51,15 @@ class PlanPreview:
     """Planned rows the destination's own shaping refuses (HubSpot's nested objects)."""
     warnings: list[str] = field(default_factory=list)
     """What would stop or change ``run``: a delete limit it would refuse, ..."""
+    kind: str = "profiles"
+    """What a record is (``Capabilities.kind``): ``profiles``, ``membership``, ``events``."""
 
     def as_dict(self) -> PlanDocument:
         return PlanDocument(
             sync=self.sync,
             mode=self.mode,
             destination=self.destination,
+            kind=self.kind,
             counts=PlanCounts(
                 extracted=self.counts.extracted,
                 added=self.counts.added,
@@ -92,6 +95,7 @@ def preview(ctx: SyncContext, *, limit: int = 5, full: bool = False) -> PlanPrev
             destination=ctx.sync.destination,
             counts=stats,
             operations={k: str(v) for k, v in plan.ops.items()},
+            kind=str(ctx.caps.kind),
         )
         result.rejected = [
             Rejection(key=k, reason=r, kind="invalid_key")

@@ -10,7 +10,9 @@ every checkpoint it wrote.
 
 For an asynchronous job API the record side also keeps "batch N was submitted as job J"
 (:meth:`Recorder.submitted`, before the first poll) and hands a resumed run its jobs
-(:meth:`Recorder.submitted_jobs`), which it polls rather than submitting again.
+(:meth:`Recorder.submitted_jobs`), which it polls rather than submitting again. The same
+table keeps the "being sent" marks of events a vendor does not deduplicate
+(``pipeline/deliver.py``), which are not jobs to wait for (:meth:`Recorder.pending_jobs`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from undertow.destinations.base import Batch, BatchResult, Job, Operation
+from undertow.pipeline.deliver import SENDING
 from undertow.state.store import Lock, RowError, RunRecord, StateStore
 
 if TYPE_CHECKING:
@@ -55,6 +58,8 @@ class Recorder:
         """Where each batch's outcome is spooled for the sync logs (``sync_logs:``), first."""
         self.fence = fence
         """The run's lock: a checkpoint is written only while the run holds it."""
+        self.notes: list[str] = []
+        """What the run's warning says about its batches (a batch in doubt)."""
         self.open_keys = open_keys or set()
         """Rows with an open failure (``undertow_row_status``): accepted now, they resolve."""
 
@@ -67,7 +72,20 @@ class Recorder:
         """The jobs this run submitted so far (a resumed run polls them)."""
         return {n: Job(r.job_id, r.data) for n, r in self.store.jobs(self.run.id).items()}
 
-    def checkpoint(self, work: Work, result: BatchResult | None, attempts: int) -> None:
+    def pending_jobs(self, done: set[int]) -> list[int]:
+        """Batches whose vendor job runs on (submitted, no checkpoint), marks left out."""
+        jobs = self.store.jobs(self.run.id)
+        return sorted(n for n, r in jobs.items() if n not in done and r.job_id != SENDING)
+
+    def warning(self, warning: str | None) -> str | None:
+        """The run's warning with what it must say about its batches added."""
+        return "; ".join([w for w in [warning, *self.notes] if w]) or None
+
+    def checkpoint(
+        self, work: Work, result: BatchResult | None, attempts: int, note: str | None = None
+    ) -> None:
+        if note:
+            self.notes.append(note)
         errors = [
             RowError(
                 run_id=self.run.id,

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from undertow.config.models import ModelConfig, SyncConfig
 from undertow.destinations import capture
-from undertow.destinations.base import Batch, Capabilities, Destination
+from undertow.destinations.base import Batch, Capabilities, Destination, Operation
 from undertow.errors import (
     LockLostError,
     PlanError,
@@ -142,8 +142,8 @@ def compile_for(
             "which record a row updates",
             hint="add e.g. `match: {email: email}` (destination field: model column)",
         )
-    if str(ctx.sync.mode) != "insert":
-        # the destination's match rule, as data: exactly one field, known identifiers
+    if str(ctx.sync.mode) != "insert" or caps.uses_match(Operation.INSERT):
+        # the destination's match rule, as data (events name their person: insert uses it)
         caps.check_sync(
             sync=ctx.name,
             destination=ctx.destination_name,
@@ -464,7 +464,7 @@ class SyncRun:
                 engine.fold(run.id, spec, done, self.store.not_accepted_seqs(run.id))
         complete = len(done) >= (run.total_batches or 0)
         warning: str | None = None
-        pending = sorted(set(self.store.jobs(run.id)) - done)
+        pending = recorder.pending_jobs(done)
         if pending and (error is not None or cancelled):
             # a vendor job runs on: the run stays unfinished, so the next run resumes it and
             # polls the job instead of submitting its batch again (its plan is kept)
@@ -496,7 +496,7 @@ class SyncRun:
             )
         else:
             status, message, warning = self._judge_rejections(run)
-        self._update(run, status=status, error=message, warning=warning)
+        self._update(run, status=status, error=message, warning=recorder.warning(warning))
         engine.discard(run.id)
         return run
 
@@ -576,7 +576,7 @@ class SyncRun:
             work = works.pop(outcome.batch.number)
             if outcome.pending:
                 return  # its job runs on at the vendor: no checkpoint, the next run polls it
-            recorder.checkpoint(work, outcome.result, outcome.attempts)
+            recorder.checkpoint(work, outcome.result, outcome.attempts, outcome.note)
             self.reporter.advance(ctx.name, work.size)
 
         async def watch() -> None:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from undertow.destinations.base import Batch, BatchResult
+from undertow.destinations.base import Batch, BatchResult, RateLimit
 from undertow.destinations.kit.signals import first_at, values_at
 from undertow.errors import RejectedBatchError
 from undertow.redact import trim
@@ -102,6 +102,9 @@ class Endpoint:
     content_type: str | None = "application/json"
     form: bool = False
     """Send the body (a flat dict) as ``application/x-www-form-urlencoded``."""
+    window: RateLimit | None = None
+    """The endpoint's own rolling window, besides the account's (Braze's subscription
+    endpoint: 5,000 a minute): every sync of the account draws from both."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ok", frozenset(self.ok))

@@ -193,6 +193,13 @@ class HttpDestination(Destination[ConfigT]):
             )
         return self._budget
 
+    def window_budget(self, endpoint: Endpoint) -> RateBudget | None:
+        """The budget of an endpoint's own window (``Endpoint.window``), per account."""
+        if endpoint.window is None:
+            return None
+        key = f"{self.account_key()}:{endpoint.method} {endpoint.path}"
+        return budget_for(key, [endpoint.window])
+
     async def close(self) -> None:
         await self.http.close()
 
@@ -247,6 +254,7 @@ class HttpDestination(Destination[ConfigT]):
                 send_headers = {**self.auth.headers(), **(headers or {})}
                 query = {**(params or {}), **self.auth.params()} or None
                 self.stats.requests += 1
+                ctx.sending()  # the deliver stage's mark, if any, right before the request
                 response = await self.http.request(
                     method,
                     path,
@@ -507,6 +515,7 @@ class HttpDestination(Destination[ConfigT]):
             params=endpoint.params(call) if endpoint.params else None,
             content_type=content_type,
             expect=endpoint.expected,
+            also=self.window_budget(endpoint),
         )
         if response.status not in endpoint.expected and not 400 <= response.status < 500:
             return not_confirmed(call, response)
