@@ -141,4 +141,45 @@ def _braze() -> Vendor:
     )
 
 
-VENDORS: dict[str, Callable[[], Vendor]] = {"braze": _braze}
+def _klaviyo() -> Vendor:
+    from undertow.testing.klaviyo import KlaviyoFake
+
+    token = "pk_acceptance_0000"
+
+    def request_ids(body: Any) -> list[Any]:
+        entries = body["data"]["attributes"].get("events-bulk-create", {}).get("data", [])
+        return [
+            event["attributes"]["properties"]["view_id"]
+            for entry in entries
+            for event in entry["attributes"]["events"]["data"]
+        ]
+
+    def stored(fake: Any, n: int) -> Any:
+        profile = fake.profile(f"c{n}@example.com") or {}
+        return (profile.get("properties") or {}).get("recently_viewed")
+
+    return Vendor(
+        type="klaviyo",
+        token=token,
+        fake=lambda: KlaviyoFake(token, window_seconds=0.05),
+        destination=", poll_interval: 0.05",
+        credential="api_key",
+        profiles="""    object: profiles
+    mode: upsert
+    match: {email: email}
+    mappings: {email: email, first_name: first_name, recently_viewed: recently_viewed}""",
+        members="""    object: list_members
+    match: {email: email}
+    mappings: {list_id: {const: VIPS01}}""",
+        events="""    object: events
+    match: {email: email}
+    mappings: {metric: {const: Viewed Product}, time: viewed_at, sku: sku, view_id: view_id}""",
+        stored_list=stored,
+        member_count=lambda fake: len(fake.members("VIPS01")),
+        event_ids=lambda fake: [e["properties"]["view_id"] for e in fake.events],
+        request_ids=request_ids,
+        expected_list=viewed,  # Klaviyo keeps custom properties as the JSON sent
+    )
+
+
+VENDORS: dict[str, Callable[[], Vendor]] = {"braze": _braze, "klaviyo": _klaviyo}
