@@ -330,7 +330,7 @@ def test_two_syncs_on_one_account_never_get_a_429_from_a_rolling_window() -> Non
 
 
 class WindowedAcme(AcmeDestination):
-    """The same vendor whose upsert endpoint has a window of its own (Endpoint.window)."""
+    """The same vendor whose upsert endpoint has a window of its own (Endpoint.windows)."""
 
     endpoints: ClassVar[dict[Any, Endpoint]] = {
         Operation.UPSERT: Endpoint(
@@ -338,7 +338,7 @@ class WindowedAcme(AcmeDestination):
             "/v1/contacts",
             body=envelope("contacts"),
             read=errors_by_index(),
-            window=RateLimit(3, 0.5),
+            windows=(RateLimit(3, 0.5),),
         )
     }
 

@@ -406,9 +406,13 @@ def _subscription_body(call: Call) -> Any:
 
 
 OK = frozenset({200, 201})
-DELETE = Endpoint("POST", "/users/delete", body=_delete_body, ok=OK, window=DELETE_RATE)
+DELETE = Endpoint("POST", "/users/delete", body=_delete_body, ok=OK, windows=(DELETE_RATE,))
 SUBSCRIBE = Endpoint(
-    "POST", "/v2/subscription/status/set", body=_subscription_body, ok=OK, window=SUBSCRIPTION_RATE
+    "POST",
+    "/v2/subscription/status/set",
+    body=_subscription_body,
+    ok=OK,
+    windows=(SUBSCRIPTION_RATE,),
 )
 
 

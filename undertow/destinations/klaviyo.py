@@ -50,7 +50,6 @@ from undertow.destinations.kit import (
     HttpConfig,
     HttpDestination,
     Item,
-    RateHeaders,
     Reject,
     SlowDown,
     message_of,
@@ -91,6 +90,10 @@ MAX_REMOVE = 1000
 """Profiles per Remove Profiles from List request. REMOVE_DOC"""
 MAX_FILTER = 100
 """Values in one ``any(email, [...])`` filter and profiles per page of Get Profiles."""
+LOOKUP_BURST = RateLimit(75, 1.0, PROFILES_DOC)
+LOOKUP_STEADY = RateLimit(700, 60.0, PROFILES_DOC)
+"""Get Profiles: 75/s burst, 700/min steady (the ``L`` tier). PROFILES_DOC"""
+M_TIER = (BURST, STEADY)
 
 IDENTIFIERS = ("email", "external_id", "phone_number")
 STANDARD = frozenset(
@@ -224,6 +227,21 @@ EVENTS = Endpoint(
     read=read_events,
     ok=frozenset({200, 201, 202, 204}),
     content_type=JSONAPI,
+    windows=M_TIER,
+)
+JOB = Endpoint("GET", "/api/profile-bulk-import-jobs/{id}", ok=frozenset({200}), windows=M_TIER)
+ERRORS = Endpoint(
+    "GET", "/api/profile-bulk-import-jobs/{id}/import-errors", ok=frozenset({200}), windows=M_TIER
+)
+LOOKUP = Endpoint(
+    "GET", "/api/profiles", ok=frozenset({200}), windows=(LOOKUP_BURST, LOOKUP_STEADY)
+)
+REMOVE = Endpoint(
+    "DELETE",
+    "/api/lists/{id}/relationships/profiles",
+    ok=frozenset({204}),
+    content_type=JSONAPI,
+    windows=M_TIER,
 )
 
 
@@ -240,10 +258,9 @@ class KlaviyoDestination(HttpDestination[KlaviyoConfig]):
     )
     object_capabilities: ClassVar[dict[str, Capabilities]] = OBJECTS
     async_jobs = True
+    endpoint_windows = True  # Klaviyo limits each endpoint on its own (LIMITS_DOC)
     signals = (SlowDown(default_wait=1.0),)  # 429 with Retry-After (seconds)
-    rate_headers = RateHeaders(
-        remaining="ratelimit-remaining", reset="ratelimit-reset", reset_kind="seconds"
-    )
+    # RateLimit-* headers are per endpoint: the exact windows above are what paces
     check_path = "/api/lists"
     auth_hint = KEY_HINT
     demo = DemoProfile(
@@ -423,14 +440,11 @@ mappings:
         """One import job per part that fits 5 MB; refusals rejected per profile."""
         endpoint = Endpoint(
             "POST", "/api/profile-bulk-import-jobs", body=self._import_body(list_id),
-            content_type=JSONAPI,
+            ok=frozenset({202}), content_type=JSONAPI, windows=M_TIER,
         )  # fmt: skip
         for part in self._fit(endpoint, call, result):
-            body, content_type = self.encode(endpoint, part)
-            response = await self.send(
-                "POST", endpoint.path, body=body, content_type=content_type,
-                expect=frozenset({202}),
-            )  # fmt: skip
+            body, _ = self.encode(endpoint, part)
+            response = await self.send_to(endpoint, body=body)
             parsed = parse_json(response)
             if response.status == 202:
                 job_id = next(values_at(parsed, "data.id"), None)
@@ -466,9 +480,7 @@ mappings:
         result = BatchResult(rejected={int(k): v for k, v in job.data.get("rejected", {}).items()})
         keys = {f: batch.identifiers.get(f, []) for f in IDENTIFIERS}
         for sub in job.data.get("jobs", []):
-            response = await self.send(
-                "GET", f"/api/profile-bulk-import-jobs/{sub['id']}", expect=frozenset({200})
-            )
+            response = await self.send_to(JOB, f"/api/profile-bulk-import-jobs/{sub['id']}")
             attributes = next(values_at(parse_json(response), "data.attributes"), None)
             if response.status != 200 or not isinstance(attributes, dict):
                 return None  # not readable now: polled again (never submitted again)
@@ -496,7 +508,7 @@ mappings:
         }
         path: str | None = f"/api/profile-bulk-import-jobs/{job_id}/import-errors"
         while path:
-            response = await self.send("GET", path, expect=frozenset({200}))
+            response = await self.send_to(ERRORS, path)
             body = parse_json(response)
             for error in values_at(body, "data[*]"):
                 attributes = error.get("attributes") if isinstance(error, dict) else None
@@ -529,15 +541,13 @@ mappings:
             ids: list[str] = []
             for part in chunks(members, MAX_FILTER):
                 values = json.dumps([str(i.key) for i in part])
-                response = await self.send(
-                    "GET",
-                    "/api/profiles",
+                response = await self.send_to(
+                    LOOKUP,
                     params={
                         "filter": f"any({field},{values})",
                         "page[size]": str(MAX_FILTER),
                         "fields[profile]": field,
                     },
-                    expect=frozenset({200}),
                 )
                 if response.status != 200:
                     reason = f"Klaviyo did not find the profiles: {response.describe()}"
@@ -547,13 +557,8 @@ mappings:
                 ids += [str(v) for v in values_at(parse_json(response), "data[*].id")]
             for batch_ids in [ids[i : i + MAX_REMOVE] for i in range(0, len(ids), MAX_REMOVE)]:
                 body = {"data": [{"type": "profile", "id": i} for i in batch_ids]}
-                response = await self.send(
-                    "DELETE",
-                    f"/api/lists/{list_id}/relationships/profiles",
-                    body=orjson.dumps(body),
-                    content_type=JSONAPI,
-                    expect=frozenset({204}),
-                )
+                path = f"/api/lists/{list_id}/relationships/profiles"
+                response = await self.send_to(REMOVE, path, body=orjson.dumps(body))
                 if response.status != 204:
                     parsed = parse_json(response)
                     first = next(values_at(parsed, "errors[*]"), None)

@@ -21,9 +21,10 @@ It follows ``../shared/specs/klaviyo`` (the OpenAPI file and SOURCE.txt) and Kla
   ``unique_id`` (default: its time to the second) and drops the repeats.
 * ``GET /api/profiles?filter=any(email,[...])`` (or ``external_id``, ``phone_number``), and
   ``DELETE /api/lists/{id}/relationships/profiles`` (at most 1,000 ids; 204).
-* Windows of 10 requests a second and 150 a minute answer 429 with ``Retry-After`` and
-  Klaviyo's ``throttled`` error; other answers carry ``RateLimit-Limit``,
-  ``RateLimit-Remaining`` and ``RateLimit-Reset`` (seconds).
+* Each endpoint has its own windows, as Klaviyo's rate limits are per endpoint: 10 requests
+  a second and 150 a minute (Get Profiles: 75 and 700), answered with 429, ``Retry-After``
+  and Klaviyo's ``throttled`` error. (Klaviyo's per-endpoint ``RateLimit-*`` headers are not
+  sent: the connector paces from its own exact windows.)
 
 Not confirmed: the exact texts of Klaviyo's error ``detail`` strings (the shapes are the
 spec's), and whether the bulk events 202 carries a body (here it carries none).
@@ -87,7 +88,12 @@ class KlaviyoFake(FakeAPI):
         hold: Callable[[str, Any], float] | None = None,
     ) -> None:
         self.token = token
-        self.steady = Window(per_minute, 60.0 * window_seconds, "steady")
+        self.per_second, self.per_minute, self.window_seconds = (
+            per_second,
+            per_minute,
+            window_seconds,
+        )
+        self.endpoint_windows: dict[str, list[Window]] = {}
         self.polls_to_complete = polls_to_complete
         self.hold = hold
         """(path, body) -> seconds to wait *after applying* before answering."""
@@ -99,8 +105,29 @@ class KlaviyoFake(FakeAPI):
         """Every event kept (repeats of a unique_id are dropped, as Klaviyo does)."""
         self.dropped_events = 0
         self._seen: set[tuple[str, str, str]] = set()
-        windows = [Window(per_second, window_seconds, "burst"), self.steady]
-        super().__init__(auth=self._authorized, windows=windows)
+        super().__init__(auth=self._authorized)
+
+    def reset(self) -> None:
+        super().reset()
+        with self._lock:
+            self.endpoint_windows.clear()
+
+    def windows_for(self, captured: Any) -> list[Window]:
+        """The windows of the endpoint the request names (ids replaced)."""
+        parts = captured.path.strip("/").split("/")
+        if len(parts) >= 3 and parts[1] in ("profile-bulk-import-jobs", "lists"):
+            parts[2] = "{id}"
+        key = f"{captured.method} /{'/'.join(parts)}"
+        lookup = key == "GET /api/profiles"
+        found = self.endpoint_windows.get(key)
+        if found is None:
+            burst = 75 if lookup else self.per_second
+            steady = 700 if lookup else self.per_minute
+            found = self.endpoint_windows[key] = [
+                Window(burst, self.window_seconds, f"{key} burst"),
+                Window(steady, 60.0 * self.window_seconds, f"{key} steady"),
+            ]
+        return found
 
     def _authorized(self, request: Request) -> bool:
         return request.headers.get("authorization") == f"Klaviyo-API-Key {self.token}"
@@ -119,14 +146,6 @@ class KlaviyoFake(FakeAPI):
         ]
 
     # -- common -----------------------------------------------------------------------------
-
-    def headers(self) -> dict[str, str]:
-        now = self.clock()
-        return {
-            "RateLimit-Limit": str(self.steady.limit),
-            "RateLimit-Remaining": str(self.steady.remaining(now)),
-            "RateLimit-Reset": str(max(1, int(self.steady.reset_in(now)))),
-        }
 
     def respond(
         self, status: int, body: Any = None, headers: dict[str, str] | None = None

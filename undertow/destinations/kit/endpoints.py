@@ -102,9 +102,10 @@ class Endpoint:
     content_type: str | None = "application/json"
     form: bool = False
     """Send the body (a flat dict) as ``application/x-www-form-urlencoded``."""
-    window: RateLimit | None = None
-    """The endpoint's own rolling window, besides the account's (Braze's subscription
-    endpoint: 5,000 a minute): every sync of the account draws from both."""
+    windows: tuple[RateLimit, ...] = ()
+    """The endpoint's own rolling windows, besides the account's (Braze's subscription
+    endpoint: 5,000 a minute; Klaviyo's: 10/s and 150/min each): every sync of the account
+    draws from both."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ok", frozenset(self.ok))

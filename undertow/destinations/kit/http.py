@@ -140,6 +140,10 @@ class HttpDestination(Destination[ConfigT]):
     auth_hint: ClassVar[str] = "check the destination's credentials and their permissions"
     duplicate_keys: ClassVar[bool] = False
     """True when the vendor accepts the same match value twice in one request."""
+    endpoint_windows: ClassVar[bool] = False
+    """True when the vendor limits each endpoint on its own (Klaviyo, Iterable): the account
+    budget keeps no window of its own (its pauses and in-flight cap still hold) and every
+    endpoint declares its windows (``Endpoint.windows``)."""
 
     def __init__(self, config: DestinationConfig, *, name: str) -> None:
         super().__init__(config, name=name)
@@ -188,17 +192,25 @@ class HttpDestination(Destination[ConfigT]):
     def budget(self) -> RateBudget:
         if self._budget is None:
             caps = self.capabilities_for(None)
-            self._budget = budget_for(
-                self.account_key(), caps.limits, max_in_flight=caps.max_in_flight
-            )
+            limits = () if self.endpoint_windows else caps.limits
+            self._budget = budget_for(self.account_key(), limits, max_in_flight=caps.max_in_flight)
         return self._budget
 
+    async def send_to(self, endpoint: Endpoint, path: str | None = None, **kw: Any) -> Response:
+        """:meth:`send` to an endpoint outside the per-batch flow (a poll, a lookup), drawing
+        from its window too."""
+        kw.setdefault("expect", endpoint.expected)
+        kw.setdefault("content_type", endpoint.content_type)
+        return await self.send(
+            endpoint.method, path or endpoint.path, also=self.window_budget(endpoint), **kw
+        )
+
     def window_budget(self, endpoint: Endpoint) -> RateBudget | None:
-        """The budget of an endpoint's own window (``Endpoint.window``), per account."""
-        if endpoint.window is None:
+        """The budget of an endpoint's own windows (``Endpoint.windows``), per account."""
+        if not endpoint.windows:
             return None
         key = f"{self.account_key()}:{endpoint.method} {endpoint.path}"
-        return budget_for(key, [endpoint.window])
+        return budget_for(key, endpoint.windows)
 
     async def close(self) -> None:
         await self.http.close()
