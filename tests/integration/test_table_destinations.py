@@ -212,3 +212,24 @@ def test_mysql_bad_password_is_fatal_and_never_shown(mariadb_database: str) -> N
         asyncio.run(check())
     assert "db_out" in str(caught.value) and "wr0ng-maria-pw" not in str(caught.value)
     assert caught.value.hint
+
+
+def test_duckdb_casts_mixed_values_and_json_in_the_database(tmp_path: Path) -> None:
+    """The Arrow path: a column of mixed numbers and text, a JSON object, an int as text."""
+    path = tmp_path / "mixed.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute(
+            "CREATE TABLE users_out (id BIGINT PRIMARY KEY, note VARCHAR, tags JSON, n INT)"
+        )
+    values = {"type": "duckdb", "path": str(path), "table": "users_out"}
+    dest = DuckDBDestination(DuckDBDestination.Config.model_validate(values), name="db_out")
+    mixed = [
+        {"id": 1, "note": 7, "tags": {"a": [1]}, "n": "5"},
+        {"id": 2, "note": "x", "tags": None, "n": 6},
+        {"id": 3, "note": None, "tags": [1, "b"], "n": "not a number"},
+    ]
+    result = write(dest, mixed)
+    assert list(result.rejected) == [2] and "DuckDB refused the row" in result.rejected[2]
+    with duckdb.connect(str(path)) as con:
+        got = con.execute("SELECT id, note, tags::VARCHAR, n FROM users_out ORDER BY id").fetchall()
+    assert got == [(1, "7", '{"a":[1]}', 5), (2, "x", None, 6)]
