@@ -59,6 +59,14 @@ class FieldSpec(Strict):
     list_: list[FieldSpec] | None = Field(default=None, alias="list")
     json_: str | None = Field(default=None, alias="json", description="a JSON text column")
     cast: Cast | None = None
+    normalize: str | None = None
+    """A PII normaliser (``email``, ``phone``, ...; docs/mapping.md), checked when compiled."""
+    hash_: str | None = Field(default=None, alias="hash")
+    """``sha256``: hash the (normalised) value, lower-case hex; a 64-hex value is kept."""
+    variant: str | None = None
+    """Whose normalisation rules: ``facebook`` or ``google`` (default: the destination's)."""
+    country: str | None = None
+    """``normalize: phone``: the country (ISO alpha-2) of numbers written without a code."""
 
     @model_validator(mode="before")
     @classmethod

@@ -377,6 +377,9 @@ class Destination(ABC, Generic[ConfigT]):
     """How ``undertow demo --destination TYPE`` uses it (None: no demo)."""
     docs_url: ClassVar[str | None] = None
     """The vendor's main API reference (``undertow destinations``)."""
+    pii_variant: ClassVar[str | None] = None
+    """Whose rules ``normalize:`` fields follow by default (``facebook``, ``google``; None:
+    Facebook's, the stricter: see ``pipeline/map/pii.py``)."""
     object_capabilities: ClassVar[Mapping[str, Capabilities]] = {}
     """Capabilities per object where they differ from ``capabilities`` (an email tool's
     ``users`` take profiles, its ``events`` events, its ``lists`` membership): the default

@@ -150,7 +150,13 @@ def compile_for(
             match=ctx.sync.match,
             object=ctx.sync.object,
         )
-    mapping = compile_mapping(ctx.name, ctx.sync, schema, max_payload_bytes=caps.max_payload_bytes)
+    mapping = compile_mapping(
+        ctx.name,
+        ctx.sync,
+        schema,
+        max_payload_bytes=caps.max_payload_bytes,
+        pii_variant=ctx.destination.pii_variant,
+    )
     keys = list(ctx.model.primary_key)
     missing = [k for k in keys if k not in names]
     if missing:

@@ -11,6 +11,7 @@ import orjson
 import polars as pl
 
 from undertow.errors import MappingError
+from undertow.pipeline.map import pii
 from undertow.pipeline.map.tree import (
     Column,
     Const,
@@ -67,6 +68,7 @@ class Builder:
         self.omit = mapping.omit
         self.reasons: list[pl.Expr] = []
         self.json_slots: list[tuple[str, str, str]] = []  # (column, text column, reason column)
+        self.pii_slots: list[tuple[Column, str]] = []  # (normalised field, its column)
 
     def fail(self, path: str, message: str, hint: str | None = None) -> MappingError:
         return MappingError(f"sync {self.m.sync!r}: {path}: {message}", hint=hint)
@@ -80,6 +82,8 @@ class Builder:
     def out(self, node: Node) -> Out:
         if isinstance(node, Column | JsonText) and node.column in self.dropped:
             return null_text()
+        if isinstance(node, Column) and node.pii is not None:
+            return self.pii(node)
         if isinstance(node, Column):
             dtype = self.schema[node.column]
             return self.value(
@@ -108,6 +112,28 @@ class Builder:
         if isinstance(node, ObjectNode):
             return self.object(node)
         return self.list(node)
+
+    def pii(self, node: Column) -> Out:
+        """A normalised and/or hashed column (``pii.py``): a value it cannot normalise
+        rejects the row with the normaliser's reason."""
+        assert node.pii is not None
+        dtype = self.schema[node.column]
+        if isinstance(dtype, pl.Null):
+            return null_text()
+        if isinstance(dtype, pl.List | pl.Array | pl.Struct | pl.Binary):
+            raise self.fail(
+                node.path,
+                f"cannot normalise column {node.column!r} of type {dtype}",
+                hint="normalise text, number or date columns",
+            )
+        slot = f"__ut_pii_{len(self.pii_slots)}"
+        self.pii_slots.append((node, slot))
+        out = pl.col(slot)
+        failed = out.str.starts_with(pii.BAD).fill_null(False)
+        name = node.path.removeprefix("mappings.")
+        self.reject_when(failed, f"field {name!r}: column {node.column!r} ", out.str.slice(1))
+        value = pl.when(~failed).then(out)
+        return Value(value, node.column in self.has_nulls)
 
     def value(
         self,

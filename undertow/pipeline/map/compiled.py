@@ -15,6 +15,7 @@ import pyarrow as pa
 from undertow.config.models import FieldSpec, SyncConfig
 from undertow.errors import MappingError, unknown_name
 from undertow.pipeline.frames import integer_columns, json_columns, polars_schema
+from undertow.pipeline.map import pii
 from undertow.pipeline.map.build import Builder
 from undertow.pipeline.map.templates import parse_json, render
 from undertow.pipeline.map.tree import Compiler, JsonText, ListNode, Node, ObjectNode, TemplateNode
@@ -117,6 +118,9 @@ class CompiledMapping:
             derived.append(pl.Series(reason_col, reasons, dtype=pl.String))
         if derived:
             read = read.with_columns(derived)
+        for field, slot in builder.pii_slots:
+            assert field.pii is not None
+            read = pii.apply(field.pii, read, field.column, slot)
 
         if builder.reasons:
             reason = pl.concat_str(builder.reasons, separator="; ", ignore_nulls=True)
@@ -227,12 +231,14 @@ def compile_mapping(
     schema: Mapping[str, pl.DataType] | pa.Schema,
     *,
     max_payload_bytes: int | None = None,
+    pii_variant: str | None = None,
 ) -> CompiledMapping:
     """Compile a sync's mapping against the model's schema, once.
 
     With no ``mappings`` at all, every model column is sent as a field of the same name.
-    Raises :class:`~undertow.errors.MappingError` naming the sync and the field path when a
-    column is unknown, a template does not parse or reaches for Python internals, or a cast
+    ``pii_variant`` is the destination's rules for ``normalize:`` fields (``facebook``,
+    ``google``). Raises :class:`~undertow.errors.MappingError` naming the sync and the field
+    path when a normaliser or hash is unknown (with a did-you-mean), a column is unknown, a template does not parse or reaches for Python internals, or a cast
     does not apply to a column's type.
     """
     integers = integer_columns(schema)
@@ -240,7 +246,7 @@ def compile_mapping(
         name: pl.Int128() if name in integers and isinstance(d, pl.Decimal) else d
         for name, d in _polars_schema(schema).items()
     }
-    compiler = Compiler(sync_name, types, json_columns(schema))
+    compiler = Compiler(sync_name, types, json_columns(schema), pii_variant)
     specs = sync.mappings or {name: FieldSpec(column=name) for name in types}
     root = ObjectNode(
         "mappings", [(k, compiler.node(f"mappings.{k}", v)) for k, v in specs.items()]

@@ -18,6 +18,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from undertow.config.models import FieldSpec
 from undertow.errors import MappingError, unknown_name
 from undertow.pipeline.map.limits import BoundedEnvironment
+from undertow.pipeline.map.pii import ALIASES, HASHES, NORMALIZERS, VARIANTS, Pii
 
 if TYPE_CHECKING:
     pass
@@ -28,6 +29,7 @@ class Column:
     path: str
     column: str
     cast: str | None
+    pii: Pii | None = None
 
 
 @dataclass
@@ -81,9 +83,15 @@ def environment() -> ImmutableSandboxedEnvironment:
 
 class Compiler:
     def __init__(
-        self, sync_name: str, schema: Mapping[str, pl.DataType], json: Set[str] = frozenset()
+        self,
+        sync_name: str,
+        schema: Mapping[str, pl.DataType],
+        json: Set[str] = frozenset(),
+        pii_variant: str | None = None,
     ) -> None:
         self.sync = sync_name
+        self.pii_variant = pii_variant or "facebook"
+        """The destination's rules for ``normalize:`` fields that name no ``variant``."""
         self.schema = schema
         self.json = json
         """Columns of a JSON type: a plain ``column:`` of one embeds its value."""
@@ -117,8 +125,11 @@ class Compiler:
                 "`cast` does not apply to a const",
                 hint="write the constant in the type you want, e.g. `const: 3`",
             )
+        pii = self.pii(path, spec)
         if spec.column is not None:
             column = self.use(path, spec.column)
+            if pii is not None:
+                return Column(path, column, None, pii)
             if spec.cast == "json" or (spec.cast is None and column in self.json):
                 return JsonText(path, column)
             return Column(path, column, spec.cast)
@@ -133,6 +144,62 @@ class Compiler:
         if spec.list_ is not None:
             return ListNode(path, [self.node(f"{path}[{i}]", v) for i, v in enumerate(spec.list_)])
         return self.const(path, spec.const)
+
+    def pii(self, path: str, spec: FieldSpec) -> Pii | None:
+        """``normalize:`` / ``hash:`` / ``variant:`` / ``country:`` checked, or None."""
+        if spec.normalize is None and spec.hash_ is None:
+            for key in ("variant", "country"):
+                if getattr(spec, key) is not None:
+                    raise self.fail(
+                        path,
+                        f"`{key}` applies with `normalize:`",
+                        hint="e.g. `{column: phone, normalize: phone, country: US}`",
+                    )
+            return None
+        if spec.column is None:
+            raise self.fail(
+                path,
+                "`normalize` and `hash` apply to column fields",
+                hint="e.g. `EMAIL: {column: email, normalize: email, hash: sha256}`",
+            )
+        if spec.cast is not None:
+            raise self.fail(
+                path,
+                "`cast` does not combine with `normalize` or `hash` (they send text)",
+                hint="remove the cast",
+            )
+        name = spec.normalize
+        if name is not None:
+            name = ALIASES.get(name, name)
+            if name not in NORMALIZERS:
+                raise self.fail(
+                    path,
+                    unknown_name("normaliser", spec.normalize or "", NORMALIZERS),
+                    hint="see docs/mapping.md, PII normalisation and hashing",
+                )
+        if spec.hash_ is not None and spec.hash_ not in HASHES:
+            raise self.fail(
+                path,
+                unknown_name("hash", spec.hash_, HASHES),
+                hint="ad platforms match on SHA-256: `hash: sha256`",
+            )
+        variant = spec.variant or self.pii_variant
+        if variant not in VARIANTS:
+            raise self.fail(path, unknown_name("variant", variant, VARIANTS))
+        country = spec.country
+        if country is not None:
+            import phonenumbers
+
+            if name != "phone":
+                raise self.fail(path, "`country` applies to `normalize: phone`")
+            country = country.strip().upper()
+            if country not in phonenumbers.SUPPORTED_REGIONS:
+                raise self.fail(
+                    path,
+                    f"`country: {spec.country}` is not an ISO 3166-1 alpha-2 country code",
+                    hint="e.g. `country: US` for numbers written without +1",
+                )
+        return Pii(name, spec.hash_, variant, country)
 
     def const(self, path: str, value: Any) -> Const:
         try:
