@@ -93,6 +93,21 @@ def test_the_generic_demo_runs_twice_and_sends_only_the_changes(tmp_path: Path) 
     assert (tmp_path / "demo" / "undertow.yml").read_text().count("type: hubspot") == 1
 
 
+@pytest.mark.parametrize("type_name", ["mailchimp"])
+def test_the_demo_of_an_email_tool_succeeds_on_5000_customers_then_sends_only_the_changes(
+    type_name: str, tmp_path: Path
+) -> None:
+    """Issue 11's acceptance, as a user types it."""
+    args = ("--destination", type_name, "--customers", "5000", "--json")
+    done = undertow("demo", *args, "--dir", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    first, second = json.loads(done.stdout)["runs"]
+    assert first["status"] == "succeeded" and first["rejected"] == 0, first
+    assert first["sent"] == first["extracted"] > 4000
+    assert second["status"] == "succeeded" and second["rejected"] == 0, second
+    assert second["unchanged"] > 4000 and 0 < second["sent"] == second["planned"] < 200, second
+
+
 def test_init_with_a_destination_writes_a_project_that_validates(tmp_path: Path) -> None:
     folder = tmp_path / "acme"
     done = undertow("init", str(folder), "--destination", "hubspot")
