@@ -119,11 +119,11 @@ def test_the_eleventh_simultaneous_request_gets_a_429_without_retry_after() -> N
     fake = MailchimpFake(KEY, hold=0.5)
     answers = []
     with fake.serve() as url:
-        threads = [
-            threading.Thread(target=lambda: answers.append(call(url, "GET", "/3.0/ping",
-                                                                headers=AUTH)))  # fmt: skip
-            for _ in range(MAX_CONNECTIONS + 1)
-        ]
+
+        def ping() -> None:
+            answers.append(call(url, "GET", "/3.0/ping", headers=AUTH))
+
+        threads = [threading.Thread(target=ping) for _ in range(MAX_CONNECTIONS + 1)]
         for thread in threads:
             thread.start()
         for thread in threads:
