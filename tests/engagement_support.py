@@ -67,6 +67,19 @@ class Vendor:
     """The view ids of the events in one request body."""
     expected_list: Callable[[int], Any]
     """How the vendor documents the list of customer n (what the fake must hold)."""
+    dropped: Callable[[Any], int] | None = None
+    """Repeats the fake dropped by event id (vendors that deduplicate)."""
+
+    def _members(self) -> str:
+        if not self.members:
+            return ""
+        return f"""  members:
+    model: customers
+    destination: out
+    mode: mirror
+    max_delete_ratio: 0.2
+{self.members}
+"""
 
     def project(self, folder: Path, url: str) -> None:
         (folder / "undertow.yml").write_text(
@@ -83,13 +96,7 @@ syncs:
     model: customers
     destination: out
 {self.profiles}
-  members:
-    model: customers
-    destination: out
-    mode: mirror
-    max_delete_ratio: 0.2
-{self.members}
-  events:
+{self._members()}  events:
     model: views
     destination: out
     mode: insert
@@ -182,4 +189,35 @@ def _klaviyo() -> Vendor:
     )
 
 
+def _mixpanel() -> Vendor:
+    from undertow.testing.mixpanel import MixpanelFake
+
+    token = "mp-acceptance-token-0000"
+    return Vendor(
+        type="mixpanel",
+        token=token,
+        fake=lambda: MixpanelFake(token),
+        destination="",
+        credential="project_token",
+        profiles="""    object: users
+    mode: upsert
+    match: {distinct_id: customer_id}
+    mappings: {$email: email, first_name: first_name, recently_viewed: recently_viewed}""",
+        members="",
+        events="""    object: events
+    match: {distinct_id: customer_id}
+    mappings: {event: {const: Viewed Product}, time: viewed_at, sku: sku, view_id: view_id}""",
+        stored_list=lambda fake, n: (fake.profile(n) or {}).get("recently_viewed"),
+        member_count=lambda fake: 0,
+        event_ids=lambda fake: [e["properties"]["view_id"] for e in fake.events],
+        request_ids=lambda body: [e["properties"]["view_id"] for e in body],
+        expected_list=viewed,
+        dropped=lambda fake: fake.dropped_events,
+    )
+
+
 VENDORS: dict[str, Callable[[], Vendor]] = {"braze": _braze, "klaviyo": _klaviyo}
+"""The email tools that take all three kinds of sync (issue 11's acceptance)."""
+ANALYTICS: dict[str, Callable[[], Vendor]] = {"mixpanel": _mixpanel}
+"""Product analytics tools (issue 17): profiles and events, no lists."""
+EVENT_VENDORS = {**VENDORS, **ANALYTICS}

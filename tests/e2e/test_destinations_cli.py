@@ -118,3 +118,23 @@ def test_init_with_a_destination_writes_a_project_that_validates(tmp_path: Path)
     (folder / ".env").write_text("HUBSPOT_TOKEN=pat-not-checked-offline\n")
     checked = undertow("validate", "--project", str(folder), "--offline")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+ANALYTICS = ("mixpanel",)
+"""Issue 17's product analytics destinations: each one's demo, as its acceptance states it."""
+
+
+@pytest.mark.parametrize("type_name", ANALYTICS)
+def test_the_demo_of_each_analytics_destination_sends_only_the_changes_the_second_time(
+    tmp_path: Path, type_name: str
+) -> None:
+    done = undertow(
+        "demo", "--destination", type_name, "--customers", "5000", "--json",
+        "--dir", str(tmp_path / "d"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    first, second = json.loads(done.stdout)["runs"]
+    assert first["status"] == "succeeded" and first["rejected"] == 0, first
+    assert first["sent"] == first["extracted"] > 4000
+    assert second["status"] == "succeeded", second
+    assert 0 < second["sent"] == second["added"] + second["changed"] < first["sent"] // 10

@@ -60,6 +60,7 @@ from undertow.destinations.base import (
     ConfigT,
     Destination,
     DestinationConfig,
+    RecordKind,
 )
 from undertow.destinations.kit.auth import Auth
 from undertow.destinations.kit.each import Work, for_each
@@ -428,8 +429,12 @@ class HttpDestination(Destination[ConfigT]):
         return next(iter(batch.identifiers), None)
 
     def items(self, batch: Batch, match_field: str | None, result: BatchResult) -> list[Item]:
-        """Shape every record; reject those without a match value or with a repeated one."""
+        """Shape every record; reject those without a match value or with a repeated one
+        (events may repeat it: one person does several things)."""
         keys = batch.identifiers.get(match_field, []) if match_field else []
+        repeats = (
+            self.duplicate_keys or self.capabilities_for(batch.object).kind is RecordKind.EVENTS
+        )
         seen: dict[str, int] = {}
         items: list[Item] = []
         for index, record in enumerate(batch.records()):
@@ -440,7 +445,7 @@ class HttpDestination(Destination[ConfigT]):
                     result.rejected[index] = f"no value for the match field {match_field!r}"
                     continue
                 folded = str(key).casefold()
-                if not self.duplicate_keys and folded in seen:
+                if not repeats and folded in seen:
                     result.rejected[index] = (
                         f"row {batch.keys[seen[folded]]} of the same batch has the same "
                         f"{match_field}; {self.vendor} refuses duplicate ids in one batch"
