@@ -13,6 +13,7 @@ project.reset("users_to_crm")       # forget the snapshot: next run is a first r
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -437,6 +438,47 @@ class Project(Inspection):
         if executor.queued:
             sync_run.heartbeat_seconds = executor.heartbeat.total_seconds()
             sync_run.lock_ttl = executor.lock_ttl
+            if worker is not None and executor.delivery_workers > 1:
+                from undertow.pipeline.share import Sharing
+
+                sync_run.sharing = Sharing(
+                    workers=executor.delivery_workers,
+                    owner=worker,
+                    ttl=executor.lock_ttl,
+                    heartbeat=executor.heartbeat.total_seconds(),
+                    publish=functools.partial(self._queue_helpers, sync_run.ctx.name),
+                )
+
+    def _queue_helpers(self, sync: str, run_id: str, attempt: int, count: int) -> None:
+        """Queue ``count`` helper tasks for a run that shares its delivery."""
+        cluster = self.executor.cluster
+        for i in range(count):
+            task_id = f"{sync}:{run_id}:part:{attempt}:{i}"
+            if cluster.add_task(task_id, sync=sync, kind="part", trigger="share", run_id=run_id):
+                self.executor.publish(task_id)
+
+    def help_deliver(self, name: str, run_id: str, *, halt: Halt, worker: str) -> dict[str, Any]:
+        """A worker's helper task: deliver parts of run ``run_id`` of sync ``name`` (see
+        ``pipeline/share.py``) until none is left to claim."""
+        from undertow.pipeline.share import help_deliver
+
+        self.sync(name)
+        self.share_budgets()
+        executor = self.config.executor
+        ctx = self.context(name)
+        try:
+            with self.debugger.recording():
+                return help_deliver(
+                    ctx,
+                    self.store,
+                    run_id,
+                    owner=worker,
+                    ttl=executor.lock_ttl,
+                    heartbeat=executor.heartbeat.total_seconds(),
+                    halt=halt,
+                )
+        finally:
+            ctx.source.close()
 
     @property
     def executor(self) -> QueueExecutor:

@@ -108,6 +108,10 @@ class Capabilities:
     """Largest number of records in one request."""
     max_concurrency: int = 4
     """Requests in flight at once, per sync."""
+    shared_delivery: bool = True
+    """Whether several worker processes (machines) may deliver one run's batches together
+    (``executor.delivery_workers``). False where only one process may write at a time: a
+    local file, a sheet whose row positions depend on every batch before it."""
     rate_limit: RateLimit | None = None
     """The main rolling-window limit (kept for callers that read one limit)."""
     rate_limits: tuple[RateLimit, ...] = ()

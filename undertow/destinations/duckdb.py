@@ -21,6 +21,7 @@ retryable. ``path`` is relative to the project folder.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -35,7 +36,7 @@ from undertow.destinations._table import (
     json_param,
     text_param,
 )
-from undertow.destinations.base import DestinationConfig, Operation
+from undertow.destinations.base import Capabilities, DestinationConfig, Operation
 from undertow.errors import FatalDeliveryError, RetryableError
 
 UPSERT_DOC = "https://duckdb.org/docs/stable/sql/statements/insert#on-conflict-clause"
@@ -66,6 +67,9 @@ class DuckDBDestination(SyncTable[DuckDBConfig]):
     vendor: ClassVar[str] = "DuckDB"
     savepoints: ClassVar[bool] = False
     docs_url: ClassVar[str | None] = UPSERT_DOC
+    capabilities: ClassVar[Capabilities] = replace(
+        SyncTable.capabilities, shared_delivery=False
+    )  # a file one process writes at a time
 
     def __init__(self, config: DestinationConfig, *, name: str) -> None:
         super().__init__(config, name=name)

@@ -64,6 +64,7 @@ class FileDestination(Destination[FileConfig]):
         operations=frozenset(Operation),
         max_batch_size=10_000,
         max_concurrency=1,  # one writer appends; batches never interleave
+        shared_delivery=False,  # a file on one machine
         per_record_results=True,
     )
 

@@ -225,6 +225,7 @@ class GoogleSheetsDestination(HttpDestination[GoogleSheetsConfig]):
         ),
         max_batch_size=MAX_BATCH,
         max_concurrency=1,  # row positions depend on every batch before
+        shared_delivery=False,
         rate_limit=RateLimit(60, 60.0, LIMITS_DOC),  # per user per project
         rate_limits=(RateLimit(300, 60.0, LIMITS_DOC),),  # per project
         per_record_results=True,

@@ -17,8 +17,11 @@ table keeps the "being sent" marks of events a vendor does not deduplicate
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
 
 from undertow.destinations.base import Batch, BatchResult, Job, Operation
 from undertow.pipeline.deliver import SENDING
@@ -51,6 +54,7 @@ class Recorder:
         open_keys: set[str] | None = None,
         changelog: ChangelogSpool | None = None,
         fence: Lock | None = None,
+        fence_with: Callable[[sa.Connection], None] | None = None,
     ) -> None:
         self.store = store
         self.run = run
@@ -58,6 +62,10 @@ class Recorder:
         """Where each batch's outcome is spooled for the sync logs (``sync_logs:``), first."""
         self.fence = fence
         """The run's lock: a checkpoint is written only while the run holds it."""
+        self.fence_with = fence_with
+        """A shared delivery's part lease (``pipeline/share.py``): a checkpoint is written only
+        while this worker holds the part, and adds to the run's counters in the store (other
+        workers checkpoint the same run at the same time) instead of writing them."""
         self.notes: list[str] = []
         """What the run's warning says about its batches (a batch in doubt)."""
         self.open_keys = open_keys or set()
@@ -127,11 +135,14 @@ class Recorder:
                             operation=str(work.operation),
                         )
                     )
-        counts = self.run.counts
-        counts["sent"] += sent
-        counts["succeeded"] += accepted
-        counts["rejected"] += len(work.map_rejected) + (len(result.rejected) if result else 0)
-        counts["failed"] += len(result.failed) if result else 0
+        delta = {
+            "sent": sent,
+            "succeeded": accepted,
+            "rejected": len(work.map_rejected) + (len(result.rejected) if result else 0),
+            "failed": len(result.failed) if result else 0,
+        }
+        for key, value in delta.items():
+            self.run.counts[key] += value
         if self.changelog is not None:  # before the checkpoint: a crash between them is a
             self.changelog.add(work, result)  # batch spooled twice, never one not spooled
         self.store.checkpoint(
@@ -145,4 +156,6 @@ class Recorder:
             attempts=attempts,
             resolved_keys=resolved,
             fence=self.fence,
+            fence_with=self.fence_with,
+            add_counts=delta if self.fence_with is not None else None,
         )

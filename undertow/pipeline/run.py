@@ -44,6 +44,7 @@ from undertow.errors import (
     crash_message,
     is_crash,
 )
+from undertow.pipeline import share
 from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deliver
 from undertow.pipeline.diff import DiffEngine, DiffSpec
 from undertow.pipeline.engines import make_engine
@@ -53,6 +54,7 @@ from undertow.pipeline.map import CompiledMapping, compile_mapping
 from undertow.pipeline.map.limits import TemplateCancelled
 from undertow.pipeline.plan import Plan, check_deletes, make_plan, percent
 from undertow.pipeline.record import Recorder, Work
+from undertow.pipeline.share import Sharing
 from undertow.sources.base import Source
 from undertow.state.store import Lock, RowError, RunRecord, RunStatus, StateStore
 
@@ -209,6 +211,9 @@ class SyncRun:
         self.worker: str | None = None
         """The worker running this (shown with the lock by ``undertow status``)."""
         self.lock: Lock | None = None
+        self.sharing: Sharing | None = None
+        """Set for a worker's run with ``executor.delivery_workers`` > 1: its delivery is
+        shared with other workers (``pipeline/share.py``)."""
 
     def execute(self, *, full: bool = False) -> RunRecord:
         ctx = self.ctx
@@ -260,7 +265,9 @@ class SyncRun:
                 run = self.store.create_run(ctx.name, full=full, trigger=self.trigger)
                 resumed = False
             if resumed and run.status == RunStatus.DELIVERING:
-                self._update(run, bump_attempt=True)
+                # its counters as they are in the store: workers sharing its delivery may
+                # still be adding to them
+                self._update(run, bump_attempt=True, keep_counts=True)
                 batch_size = run.batch_size or batch_size
             else:
                 if resumed:
@@ -441,6 +448,14 @@ class SyncRun:
         batch_size: int,
     ) -> RunRecord:
         ctx = self.ctx
+        sharing = share.resumed(self, run)  # a run that shared its delivery goes on so
+        if sharing is None and self.sharing is not None:
+            why = share.refusal(ctx, self)
+            sharing = self.sharing if why is None else None
+            if why is not None:
+                self.reporter.note(ctx.name, f"delivering alone: {why}")
+        if sharing is not None:
+            return share.deliver_shared(self, run, engine, mapping, spec, sharing)
         done = self.store.done_batches(run.id)
         spool = None
         if self.changelog_dir is not None:
@@ -468,6 +483,20 @@ class SyncRun:
                 self.reporter.stage(ctx.name, "record")
                 done = self.store.done_batches(run.id)
                 engine.fold(run.id, spec, done, self.store.not_accepted_seqs(run.id))
+        return self._conclude(run, engine, recorder, done, error=error, cancelled=cancelled)
+
+    def _conclude(
+        self,
+        run: RunRecord,
+        engine: DiffEngine,
+        recorder: Recorder,
+        done: set[int],
+        *,
+        error: UndertowError | None,
+        cancelled: bool,
+    ) -> RunRecord:
+        """End the run after its delivery (its checkpoints folded): succeeded, failed,
+        cancelled, or left unfinished for a vendor job or a worker's shutdown."""
         complete = len(done) >= (run.total_batches or 0)
         warning: str | None = None
         pending = recorder.pending_jobs(done)

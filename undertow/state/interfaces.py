@@ -15,9 +15,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Protocol, runtime_checkable
+
+import sqlalchemy as sa
 
 from undertow.state.records import Lock, RowError, RowStatus, RunRecord, RunStatus
 
@@ -58,6 +60,7 @@ class StateWriter(StateReader, Protocol):
         bump_attempt: bool = False,
         warning: str | None = None,
         fence: Lock | None = None,
+        keep_counts: bool = False,
     ) -> None: ...
     def checkpoint(
         self,
@@ -72,6 +75,8 @@ class StateWriter(StateReader, Protocol):
         attempts: int,
         resolved_keys: Sequence[str] = (),
         fence: Lock | None = None,
+        fence_with: Callable[[sa.Connection], None] | None = None,
+        add_counts: Mapping[str, int] | None = None,
     ) -> None: ...
     def add_row_errors(self, errors: Sequence[RowError]) -> None: ...
     def resolve_rows(self, sync: str, keys: Sequence[str]) -> None: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,8 @@ class RowStore(StoreConnection):
         attempts: int,
         resolved_keys: Sequence[str] = (),
         fence: Lock | None = None,
+        fence_with: Callable[[sa.Connection], None] | None = None,
+        add_counts: Mapping[str, int] | None = None,
     ) -> None:
         """Record one finished batch, its row errors and the run's counters atomically.
 
@@ -38,7 +40,12 @@ class RowStore(StoreConnection):
         or failed row gets a failure (a new one, or one more attempt of an open one), and
         ``resolved_keys`` (rows of the batch the destination accepted that had an open
         failure) are marked resolved. With ``fence``, nothing is written unless the run still
-        holds that lock (:class:`~undertow.errors.LockLostError` otherwise).
+        holds that lock (:class:`~undertow.errors.LockLostError` otherwise); ``fence_with``
+        is any other such check (a shared delivery's part lease).
+
+        ``add_counts``: several processes checkpoint the run at once (a shared delivery), so
+        instead of writing ``run.counts`` the transaction adds these to the counters the
+        store holds, reading them under a row lock.
         """
         now = utc_now()
         rejected = sum(1 for e in errors if e.kind != "failed")
@@ -46,6 +53,8 @@ class RowStore(StoreConnection):
         with self._tx() as conn:
             if fence is not None:
                 fence_lock(conn, fence)
+            if fence_with is not None:
+                fence_with(conn)
             conn.execute(
                 _INSERT_BATCH,
                 {
@@ -75,7 +84,15 @@ class RowStore(StoreConnection):
                         )
                         .values(resolved_at=now)
                     )
-            conn.execute(_UPDATE_COUNTS, {"rid": run.id, "c": json.dumps(run.counts), "u": now})
+            counts = run.counts
+            if add_counts is not None:
+                held = conn.execute(
+                    sa.select(runs.c.counts).where(runs.c.id == run.id).with_for_update()
+                ).scalar()
+                counts = json.loads(held or "{}")
+                for key, value in add_counts.items():
+                    counts[key] = counts.get(key, 0) + value
+            conn.execute(_UPDATE_COUNTS, {"rid": run.id, "c": json.dumps(counts), "u": now})
 
     def _record_failures(
         self, conn: sa.Connection, errors: Sequence[RowError], now: datetime

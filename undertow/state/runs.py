@@ -144,9 +144,12 @@ class RunStore(StoreConnection):
         bump_attempt: bool = False,
         warning: str | None = None,
         fence: Lock | None = None,
+        keep_counts: bool = False,
     ) -> None:
         """Persist the run's status, counts and plan facts (one transaction); with ``fence``
-        only while the run still holds that lock (:class:`~undertow.errors.LockLostError`)."""
+        only while the run still holds that lock (:class:`~undertow.errors.LockLostError`).
+        ``keep_counts``: leave the counters in the store as they are (other workers add to
+        them while they share the run's delivery)."""
         now = utc_now()
         if status is not None:
             if status != run.status or not run.stages:
@@ -169,6 +172,8 @@ class RunStore(StoreConnection):
             "attempt": run.attempt,
             "stages": json.dumps(run.stages),
         }
+        if keep_counts:
+            del values["counts"]
         if run.status.final:
             run.finished_at = now
             values["finished_at"] = now

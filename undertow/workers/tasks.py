@@ -97,6 +97,8 @@ def run_task(
     if row.final:
         return {"dropped": f"already {row.state}"}
     takeover = False
+    if row.kind == "part":
+        return _help(project, cluster, row, holder_id(worker))
     if row.state == "running":
         workers = {w.name: w for w in cluster.workers(ttl=ttl)}
         takeover = holder_gone(row.worker, workers) and row.sync not in project.store.held_locks()
@@ -129,6 +131,30 @@ def run_task(
         return error_result(exc)
     finally:
         _set_current(None)
+
+
+def _help(project: Project, cluster: ClusterState, row: TaskRow, me: str) -> dict[str, Any]:
+    """A helper task of a shared delivery (``pipeline/share.py``): claim parts of its run and
+    deliver them. A copy of the message, or a helper started after the run ended, finds
+    nothing to claim and ends at once; one whose worker died is not queued again (the run's
+    coordinator takes its part over when the lease runs out)."""
+    if row.state != "queued" and row.state != "new":
+        return {"dropped": f"helper task {row.state}"}
+    claimed = cluster.claim(row.id, me, takeover=False)
+    if claimed is None or claimed.run_id is None:
+        return {"dropped": "claimed by another worker"}
+    halt = Halt()
+    _set_current(halt)
+    try:
+        result = project.help_deliver(claimed.sync, claimed.run_id, halt=halt, worker=me)
+    except Exception as exc:
+        log.exception("helper task %s crashed", row.id)
+        cluster.finish(claimed, state="failed", result=error_result(exc))
+        return error_result(exc)
+    finally:
+        _set_current(None)
+    cluster.finish(claimed, state="done", result=result)
+    return result
 
 
 def _run(
