@@ -46,6 +46,7 @@ from undertow.destinations.base import (
     MatchRule,
     Operation,
     RateLimit,
+    RunEnd,
 )
 from undertow.destinations.kit import (
     Auth,
@@ -132,6 +133,7 @@ __all__ = [
     "Response",
     "RetryPolicy",
     "RetryableError",
+    "RunEnd",
     "SlowDown",
     "Stats",
     "UndertowError",

@@ -23,6 +23,8 @@ PART4 = (
     "mysql",
     "mariadb",
     "duckdb",
+    "s3",
+    "sftp",
 )
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "destinations"
 

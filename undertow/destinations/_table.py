@@ -515,3 +515,21 @@ def _quiet_close(conn: Any) -> None:
 def _quiet_rollback(conn: Any) -> None:
     with contextlib.suppress(Exception):  # already broken, or no transaction open
         conn.rollback()
+
+
+def arrow_of(fields: list[str], rows: list[dict[str, Any]]) -> Any:
+    """The rows as an Arrow table, a column per field; objects and lists as JSON text.
+
+    A column whose values Arrow cannot type as one (a mix of numbers and text, an integer
+    beyond 64 bits) goes as text; a database casts it to its column's type or rejects the row.
+    """
+    import pyarrow as pa
+
+    arrays = []
+    for name in fields:
+        values = [json_param(row[name]) for row in rows]
+        try:
+            arrays.append(pa.array(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            arrays.append(pa.array([text_param(v) for v in values], pa.string()))
+    return pa.Table.from_arrays(arrays, names=fields)

@@ -347,6 +347,22 @@ class Job:
 
 
 @dataclass(frozen=True)
+class RunEnd:
+    """A run about to end, as :meth:`Destination.finish_run` sees it.
+
+    ``status`` is the status the run ends with unless ``finish_run`` fails (then it ends
+    ``failed``); ``counts`` are the run's counters (``planned``, ``added``, ``changed``,
+    ``removed``, ``succeeded``, ``rejected``, ``failed``...).
+    """
+
+    sync: str
+    run_id: str
+    status: str
+    counts: Mapping[str, int]
+    object: str | None = None
+
+
+@dataclass(frozen=True)
 class DemoProfile:
     """How ``undertow demo --destination TYPE`` syncs the sample customers into this type.
 
@@ -487,6 +503,17 @@ class Destination(ABC, Generic[ConfigT]):
         the same batch rebuilt from the run's plan.
         """
         raise NotImplementedError(f"{type(self).__name__} declares async_jobs but no poll_job")
+
+    finishes_runs: ClassVar[bool] = False
+    """True when the destination has work to do once a run's batches are all recorded
+    (:meth:`finish_run`): publishing a run's files with their manifest, a run's digest."""
+
+    async def finish_run(self, run: RunEnd) -> None:
+        """Called once when a run ends (succeeded, failed or cancelled), after every batch it
+        sent is recorded, with the destination open; not called while the run stays
+        unfinished (a kill -9, a worker handing it back, a vendor job still running): the
+        resumed run calls it when it ends. Must be idempotent (a kill -9 during it calls it
+        again from the resumed run). An ``UndertowError`` ends the run ``failed`` with it."""
 
     @abstractmethod
     async def write_batch(self, batch: Batch) -> BatchResult:

@@ -33,8 +33,7 @@ from undertow.destinations._table import (
     SyncTable,
     TableConfig,
     TableInfo,
-    json_param,
-    text_param,
+    arrow_of,
 )
 from undertow.destinations.base import Capabilities, DestinationConfig, Operation
 from undertow.errors import FatalDeliveryError, RetryableError
@@ -242,19 +241,8 @@ _INDEX = "__undertow_index"
 
 
 def _arrow(fields: list[str], rows: list[dict[str, Any]]) -> Any:
-    """The rows as an Arrow table, a column per field plus each row's position in the group.
-
-    A column whose values Arrow cannot type as one (a mix of numbers and text, an integer
-    beyond 64 bits) goes as text; DuckDB casts it to the column's type or rejects the row.
-    """
+    """The rows as an Arrow table plus each row's position in the group."""
     import pyarrow as pa
 
-    arrays = []
-    for name in fields:
-        values = [json_param(row[name]) for row in rows]
-        try:
-            arrays.append(pa.array(values))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            arrays.append(pa.array([text_param(v) for v in values], pa.string()))
-    arrays.append(pa.array(range(len(rows)), pa.int64()))
-    return pa.Table.from_arrays(arrays, names=[*fields, _INDEX])
+    table = arrow_of(fields, rows)
+    return table.append_column(_INDEX, pa.array(range(len(rows)), pa.int64()))

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from undertow.config.models import ModelConfig, SyncConfig
 from undertow.destinations import capture
-from undertow.destinations.base import Batch, Capabilities, Destination, Operation
+from undertow.destinations.base import Batch, Capabilities, Destination, Operation, RunEnd
 from undertow.errors import (
     LockLostError,
     PlanError,
@@ -531,9 +531,28 @@ class SyncRun:
             )
         else:
             status, message, warning = self._judge_rejections(run)
+        if self.ctx.destination.finishes_runs:
+            try:
+                asyncio.run(self._finish(run, status))
+            except UndertowError as exc:
+                status = RunStatus.FAILED
+                message = f"{message}; {exc}" if message else str(exc)
         self._update(run, status=status, error=message, warning=recorder.warning(warning))
         engine.discard(run.id)
         return run
+
+    async def _finish(self, run: RunRecord, status: RunStatus) -> None:
+        """The destination's end-of-run work (files and their manifest, a digest), once
+        every batch is recorded; a kill -9 during it leaves the run delivering, so the
+        resumed run calls it again."""
+        ctx = self.ctx
+        end = RunEnd(ctx.name, run.id, str(status), dict(run.counts), ctx.sync.object)
+        await ctx.destination.open()
+        try:
+            with capture.context(run_id=run.id):
+                await ctx.destination.finish_run(end)
+        finally:
+            await ctx.destination.close()
 
     def _judge_rejections(self, run: RunRecord) -> tuple[RunStatus, str | None, str | None]:
         """Fail a run whose rejected rows exceed ``max_rejected_ratio``; else warn of them.
