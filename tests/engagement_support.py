@@ -216,8 +216,35 @@ def _mixpanel() -> Vendor:
     )
 
 
+def _amplitude() -> Vendor:
+    from undertow.testing.amplitude import AmplitudeFake
+
+    token = "amp-acceptance-key-0000"
+    return Vendor(
+        type="amplitude",
+        token=token,
+        fake=lambda: AmplitudeFake(token),
+        destination="",
+        credential="api_key",
+        profiles="""    object: users
+    mode: upsert
+    match: {user_id: email}
+    mappings: {first_name: first_name, recently_viewed: recently_viewed}""",
+        members="",
+        events="""    object: events
+    match: {user_id: email}
+    mappings: {event_type: {const: Viewed Product}, time: viewed_at, sku: sku, view_id: view_id}""",
+        stored_list=lambda fake, n: (fake.user(f"c{n}@example.com") or {}).get("recently_viewed"),
+        member_count=lambda fake: 0,
+        event_ids=lambda fake: [e["event_properties"]["view_id"] for e in fake.events],
+        request_ids=lambda body: [e["event_properties"]["view_id"] for e in body["events"]],
+        expected_list=viewed,
+        dropped=lambda fake: fake.dropped_events,
+    )
+
+
 VENDORS: dict[str, Callable[[], Vendor]] = {"braze": _braze, "klaviyo": _klaviyo}
 """The email tools that take all three kinds of sync (issue 11's acceptance)."""
-ANALYTICS: dict[str, Callable[[], Vendor]] = {"mixpanel": _mixpanel}
+ANALYTICS: dict[str, Callable[[], Vendor]] = {"mixpanel": _mixpanel, "amplitude": _amplitude}
 """Product analytics tools (issue 17): profiles and events, no lists."""
 EVENT_VENDORS = {**VENDORS, **ANALYTICS}
