@@ -161,3 +161,35 @@ def test_config_needs_one_way_to_post() -> None:
         SlackDestination.Config.model_validate({"type": "slack", "token": "xoxb-1"})
     with pytest.raises(ValueError, match="not both"):
         SlackDestination.Config.model_validate({"type": "slack"})
+
+
+def test_digest_posts_one_message_per_run_with_its_counts_and_first_rows(
+    tmp_path: Any,
+) -> None:
+    """Through a project (the run-end hook): one message per run that sent rows, none for a
+    quiet run; the rows' own template gives the digest's lines."""
+    from project_support import run_one, users_project, warehouse
+
+    fake = SlackFake("xoxb-digest-0000", window_seconds=0.01)
+    with fake.serve() as url:
+        block = (
+            f'{{type: slack, base_url: "{url}", token: xoxb-digest-0000, channel: {CHANNEL}, '
+            'digest: true, digest_rows: 3, text: "{{ record.email }}"}'
+        )
+        project = users_project(
+            tmp_path,
+            [(i, f"u{i}@x.com") for i in range(5)],
+            destinations=f"ops: {block}",
+            syncs="  users_ops: {model: users, destination: ops, mode: upsert, "
+            "mappings: {email: email}}\n",
+        )
+        assert run_one(project, "users_ops").status == "succeeded"
+        warehouse(tmp_path, "update users set email = 'new@x.com' where id = 2")
+        assert run_one(project, "users_ops").status == "succeeded"
+        assert run_one(project, "users_ops").status == "succeeded"  # nothing changed
+        texts = [m["text"] for m in fake.messages[CHANNEL]]
+    assert texts == [
+        "*users_ops*: 5 added, 0 changed, 0 removed (succeeded)\n"
+        "• u0@x.com\n• u1@x.com\n• u2@x.com\n…and 2 more",
+        "*users_ops*: 0 added, 1 changed, 0 removed (succeeded)\n• new@x.com\n",
+    ]

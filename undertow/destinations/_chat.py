@@ -12,6 +12,11 @@ error, not an empty string. The template sees::
 
 and the ``tojson`` filter. A template that fails for one row rejects that row with the
 reason; it fails ``undertow validate`` when it does not parse.
+
+A digest template (one message per run) sees ``sync``, ``run_id``, ``status``, ``counts``
+(``added``, ``changed``, ``removed``, ``succeeded``, ``rejected``, ``failed``... each 0 when
+absent), ``lines`` (the rows' messages, the first ``digest_rows`` of them) and ``more`` (how
+many rows the digest does not list).
 """
 
 from __future__ import annotations
@@ -43,6 +48,17 @@ class MessageTemplate:
                 f"{exc.lineno}: {exc.message}",
                 key=key,
                 hint="fields are record.<name>; see docs/destinations/slack.md for the variables",
+            ) from None
+
+    def render_with(self, **variables: Any) -> str:
+        """Render with these variables; raises ValueError with the reason it cannot be built."""
+        try:
+            return self.template.render(**variables)
+        except jinja2.exceptions.SecurityError as exc:
+            raise ValueError(f"the template was refused by the sandbox: {exc}") from None
+        except jinja2.TemplateError as exc:
+            raise ValueError(
+                f"the template failed: {type(exc).__name__}: {redact(trim(str(exc)))}"
             ) from None
 
     def render(self, batch: Batch, index: int, record: dict[str, Any]) -> str:

@@ -177,7 +177,7 @@ class FilesDestination(Destination[ConfigT]):
         max_batch_size=10_000,  # the default `batch_size`
         max_concurrency=4,  # staged batches are independent objects
     )
-    finishes_runs: ClassVar[bool] = True
+    finishes_runs: bool = True
 
     def __init__(self, config: DestinationConfig, *, name: str) -> None:
         super().__init__(config, name=name)

@@ -504,7 +504,7 @@ class Destination(ABC, Generic[ConfigT]):
         """
         raise NotImplementedError(f"{type(self).__name__} declares async_jobs but no poll_job")
 
-    finishes_runs: ClassVar[bool] = False
+    finishes_runs: bool = False
     """True when the destination has work to do once a run's batches are all recorded
     (:meth:`finish_run`): publishing a run's files with their manifest, a run's digest."""
 

@@ -10,6 +10,14 @@ sandboxed template (``undertow/destinations/_chat.py``: ``record``, ``key``, ``o
 ``sync``); ``blocks`` is an optional template that renders a JSON array of Block Kit blocks.
 A row is accepted only when Slack answered ``{"ok": true}`` (Web API) or ``ok`` (webhook).
 
+``digest: true`` posts **one message per run** instead, when the run ends
+(``Destination.finish_run``), from ``digest_text``: the run's counts and the first
+``digest_rows`` rows' messages (``text`` per row). Rows are accepted as they are rendered;
+the digest is posted once their run's batches are all recorded, and a digest Slack refuses
+fails the run (its rows stay recorded: the digest is a notification, not a copy). After a
+kill -9 the resumed run's digest has the whole run's counts but lists only the rows rendered
+after the resume.
+
 Web API (``../shared/specs/slack``: the OpenAPI file and NOTES.md): ``POST
 /api/chat.postMessage`` with ``Authorization: Bearer xoxb-...``, form-encoded as the spec
 describes (``blocks`` as a JSON string). Errors come as HTTP 200 ``{"ok": false, "error"}``:
@@ -42,6 +50,7 @@ from undertow.destinations.base import (
     DestinationConfig,
     Operation,
     RateLimit,
+    RunEnd,
 )
 from undertow.destinations.kit import Auth, BearerAuth, HttpConfig, HttpDestination, Reject
 from undertow.errors import ConfigError, FatalDeliveryError
@@ -68,6 +77,16 @@ HOOK_FATAL = {
     410: "channel_is_archived",
 }
 DEFAULT_TEXT = "{{ operation }} {{ key }}: {{ record | tojson }}"
+DEFAULT_DIGEST = (
+    "*{{ sync }}*: {{ counts.added }} added, {{ counts.changed }} changed, "
+    "{{ counts.removed }} removed{% if counts.rejected %}, {{ counts.rejected }} rejected"
+    "{% endif %} ({{ status }})\n{% for line in lines %}• {{ line }}\n{% endfor %}"
+    "{% if more %}…and {{ more }} more{% endif %}"
+)
+TEXT_LIMIT = 40_000
+"""Slack truncates ``text`` beyond 40,000 characters (../shared/specs/slack/NOTES.md;
+https://api.slack.com/methods/chat.postMessage#truncating): a digest is cut before it."""
+COUNTS = ("planned", "added", "changed", "removed", "succeeded", "rejected", "failed")
 
 
 class SlackConfig(HttpConfig):
@@ -88,6 +107,13 @@ class SlackConfig(HttpConfig):
     """Pace per token (Slack: about one per second per channel; raise it only for a
     workspace whose limits you know)."""
     batch_size: int = Field(default=100, ge=1, le=1000)
+    digest: bool = False
+    """One message per run (``digest_text``) instead of one per row."""
+    digest_text: str = DEFAULT_DIGEST
+    digest_rows: int = Field(default=20, ge=0, le=200)
+    """How many rows' messages a digest lists (the rest are counted in ``more``)."""
+    digest_empty: bool = False
+    """Post a digest for a run that sent no row, too."""
 
     @model_validator(mode="after")
     def _one_way(self) -> SlackConfig:
@@ -146,6 +172,14 @@ class SlackDestination(HttpDestination[SlackConfig]):
         self.block_template = (
             MessageTemplate(self.config.blocks, key=f"{key}.blocks") if self.config.blocks else None
         )
+        self.digest_template = (
+            MessageTemplate(self.config.digest_text, key=f"{key}.digest_text")
+            if self.config.digest
+            else None
+        )
+        self.finishes_runs = self.config.digest
+        self._lines: dict[str, list[str]] = {}
+        """Per run: the first ``digest_rows`` rows' messages (digest mode)."""
 
     def make_auth(self) -> Auth:
         if self.config.token is not None:
@@ -158,7 +192,7 @@ class SlackDestination(HttpDestination[SlackConfig]):
         limit = RateLimit(round(rate), 1.0, doc) if rate >= 1 else RateLimit(1, 1 / rate, doc)
         return replace(
             self.capabilities,
-            max_batch_size=self.config.batch_size,
+            max_batch_size=self.config.batch_size if not self.config.digest else 1000,
             rate_limit=limit,
             cite={"rate_limit": doc},
         )
@@ -227,43 +261,81 @@ class SlackDestination(HttpDestination[SlackConfig]):
 
     async def write_batch(self, batch: Batch) -> BatchResult:
         result = BatchResult()
+        if self.config.digest:
+            lines = self._lines.setdefault(batch.run_id or batch.sync, [])
+            for item in self.items(batch, None, result):
+                if len(lines) < self.config.digest_rows:
+                    lines.append(item.body["text"])
+            return result  # nothing is posted until the run ends
         for item in self.items(batch, None, result):
-            message = item.body
-            if self._hook_path is not None:
-                response = await self.send(
-                    "POST", self._hook_path, json=message, expect=frozenset({200, 400})
-                )
-                text = response.body.decode("utf-8", "replace").strip()
-                if response.status == 200 and text == "ok":
-                    continue
-                if response.status == 400:
-                    result.rejected[item.index] = f"Slack webhook refused the message: {trim(text)}"
-                    continue
-                name = HOOK_FATAL.get(response.status)
-                raise FatalDeliveryError(
-                    f"{self.where()}: Slack refused the webhook"
-                    + (f" ({name})" if name else "")
-                    + f": {response.describe()}",
-                    hint="the webhook was removed or its channel archived: create a new one",
-                )
-            form = {
-                "channel": str(self.config.channel),
-                "text": message["text"],
-                "unfurl_links": "true" if self.config.unfurl_links else "false",
-            }
-            if "blocks" in message:
-                form["blocks"] = orjson.dumps(message["blocks"]).decode()
-            response = await self.send(
-                "POST",
-                "/api/chat.postMessage",
-                body=urlencode(form).encode(),
-                content_type="application/x-www-form-urlencoded",
-                expect=frozenset({200}),
-            )
-            reason = self._web_answer(response, item.index)
+            reason = await self._post(item.body)
             if reason is not None:
                 result.rejected[item.index] = reason
         return result
+
+    async def finish_run(self, run: RunEnd) -> None:
+        """Post the run's digest (digest mode): its counts and its first rows."""
+        assert self.digest_template is not None
+        lines = self._lines.pop(run.run_id, [])
+        counts = {name: 0 for name in COUNTS} | dict(run.counts)
+        if not counts["succeeded"] and not lines and not self.config.digest_empty:
+            return
+        try:
+            text = self.digest_template.render_with(
+                sync=run.sync,
+                run_id=run.run_id,
+                status=run.status,
+                counts=counts,
+                lines=lines,
+                more=max(0, counts["succeeded"] - len(lines)),
+            )
+        except ValueError as exc:
+            raise FatalDeliveryError(
+                f"{self.where()}: the digest of run {run.run_id} could not be built: {exc}",
+                hint="fix `digest_text` (variables: sync, run_id, status, counts, lines, more)",
+            ) from None
+        if len(text) > TEXT_LIMIT:
+            text = text[: TEXT_LIMIT - 1] + "…"
+        reason = await self._post({"text": text})
+        if reason is not None:
+            raise FatalDeliveryError(
+                f"{self.where()}: the digest of run {run.run_id} was refused: {reason}",
+                hint="the run's rows are recorded; fix `digest_text` for the next run",
+            )
+
+    async def _post(self, message: dict[str, Any]) -> str | None:
+        """Post one message; None when Slack took it, else the reason (fatal errors raise)."""
+        if self._hook_path is not None:
+            response = await self.send(
+                "POST", self._hook_path, json=message, expect=frozenset({200, 400})
+            )
+            text = response.body.decode("utf-8", "replace").strip()
+            if response.status == 200 and text == "ok":
+                return None
+            if response.status == 400:
+                return f"Slack webhook refused the message: {trim(text)}"
+            name = HOOK_FATAL.get(response.status)
+            raise FatalDeliveryError(
+                f"{self.where()}: Slack refused the webhook"
+                + (f" ({name})" if name else "")
+                + f": {response.describe()}",
+                hint="the webhook was removed or its channel archived: create a new one",
+            )
+        form = {
+            "channel": str(self.config.channel),
+            "text": message["text"],
+            "unfurl_links": "true" if self.config.unfurl_links else "false",
+        }
+        if "blocks" in message:
+            form["blocks"] = orjson.dumps(message["blocks"]).decode()
+        response = await self.send(
+            "POST",
+            "/api/chat.postMessage",
+            body=urlencode(form).encode(),
+            content_type="application/x-www-form-urlencoded",
+            expect=frozenset({200}),
+        )
+        return self._web_answer(response, None)
 
     def auth_error(self, response: Any) -> FatalDeliveryError:
         if self._hook_path is not None:
