@@ -11,13 +11,22 @@ process never mix), and one process-wide listener passes each exchange to it:
 2. with ``debugger: {payloads: masked}`` every value of the request and response bodies
    becomes ``***`` before anything is stored (field names and structure stay, so the
    shape of a payload and the vendor's error codes can still be read);
-3. the row is queued and written by one background thread, a few at a time, into the
-   state store (:class:`undertow.state.debug_log.DebugLog`), which prunes each sync to
-   its newest ``keep`` rows and ``max_age``.
+3. the row is written by one background thread into the state store
+   (:class:`undertow.state.debug_log.DebugLog`), which prunes each sync to its newest
+   ``keep`` rows and ``max_age``.
 
-So recording never blocks the event loop that sends batches, and a failing write is
-logged and dropped: the debugger never fails a sync. :meth:`DebugRecorder.flush` (called
-when a run ends) waits until everything queued is stored.
+On the delivery path, :meth:`DebugRecorder.add` only appends the exchange (not yet
+redacted: see :class:`~undertow.destinations.capture.Exchange`) to the sync's ring of its
+newest ``keep``; an exchange pushed out of the ring before it was written is one the store
+would have pruned (``keep`` newer ones follow it), so it is dropped unread and costs no
+redaction. The writer thread wakes every :data:`FLUSH_SECONDS`, takes what the rings hold,
+builds the rows (redaction, masking: only here), and stores them; it then rests for nine
+times what that took, so that under a fast run it spends at most a tenth of the time (the
+live view then shows a sample of the newest requests as they arrive; the last ``keep`` are
+all stored when the run ends). Recording never blocks the event loop that sends batches,
+and a failing write is logged and dropped: the debugger never fails a sync.
+:meth:`DebugRecorder.flush` (called when a run ends) writes what is waiting at once and
+waits until it is stored.
 """
 
 from __future__ import annotations
@@ -25,8 +34,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -43,6 +53,10 @@ log = logging.getLogger("undertow.debugger")
 
 MASK = "***"
 FLUSH_SECONDS = 0.2
+"""How often the writer thread stores what arrived (at the most: see the module doc)."""
+IDLE_SECONDS = 5.0
+"""The writer thread ends after this long with nothing to write (the next exchange starts
+another)."""
 
 _active: contextvars.ContextVar[DebugRecorder | None] = contextvars.ContextVar(
     "undertow_debugger", default=None
@@ -111,11 +125,15 @@ class DebugRecorder:
     def __init__(self, config: ProjectConfig, debug_log: DebugLog) -> None:
         self.config = config
         self.log = debug_log
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._rings: dict[str, deque[capture.Exchange]] = {}
+        self._settings: dict[str, DebuggerConfig] = {}
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pending = 0
+        """Exchanges in the rings or being written."""
         self._idle = threading.Condition(self._lock)
+        self._now = threading.Event()
+        """Set by :meth:`flush`: write what is waiting without resting first."""
         self.dropped = 0
 
     # -- scope ------------------------------------------------------------------------------
@@ -133,22 +151,46 @@ class DebugRecorder:
             _uninstall()
             self.flush()
 
-    # -- the listener's side ----------------------------------------------------------------
+    # -- the listener's side (the delivery path: no redaction, no encoding) -----------------
+
+    def _for(self, sync: str) -> DebuggerConfig:
+        settings = self._settings.get(sync)
+        if settings is None:
+            settings = self._settings[sync] = settings_for(self.config, sync)
+        return settings
 
     def add(self, exchange: capture.Exchange) -> None:
-        ctx = exchange.context
-        sync = ctx.sync
+        sync = exchange.context.sync
         if sync is None or sync not in self.config.syncs:
             return
-        settings = settings_for(self.config, sync)
+        settings = self._for(sync)
         if not settings.enabled:
             return
-        masked = settings.payloads == "masked"
+        with self._lock:
+            ring = self._rings.get(sync)
+            if ring is None:
+                ring = self._rings[sync] = deque(maxlen=settings.keep)
+            if len(ring) == ring.maxlen:
+                self._pending -= 1  # the oldest is pushed out unread (see the module doc)
+            ring.append(exchange)
+            self._pending += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._drain, name="undertow-debugger", daemon=True
+                )
+                self._thread.start()
+
+    def row(self, exchange: capture.Exchange) -> dict[str, Any]:
+        """The stored row of one exchange: redacted (reading the exchange's fields does
+        it) and, with ``payloads: masked``, with every body value masked."""
+        ctx = exchange.context
+        assert ctx.sync is not None
+        masked = self._for(ctx.sync).payloads == "masked"
         request_body, response_body = exchange.request_body, exchange.response_body
         if masked:
             request_body, response_body = mask_body(request_body), mask_body(response_body)
-        row = {
-            "sync": sync,
+        return {
+            "sync": ctx.sync,
             "run_id": ctx.run_id,
             "at": datetime.fromtimestamp(exchange.started_at, UTC),
             "method": exchange.method,
@@ -168,58 +210,48 @@ class DebugRecorder:
             "response_body": response_body,
             "masked": masked,
         }
-        with self._lock:
-            self._pending += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._drain, name="undertow-debugger", daemon=True
-                )
-                self._thread.start()
-        self._queue.put(row)
 
     # -- the writer -------------------------------------------------------------------------
 
     def _drain(self) -> None:
+        rest = FLUSH_SECONDS
+        idle_since = time.monotonic()
         while True:
-            try:
-                first = self._queue.get(timeout=5.0)
-            except queue.Empty:
-                with self._lock:
-                    if self._pending == 0:
+            self._now.wait(rest)
+            self._now.clear()
+            with self._lock:
+                taken = [ex for ring in self._rings.values() for ex in ring]
+                for ring in self._rings.values():
+                    ring.clear()
+                if not taken and self._pending == 0:
+                    if time.monotonic() - idle_since >= IDLE_SECONDS:
                         self._thread = None
                         return
-                continue
-            if first is None:
-                return
-            rows = [first]
-            deadline = FLUSH_SECONDS
-            while len(rows) < 200:
-                try:
-                    item = self._queue.get(timeout=deadline)
-                except queue.Empty:
-                    break
-                if item is None:
-                    break
-                rows.append(item)
-                deadline = 0.01
-            self._write(rows)
+                    rest = FLUSH_SECONDS
+                    continue
+            started = time.monotonic()
+            self._write(taken)
+            idle_since = time.monotonic()
+            rest = max(FLUSH_SECONDS, 9 * (idle_since - started))
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
+    def _write(self, exchanges: list[capture.Exchange]) -> None:
         keep = {}
-        for sync in {r["sync"] for r in rows}:
-            settings = settings_for(self.config, sync)
-            keep[sync] = (settings.keep, settings.max_age.total_seconds() / 86400)
         try:
+            rows = [self.row(ex) for ex in exchanges]
+            for sync in {r["sync"] for r in rows}:
+                settings = self._for(sync)
+                keep[sync] = (settings.keep, settings.max_age.total_seconds() / 86400)
             self.log.add(rows, keep=keep)
         except Exception as exc:  # the debugger never fails a sync
-            self.dropped += len(rows)
-            log.warning("the debugger could not store %d request(s): %s", len(rows), exc)
+            self.dropped += len(exchanges)
+            log.warning("the debugger could not store %d request(s): %s", len(exchanges), exc)
         finally:
             with self._lock:
-                self._pending -= len(rows)
+                self._pending -= len(exchanges)
                 self._idle.notify_all()
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every exchange queued so far is stored (or dropped)."""
+        """Store every exchange waiting now and wait until it is stored (or dropped)."""
+        self._now.set()
         with self._lock:
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)

@@ -38,6 +38,7 @@ masked on their own: they would match everywhere and carry less than the secret.
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _compiled: re.Pattern[str] | None = None
+_forms: tuple[str, ...] = ()
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Authorization: Bearer xyz / Basic xyz
@@ -107,8 +108,10 @@ def register_secret(value: str | None) -> None:
                 _compiled = None
 
 
-def _pattern() -> re.Pattern[str] | None:
-    global _compiled
+def _pattern() -> tuple[re.Pattern[str] | None, tuple[str, ...]]:
+    """The regular expression over every form of every secret, and the forms (a text that
+    holds none of them is not searched: ``in`` is much faster than the alternation)."""
+    global _compiled, _forms
     with _lock:
         if _compiled is None and _secrets:
             forms: set[str] = set()
@@ -116,18 +119,68 @@ def _pattern() -> re.Pattern[str] | None:
                 forms |= encodings(secret)
             ordered = sorted(forms, key=len, reverse=True)
             _compiled = re.compile("|".join(re.escape(f) for f in ordered))
-        return _compiled
+            _forms = tuple(ordered)
+        return _compiled, _forms
+
+
+_QUOTED = tuple(
+    f'"{k}"'
+    for k in [
+        "password",
+        "token",
+        "secret",
+        "api_key",
+        "apikey",
+        "access_token",
+        "client_secret",
+        "authorization",
+        "x-api-key",
+    ]
+)
+
+
+_EQUALS = tuple(
+    f"{k}=" for k in ("key", "token", "password", "passwd", "pwd", "secret", "sig", "signature")
+)
+
+
+def _may_match(index: int, text: str, folded: str) -> bool:
+    """False when ``text`` holds nothing that every match of ``_PATTERNS[index]`` contains
+    (``folded`` is :func:`_fold` of ``text``). Scanning a 64 KB body for a few words takes
+    microseconds; the case-insensitive patterns take milliseconds, so they run only over
+    text that may hold a credential."""
+    if index == 0:  # bearer / basic / token
+        return "token" in folded or "bearer" in folded or "basic" in folded
+    if index == 1:  # scheme://user:password@
+        return "://" in text
+    if index == 2:  # key=..., token=...
+        return "=" in text and any(k in folded for k in _EQUALS)
+    words = ("token", "password", "secret", "key", "authorization")  # "password": "..."
+    return any(w in folded for w in words) and any(q in folded for q in _QUOTED)
+
+
+_FOLD = {0x130: "i", 0x131: "i", 0x17F: "s", 0x212A: "k"}
+"""The characters other than ASCII letters that ``re.IGNORECASE`` matches to ASCII letters
+(dotted and dotless i, long s, Kelvin sign): folded first, so ``str.lower`` maps every
+character the patterns match case-insensitively onto the trigger's letters."""
+
+
+def _fold(text: str) -> str:
+    return text.lower() if text.isascii() else text.translate(_FOLD).lower()
 
 
 def redact(text: Any) -> str:
     """Return ``text`` as a string with every known secret, in every encoding
     (:func:`encodings`), and every credential pattern masked."""
     out = str(text)
-    pattern = _pattern()
-    if pattern is not None:
+    pattern, forms = _pattern()
+    if pattern is not None and any(form in out for form in forms):
         out = pattern.sub(MASK, out)
-    for regex, repl in _PATTERNS:
-        out = regex.sub(repl, out)
+    folded = _fold(out)
+    for index, (regex, repl) in enumerate(_PATTERNS):
+        if _may_match(index, out, folded):
+            out = regex.sub(repl, out)
+            folded = _fold(out)
     return out
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from undertow import debugger
 from undertow.config.models import ProjectConfig
 from undertow.debugger import DebugRecorder, mask_body, settings_for
 from undertow.destinations import capture
@@ -119,13 +120,22 @@ def test_masked_payloads_never_reach_the_store(store: StateStore) -> None:
     assert b"ada@example.com" not in Path(store.engine.url.database or "").read_bytes()
 
 
-def test_each_sync_keeps_its_newest_n_and_nothing_older_than_max_age(store: StateStore) -> None:
+def test_each_sync_keeps_its_newest_n_and_nothing_older_than_max_age(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     recorder = DebugRecorder(config(a={"debugger": {"keep": 3}}, b={}), DebugLog(store))
+    redacted: list[str] = []
+    real = capture._text
+    monkeypatch.setattr(capture, "_text", lambda b: redacted.append(str(b)) or real(b))
+    monkeypatch.setattr(debugger, "FLUSH_SECONDS", 600.0)  # written when the run ends
     with recorder.recording():
         for i in range(7):
-            emit("a", keys=(str(i),))
+            emit("a", keys=(str(i),), body=f'{{"row": {i}}}'.encode())
         emit("b", keys=("b0",))
     assert [e.keys[0] for e in DebugLog(store).entries("a")] == ["6", "5", "4"]
+    # the exchanges pushed out of the ring were never redacted (nor stored)
+    assert not any(f'"row": {i}' in text for text in redacted for i in range(4))
+    assert all(any(f'"row": {i}' in text for text in redacted) for i in (4, 5, 6))
     assert len(DebugLog(store).entries("b")) == 1
     # a row older than max_age goes at the next write of its sync
     old = datetime.now(UTC) - timedelta(days=8)

@@ -142,3 +142,38 @@ def test_a_secret_in_a_vendor_json_answer_never_reaches_an_error_or_the_terminal
     for text in shown:
         for name, encode in ENCODINGS.items():
             assert encode(secret) not in text, (name, text)
+
+
+def _every_pattern(text: str) -> str:
+    """The credential patterns applied unconditionally (what ``redact`` did before it
+    skipped the patterns a text cannot match)."""
+    for regex, repl in redact_module._PATTERNS:
+        text = regex.sub(repl, text)
+    return text
+
+
+CREDENTIALS = [
+    "Authorization: Bearer abcd1234efgh",
+    "BASIC dXNlcjpwYXNz",
+    "token  zzzz9999",
+    "https://ada:hunter2@db.example.com/x",
+    "/v1?API-KEY=k1k1&access_token=t2t2&Signature=s3&pwd=p4",
+    '{"Password": "p\\"q", "x-api-key":"k", "client_secret": "c"}',
+    # characters re.IGNORECASE matches to ASCII letters: Kelvin sign, dotless and dotted i,
+    # long s
+    "api_\u212aey=kelvin1",
+    "ap\u0131key=dotless1",
+    "ap\u0130key=dotted1",
+    "pa\u017fsword=longs1",
+    '{"\u017fecret": "longs2"}',
+    "b\u0130arer-free text: bearer xyzw1234",
+]
+
+
+@pytest.mark.parametrize("credential", CREDENTIALS)
+def test_skipping_patterns_a_text_cannot_match_changes_nothing(credential: str) -> None:
+    body = orjson.dumps({"records": [{"id": i, "email": f"u{i}@x.com"} for i in range(2000)]})
+    for text in (credential, f"{body.decode()[:30000]} {credential} {body.decode()[:30000]}"):
+        assert redact(text) == _every_pattern(text)
+    assert redact(credential) != credential
+    assert redact(body.decode()) == body.decode()  # a body with no credential, untouched

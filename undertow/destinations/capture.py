@@ -19,10 +19,12 @@ Who fills in what:
 * a connector that does not speak HTTP (a database, a queue) may call :func:`emit` itself.
 
 Invariants: with no listener, :func:`emit` is one ``if`` and costs nothing; an exchange is
-built only when someone listens. Header values and bodies are passed through
-:func:`undertow.redact.redact` (every registered secret, every credential pattern) and
-trimmed to :data:`MAX_BODY_BYTES` before any listener sees them, so a listener cannot store
-a secret by mistake. A listener that raises is dropped from that exchange's delivery and
+built only when someone listens, and is cheap to build (bodies trimmed to
+:data:`MAX_BODY_BYTES` by a slice). Every field a listener can read (URL, header values,
+bodies, error) is passed through :func:`undertow.redact.redact` (every registered secret,
+every credential pattern) when it is first read, so a listener cannot store a secret by
+mistake, and one that reads nothing (the debugger, for the requests it will not keep) costs
+no redaction. A listener that raises is dropped from that exchange's delivery and
 logged; it never fails a sync.
 """
 
@@ -34,7 +36,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from undertow.redact import redact
@@ -64,30 +66,114 @@ class CallContext:
     """The run sending the batch (set by the run around its delivery; None for test-a-row)."""
 
 
-@dataclass(frozen=True)
 class Exchange:
-    """One request and its answer, redacted and trimmed."""
+    """One request and its answer, redacted and trimmed.
 
-    started_at: float
-    """Seconds since the epoch when the request was sent."""
-    duration: float
-    method: str
-    url: str
-    """Scheme, host and path; never the query string or user info."""
-    request_headers: dict[str, str]
-    request_body: str | None
-    status: int | None
-    """None when no answer arrived (timeout, connection refused)."""
-    response_headers: dict[str, str] = field(default_factory=dict)
-    response_body: str | None = None
-    error: str | None = None
-    """The transport failure, when there was no answer."""
-    request_id: str | None = None
-    context: CallContext = field(default_factory=CallContext)
+    Built on the delivery path for every request while someone listens, so it does no
+    redaction there: the bodies are trimmed to :data:`MAX_BODY_BYTES` (a slice), and each
+    text field is redacted the first time it is read (then kept). Every public attribute
+    returns redacted text; the raw parts live only in this object's private slots, in
+    memory, for as long as a listener keeps it (the debugger keeps at most a sync's
+    ``keep`` newest), and are never in its ``repr``.
+    """
+
+    __slots__ = (
+        "_done",
+        "_raw",
+        "context",
+        "duration",
+        "method",
+        "request_id",
+        "started_at",
+        "status",
+    )
+
+    def __init__(
+        self,
+        *,
+        started_at: float,
+        duration: float,
+        method: str,
+        url: str,
+        request_headers: Mapping[str, str] | None = None,
+        request_body: bytes | str | None = None,
+        status: int | None = None,
+        response_headers: Mapping[str, str] | None = None,
+        response_body: bytes | str | None = None,
+        error: str | None = None,
+        request_id: str | None = None,
+        context: CallContext | None = None,
+    ) -> None:
+        self.started_at = started_at
+        """Seconds since the epoch when the request was sent."""
+        self.duration = duration
+        self.method = method
+        self.status = status
+        """None when no answer arrived (timeout, connection refused)."""
+        self.request_id = request_id
+        self.context = context or _NO_CONTEXT
+        self._raw: dict[str, object] = {
+            "url": url,
+            "request_headers": dict(request_headers or {}),
+            "request_body": _cut(request_body),
+            "response_headers": dict(response_headers or {}),
+            "response_body": _cut(response_body),
+            "error": error,
+        }
+        self._done: dict[str, object] = {}
+
+    def _redacted(self, name: str) -> object:
+        try:
+            return self._done[name]
+        except KeyError:
+            pass
+        raw = self._raw[name]
+        if name == "url":
+            value: object = _url(raw)  # type: ignore[arg-type]
+        elif name.endswith("headers"):
+            value = _headers(raw)  # type: ignore[arg-type]
+        elif name == "error":
+            value = redact(raw) if raw else None
+        else:
+            value = _text(raw)  # type: ignore[arg-type]
+        self._done[name] = value
+        return value
+
+    @property
+    def url(self) -> str:
+        """Scheme, host and path; never the query string or user info."""
+        return self._redacted("url")  # type: ignore[return-value]
+
+    @property
+    def request_headers(self) -> dict[str, str]:
+        return self._redacted("request_headers")  # type: ignore[return-value]
+
+    @property
+    def request_body(self) -> str | None:
+        return self._redacted("request_body")  # type: ignore[return-value]
+
+    @property
+    def response_headers(self) -> dict[str, str]:
+        return self._redacted("response_headers")  # type: ignore[return-value]
+
+    @property
+    def response_body(self) -> str | None:
+        return self._redacted("response_body")  # type: ignore[return-value]
+
+    @property
+    def error(self) -> str | None:
+        """The transport failure, when there was no answer."""
+        return self._redacted("error")  # type: ignore[return-value]
 
     @property
     def path(self) -> str:
         return urlsplit(self.url).path or "/"
+
+    def __repr__(self) -> str:
+        return (
+            f"Exchange(method={self.method!r}, url={self.url!r}, status={self.status!r}, "
+            f"duration={self.duration:.3f}, error={self.error!r}, context={self.context!r})"
+        )
 
 
 Listener = Callable[[Exchange], None]
@@ -142,9 +228,33 @@ def current_context() -> CallContext:
     return _context.get()
 
 
+def _cut(body: bytes | str | None) -> bytes | str | None:
+    """The body trimmed to :data:`MAX_BODY_BYTES` (with how much was cut), not yet decoded."""
+    if body is None or len(body) <= MAX_BODY_BYTES:
+        return body  # a str this short in characters may still be longer in bytes: _text
+    raw = body if isinstance(body, bytes) else body.encode()
+    if len(raw) <= MAX_BODY_BYTES:
+        return raw
+    return _Cut(raw[:MAX_BODY_BYTES], len(raw) - MAX_BODY_BYTES)
+
+
+class _Cut(bytes):
+    """A trimmed body and how many bytes were left out."""
+
+    more: int
+
+    def __new__(cls, data: bytes, more: int) -> _Cut:
+        cut = super().__new__(cls, data)
+        cut.more = more
+        return cut
+
+
 def _text(body: bytes | str | None) -> str | None:
     if body is None:
         return None
+    if isinstance(body, _Cut):
+        text = bytes(body).decode("utf-8", "replace") + f"… ({body.more:,} more bytes)"
+        return redact(text)
     raw = body if isinstance(body, bytes) else body.encode()
     cut = raw[:MAX_BODY_BYTES]
     text = cut.decode("utf-8", "replace")
@@ -190,13 +300,13 @@ def emit(
         started_at=started_at,
         duration=duration if duration is not None else max(0.0, time.time() - started_at),
         method=method,
-        url=_url(url),
-        request_headers=_headers(request_headers),
-        request_body=_text(request_body),
+        url=url,
+        request_headers=request_headers,
+        request_body=request_body,
         status=status,
-        response_headers=_headers(response_headers),
-        response_body=_text(response_body),
-        error=redact(error) if error else None,
+        response_headers=response_headers,
+        response_body=response_body,
+        error=error,
         request_id=request_id,
         context=_context.get(),
     )
