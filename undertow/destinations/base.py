@@ -271,6 +271,12 @@ class Batch:
     run_id: str | None = None
     """The run that sends the batch (the same after a resume): destinations that derive
     message ids from the run (Redis stream entry ids) read it."""
+    full: bool = False
+    """True in a ``--full`` run (every row of the model is sent): Facebook replaces an
+    audience's members through a session then."""
+    sequence: tuple[int, int] | None = None
+    """``(n, of)``: this batch is the n-th (from 1) of the run's ``of`` batches of its
+    operation, the same after a resume (a vendor session's sequence number and last flag)."""
     _records: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -299,6 +305,8 @@ class Batch:
             identifiers={f: [v[i] for i in indices] for f, v in self.identifiers.items()},
             object=self.object,
             run_id=self.run_id,
+            full=self.full,
+            sequence=self.sequence,
             _records=[records[i] for i in indices],
         )
 
@@ -436,6 +444,12 @@ class Destination(ABC, Generic[ConfigT]):
             config = wanted.model_validate(config.model_dump(by_alias=True))
         self.config: ConfigT = cast(ConfigT, config)
         self.instance_name = name
+
+    def after_the_rest(self, batch: Batch) -> bool:
+        """True when ``batch`` may leave only once every batch sent before it has its answer
+        (the last request of a vendor session, such as Facebook's ``last_batch_flag``): the
+        deliver stage then waits for the batches in flight first."""
+        return False
 
     def capabilities_for(self, object: str | None) -> Capabilities:
         """Capabilities for one object (override when they differ per object or config)."""

@@ -23,6 +23,10 @@ failed poll polls again, never submits again. A batch found in ``jobs`` (a resum
 recorded jobs) is polled, not submitted. Stopping while a job runs leaves it recorded and
 unfinished: the next run polls it.
 
+A batch the destination says goes ``after_the_rest`` (the last request of a vendor session)
+is sent only once every batch in flight has its answer; a batch that stopped the delivery
+on the way means it is not sent at all.
+
 Events a vendor does not deduplicate (``Capabilities.at_most_once``: Braze counts a custom
 event sent twice twice): ``on_submitted`` records the batch as
 :data:`SENDING`, right before the request leaves (a kit destination runs the mark from
@@ -379,6 +383,9 @@ async def deliver(
 
     try:
         async for batch in batches:
+            if tasks and destination.after_the_rest(batch):
+                # a session's last request: every earlier batch has its answer first
+                await asyncio.gather(*list(tasks), return_exceptions=True)
             await slots.acquire()
             if stop.is_set():
                 slots.release()

@@ -47,6 +47,7 @@ from undertow.errors import (
 from undertow.pipeline import share
 from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deliver
 from undertow.pipeline.diff import DiffEngine, DiffSpec
+from undertow.pipeline.diff.contract import batch_groups, batch_sequences
 from undertow.pipeline.engines import make_engine
 from undertow.pipeline.extract import model_failures, open_model, projected_sql
 from undertow.pipeline.halt import POLL_SECONDS, Halt, LockHeartbeat, halting
@@ -393,9 +394,15 @@ class SyncRun:
     # -- map + deliver + record -------------------------------------------------------------
 
     def _works(
-        self, run: RunRecord, engine: DiffEngine, mapping: CompiledMapping, skip: set[int]
+        self,
+        run: RunRecord,
+        engine: DiffEngine,
+        mapping: CompiledMapping,
+        skip: set[int],
+        sequences: dict[int, tuple[int, int]] | None = None,
     ) -> Iterator[tuple[Work, Batch | None]]:
         ctx = self.ctx
+        sequences = sequences or {}
         for chunk in engine.chunks(run.id, skip=skip):
             frame = chunk.frame
             mapped = mapping.map(
@@ -435,6 +442,8 @@ class SyncRun:
                         identifiers={f: v[lo:hi] for f, v in mapped.identifiers.items()},
                         object=ctx.sync.object,
                         run_id=run.id,
+                        full=run.full_resync,
+                        sequence=sequences.get(number),
                     )
                 start, lo = end, hi
                 yield work, batch
@@ -470,7 +479,9 @@ class SyncRun:
         error: UndertowError | None = None
         cancelled = False
         try:
-            report = asyncio.run(self._deliver(run, engine, mapping, done, recorder))
+            plan = ctx.plan(full=run.full_resync)
+            sequences = batch_sequences(batch_groups(plan, run.counts, batch_size))
+            report = asyncio.run(self._deliver(run, engine, mapping, done, recorder, sequences))
             error = report.stopped
             cancelled = report.cancelled
         except LockLostError:
@@ -601,11 +612,12 @@ class SyncRun:
         mapping: CompiledMapping,
         done: set[int],
         recorder: Recorder,
+        sequences: dict[int, tuple[int, int]] | None = None,
     ) -> DeliveryReport:
         ctx = self.ctx
         works: dict[int, Work] = {}
         mapping.cancel = self.halt  # Ctrl-C / SIGTERM stop a template rendering in the thread
-        source = self._works(run, engine, mapping, done)
+        source = self._works(run, engine, mapping, done, sequences)
 
         def pull() -> tuple[Work, Batch | None] | None:
             try:

@@ -25,7 +25,7 @@ Ready-made readers: :func:`accept_all`, :func:`errors_by_index`, :func:`errors_b
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from undertow.destinations.base import Batch, BatchResult, RateLimit
@@ -67,9 +67,12 @@ class Call:
     object: str | None
     match_field: str | None
     vendor: str = "the destination"
+    context: dict[str, Any] = field(default_factory=dict)
+    """What a connector's body builder and reader share for this call (Facebook's schema and
+    session); every part of a split call shares the same dict."""
 
     def subset(self, items: list[Item]) -> Call:
-        return Call(self.batch, items, self.object, self.match_field, self.vendor)
+        return Call(self.batch, items, self.object, self.match_field, self.vendor, self.context)
 
     @property
     def bodies(self) -> list[Any]:

@@ -188,3 +188,14 @@ def batch_groups(plan: Plan, counts: dict[str, int], batch_size: int) -> BatchGr
         out.total_batches += -(-sizes[gid] // batch_size)
     out.planned = sum(sizes.values())
     return out
+
+
+def batch_sequences(groups: BatchGroups) -> dict[int, tuple[int, int]]:
+    """Batch number -> ``(n, of)``: its place (from 1) among the plan's ``of`` batches of its
+    operation. A pure function of the numbering, so a resumed run gives each batch the same
+    place (``Batch.sequence``: Facebook's replace session numbers its requests by it)."""
+    bounds = [first for first, _, _ in groups.inserts] + [groups.total_batches]
+    numbers: dict[Operation, list[int]] = {}
+    for (first, op, _), end in zip(groups.inserts, bounds[1:], strict=True):
+        numbers.setdefault(op, []).extend(range(first, end))
+    return {n: (place, len(ns)) for ns in numbers.values() for place, n in enumerate(ns, 1)}
