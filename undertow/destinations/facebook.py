@@ -139,6 +139,7 @@ CAPS = Capabilities(
     # `calls_per_hour` (capabilities_for)
     per_record_results=True,
     kind=RecordKind.MEMBERSHIP,
+    shared_delivery=False,  # a replace session's order and last flag live in one process
     docs=(USERS_DOC, GUIDE_DOC, LIMITS_DOC),
     cite={"max_batch_size": USERS_DOC, "calls_per_hour": LIMITS_DOC},
 )
