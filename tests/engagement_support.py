@@ -243,8 +243,39 @@ def _amplitude() -> Vendor:
     )
 
 
+def _segment() -> Vendor:
+    from undertow.testing.segment import SegmentFake
+
+    token = "seg-acceptance-key-0000"
+    return Vendor(
+        type="segment",
+        token=token,
+        fake=lambda: SegmentFake(token),
+        destination="",
+        credential="write_key",
+        profiles="""    object: users
+    mode: upsert
+    match: {user_id: customer_id}
+    mappings: {email: email, first_name: first_name, recently_viewed: recently_viewed}""",
+        members="",
+        events="""    object: events
+    match: {user_id: customer_id}
+    mappings: {event: {const: Product Viewed}, timestamp: viewed_at, sku: sku, view_id: view_id}""",
+        stored_list=lambda fake, n: (fake.user(n) or {}).get("recently_viewed"),
+        member_count=lambda fake: 0,
+        event_ids=lambda fake: [e["properties"]["view_id"] for e in fake.events],
+        request_ids=lambda body: [e["properties"]["view_id"] for e in body["batch"]],
+        expected_list=viewed,
+        dropped=lambda fake: fake.dropped_messages,
+    )
+
+
 VENDORS: dict[str, Callable[[], Vendor]] = {"braze": _braze, "klaviyo": _klaviyo}
 """The email tools that take all three kinds of sync (issue 11's acceptance)."""
-ANALYTICS: dict[str, Callable[[], Vendor]] = {"mixpanel": _mixpanel, "amplitude": _amplitude}
+ANALYTICS: dict[str, Callable[[], Vendor]] = {
+    "mixpanel": _mixpanel,
+    "amplitude": _amplitude,
+    "segment": _segment,
+}
 """Product analytics tools (issue 17): profiles and events, no lists."""
 EVENT_VENDORS = {**VENDORS, **ANALYTICS}
