@@ -372,10 +372,14 @@ class Project(Inspection):
                     sync_run.halt = halt
                 self._cluster_settings(sync_run, worker)
                 logs = self._sync_logs(ctx, sync_run)
-                with self.debugger.recording():
-                    records.append(stale or sync_run.execute(full=full))
-                if logs is not None:
-                    self._write_sync_logs(ctx, logs, records[-1])
+                try:
+                    with self.debugger.recording():
+                        records.append(stale or sync_run.execute(full=full))
+                    if logs is not None:
+                        self._write_sync_logs(ctx, logs, records[-1], sync_run)
+                finally:
+                    if sync_run.changelog_live is not None:
+                        sync_run.changelog_live.abandon()  # a no-op once written
             finally:
                 ctx.source.close()
             for downstream in self.orchestration.after_run(records[-1]):
@@ -535,10 +539,14 @@ class Project(Inspection):
                 only_keys=keys,
             )
             logs = self._sync_logs(ctx, sync_run)
-            with self.debugger.recording():
-                record = sync_run.execute()
-            if logs is not None:
-                self._write_sync_logs(ctx, logs, record)
+            try:
+                with self.debugger.recording():
+                    record = sync_run.execute()
+                if logs is not None:
+                    self._write_sync_logs(ctx, logs, record, sync_run)
+            finally:
+                if sync_run.changelog_live is not None:
+                    sync_run.changelog_live.abandon()  # a no-op once written
             return record
         finally:
             ctx.source.close()
@@ -550,18 +558,21 @@ class Project(Inspection):
             and self.config.sync_logs is None
         ):
             return None  # the common case: nothing to import, nothing to spool
-        from undertow.sync_logs import settings_for, spool_dir
+        from undertow.sync_logs import LiveChangelog, SyncLogWriter, settings_for, spool_dir
 
         settings = settings_for(ctx, self.config.sync_logs)
         if settings is not None and settings.changelog:
             sync_run.changelog_dir = spool_dir(ctx.state_dir, ctx.name)
+            sync_run.changelog_live = LiveChangelog(SyncLogWriter(ctx, settings, self.store))
         return settings
 
-    def _write_sync_logs(self, ctx: SyncContext, logs: SyncLogsConfig, record: RunRecord) -> None:
+    def _write_sync_logs(
+        self, ctx: SyncContext, logs: SyncLogsConfig, record: RunRecord, sync_run: SyncRun
+    ) -> None:
         """Write the run into the warehouse's sync logs; a failure is a warning on the run."""
         from undertow.sync_logs import after_run
 
-        warning = after_run(ctx, logs, self.store, record)
+        warning = after_run(ctx, logs, self.store, record, sync_run.changelog_live)
         if warning is not None:
             joined = f"{record.warning}; {warning}" if record.warning else warning
             self.store.update_run(record, warning=joined)

@@ -15,12 +15,19 @@ How it stays out of the way of the sync:
    in the private state folder (``sync_logs/<sync>/<run>.<attempt>.arrow``, Arrow IPC,
    flushed per batch) *before* the checkpoint is written. A run killed and resumed adds a
    segment; batches sent twice appear twice and the last outcome wins.
-2. After the run has its final status, the spool is read, kept to the batches the state
-   store checkpointed, and written in bulk (DuckDB reads Arrow, PostgreSQL ``COPY``, MySQL
-   ``executemany``, elsewhere multi-row ``INSERT``), inside a transaction where the
-   warehouse has them, after deleting the rows of that run: writing a run twice (a retry)
-   leaves it once.
-3. A failure to write is never a failed run: it becomes a warning on the run, the spool
+2. While the run delivers, a background thread (:class:`LiveChangelog`) opens the
+   warehouse session, creates the tables, begins a transaction, deletes the run's rows and
+   inserts each spooled batch as it comes, in bulk (DuckDB reads Arrow, PostgreSQL
+   ``COPY``, MySQL ``executemany``, elsewhere multi-row ``INSERT``): the warehouse works
+   while the sync sends. When the run has its final status, the ``sync_runs`` row is
+   added and the transaction commits, if what was streamed is exactly the batches the
+   state store checkpointed (once each, no earlier attempt's spool); else, or if the
+   stream failed, it rolls back and the run is written as in 3.
+3. Otherwise (a resumed run, a retried write, a warehouse without transactions) the spool
+   is read after the run, kept to the batches the state store checkpointed, and written in
+   bulk the same way, inside a transaction where the warehouse has them, after deleting
+   the rows of that run: writing a run twice (a retry) leaves it once.
+4. A failure to write is never a failed run: it becomes a warning on the run, the spool
    stays, and the next run of the sync writes it first. The spool is deleted once written.
 
 Runs whose spool lives on another machine's state folder are written by that machine.
@@ -31,7 +38,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import queue
 import re
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,11 +124,15 @@ def spool_dir(state_dir: Path, sync: str) -> Path:
 class ChangelogSpool:
     """Appends each checkpointed batch's outcome to the run's spool (see the module doc)."""
 
-    def __init__(self, folder: Path, run: RunRecord) -> None:
+    def __init__(self, folder: Path, run: RunRecord, live: LiveChangelog | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = folder / f"{run.id}.{run.attempt:04d}.arrow"
         self._sink = self.path.open("wb")
         self._writer = pa.ipc.new_stream(self._sink, SPOOL_SCHEMA)
+        self.live = live
+        """Also handed each batch, to write into the warehouse while the run delivers."""
+        if live is not None:
+            live.start(run, self.path)
 
     def add(self, work: Work, result: BatchResult | None) -> None:
         """Spool one checkpointed batch: the records sent (with their outcome) and those the
@@ -163,11 +176,15 @@ class ChangelogSpool:
         )
         self._writer.write_batch(batch)
         self._sink.flush()  # a kill -9 keeps every batch written so far
+        if self.live is not None:
+            self.live.add(batch)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._writer.close()
         self._sink.close()
+        if self.live is not None:
+            self.live.end()
 
 
 def read_spool(folder: Path, run_id: str, done: set[int]) -> pa.Table:
@@ -249,43 +266,53 @@ class SyncLogWriter:
                 path.unlink(missing_ok=True)
         return failed
 
+    def changes(self, run: RunRecord, table: pa.Table) -> pa.Table:
+        """The ``sync_changelog`` rows of ``run`` from its spooled outcomes, with the rows
+        whose key was invalid (rejected before any batch) added."""
+        invalid = [e for e in self.store.row_errors(run.id) if e.kind == "invalid_key"]
+        if invalid:
+            extra = pa.table(
+                {
+                    "seq": pa.array([None] * len(invalid), pa.int64()),
+                    "row_key": [e.row_key for e in invalid],
+                    "operation": pa.array([None] * len(invalid), pa.string()),
+                    "status": ["rejected"] * len(invalid),
+                    "message": [redact(e.reason) for e in invalid],
+                    "batch_no": pa.array([None] * len(invalid), pa.int32()),
+                    "at": pa.array([e.created_at for e in invalid], SPOOL_SCHEMA.field("at").type),
+                },
+                schema=SPOOL_SCHEMA,
+            )
+            table = pa.concat_tables([table, extra])
+        return self.rows(run.sync, run.id, table)
+
+    def rows(self, sync: str, run_id: str, table: pa.Table) -> pa.Table:
+        """Spooled outcomes as ``sync_changelog`` rows."""
+        n = table.num_rows
+        keys = list(self.ctx.model.primary_key)
+        at = table["at"]
+        naive = pa.chunked_array(  # the same microseconds since the epoch, without a zone
+            [chunk.view(pa.timestamp("us")) for chunk in at.chunks], pa.timestamp("us")
+        )
+        return pa.table(
+            {
+                "sync": pa.repeat(pa.scalar(sync, pa.string()), n),
+                "run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
+                "row_key": table["row_key"],
+                "row_key_json": key_json(keys, table["row_key"]),
+                "operation": table["operation"],
+                "status": table["status"],
+                "message": table["message"],
+                "batch_no": table["batch_no"],
+                "at": naive,
+            }
+        )
+
     def write(self, run: RunRecord) -> None:
         changes = None
         if self.settings.changelog:
             done = self.store.done_batches(run.id)
-            table = read_spool(self.folder, run.id, done)
-            invalid = [e for e in self.store.row_errors(run.id) if e.kind == "invalid_key"]
-            if invalid:
-                extra = pa.table(
-                    {
-                        "seq": pa.array([None] * len(invalid), pa.int64()),
-                        "row_key": [e.row_key for e in invalid],
-                        "operation": pa.array([None] * len(invalid), pa.string()),
-                        "status": ["rejected"] * len(invalid),
-                        "message": [redact(e.reason) for e in invalid],
-                        "batch_no": pa.array([None] * len(invalid), pa.int32()),
-                        "at": pa.array(
-                            [e.created_at for e in invalid], SPOOL_SCHEMA.field("at").type
-                        ),
-                    },
-                    schema=SPOOL_SCHEMA,
-                )
-                table = pa.concat_tables([table, extra])
-            n = table.num_rows
-            keys = list(self.ctx.model.primary_key)
-            changes = pa.table(
-                {
-                    "sync": pa.array([run.sync] * n, pa.string()),
-                    "run_id": pa.array([run.id] * n, pa.string()),
-                    "row_key": table["row_key"],
-                    "row_key_json": key_json(keys, table["row_key"]),
-                    "operation": table["operation"],
-                    "status": table["status"],
-                    "message": table["message"],
-                    "batch_no": table["batch_no"],
-                    "at": table["at"].cast(pa.timestamp("us")),
-                }
-            )
+            changes = self.changes(run, read_spool(self.folder, run.id, done))
         session = self.ctx.source.session()
         try:
             self._write(session, run, changes)
@@ -294,6 +321,25 @@ class SyncLogWriter:
                 session.close()
 
     def _write(self, session: Any, run: RunRecord, changes: pa.Table | None) -> None:
+        """The run's rows (and ``changes``) in place of any it had, in one transaction."""
+        self.create_tables(session)
+        begin = _BEGIN.get(session.dialect)
+        if begin:
+            session.execute(begin)
+        try:
+            self.delete(session, run.id)
+            if changes is not None:
+                self.insert_changes(session, changes)
+            self.insert_run(session, run)
+            if begin:
+                session.execute("COMMIT")
+        except BaseException:
+            if begin:
+                with contextlib.suppress(Exception):
+                    session.execute("ROLLBACK")
+            raise
+
+    def create_tables(self, session: Any) -> None:
         dialect = session.dialect
         schema = ident(self.settings.schema_)
         session.execute(transpile(f"CREATE SCHEMA IF NOT EXISTS {schema}", dialect))
@@ -302,8 +348,21 @@ class SyncLogWriter:
             session.execute(
                 transpile(f"CREATE TABLE IF NOT EXISTS {schema}.{ident(table)} ({cols})", dialect)
             )
-        now = datetime.now(UTC).replace(tzinfo=None)
 
+    def delete(self, session: Any, run_id: str) -> None:
+        """Delete every row of ``run_id`` (a run written twice is left once)."""
+        schema = ident(self.settings.schema_)
+        where = f" WHERE {ident('run_id')} = {lit(run_id)}"
+        for table in (RUNS, CHANGELOG) if self.settings.changelog else (RUNS,):
+            session.execute(
+                transpile(f"DELETE FROM {schema}.{ident(table)}{where}", session.dialect)
+            )
+
+    def insert_changes(self, session: Any, changes: pa.Table) -> None:
+        columns = [c for c, _ in CHANGE_COLUMNS]
+        insert_arrow(session, self._t(CHANGELOG, session.dialect), columns, changes)
+
+    def insert_run(self, session: Any, run: RunRecord) -> None:
         def naive(value: datetime | None) -> datetime | None:
             return value.astimezone(UTC).replace(tzinfo=None) if value else None
 
@@ -320,30 +379,132 @@ class SyncLogWriter:
             "attempt": run.attempt,
             "error": redact(run.error) if run.error else None,
             "warning": redact(run.warning) if run.warning else None,
-            "written_at": now,
+            "written_at": datetime.now(UTC).replace(tzinfo=None),
         }
         runs = pa.Table.from_pylist([row], schema=_arrow_schema(RUN_COLUMNS))
-        begin = _BEGIN.get(dialect)
-        if begin:
-            session.execute(begin)
+        insert_arrow(session, self._t(RUNS, session.dialect), [c for c, _ in RUN_COLUMNS], runs)
+
+
+_END = object()
+
+
+class LiveChangelog:
+    """Writes a run's changelog into the warehouse while the run delivers (point 2 of the
+    module docstring): one thread, one session, one transaction, committed by
+    :meth:`finish` only when what it holds is exactly the run's checkpointed batches."""
+
+    CHUNK_ROWS = 20_000
+    """Spooled batches are inserted together up to this many rows (fewer round trips)."""
+
+    def __init__(self, writer: SyncLogWriter) -> None:
+        self.writer = writer
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._session: Any = None
+        self._begun = False
+        self._batches: list[int] = []
+        self._run_id = ""
+        self._path: Path | None = None
+        self.error: BaseException | None = None
+
+    def start(self, run: RunRecord, spool: Path) -> None:
+        self._run_id, self._path = run.id, spool
+        self._thread = threading.Thread(
+            target=self._work, args=(run.sync, run.id), name="undertow-sync-logs", daemon=True
+        )
+        self._thread.start()
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self._queue.put(batch)
+
+    def end(self) -> None:
+        """Nothing more is spooled (the thread inserts what waits, then ends)."""
+        self._queue.put(_END)
+
+    def _work(self, sync: str, run_id: str) -> None:
         try:
-            where = f" WHERE {ident('run_id')} = {lit(run.id)}"
-            session.execute(transpile(f"DELETE FROM {schema}.{ident(RUNS)}{where}", dialect))
-            insert_arrow(session, self._t(RUNS, dialect), [c for c, _ in RUN_COLUMNS], runs)
-            if changes is not None:
-                session.execute(
-                    transpile(f"DELETE FROM {schema}.{ident(CHANGELOG)}{where}", dialect)
-                )
-                insert_arrow(
-                    session, self._t(CHANGELOG, dialect), [c for c, _ in CHANGE_COLUMNS], changes
-                )
-            if begin:
+            session = self._session = self.writer.ctx.source.session()
+            self.writer.create_tables(session)
+            begin = _BEGIN.get(session.dialect)
+            if begin is None:
+                raise _NoTransaction  # written after the run, the usual way
+            session.execute(begin)
+            self._begun = True
+            self.writer.delete(session, run_id)
+            ending = False
+            while not ending:
+                batches = [self._queue.get()]
+                rows = batches[0].num_rows if batches[0] is not _END else 0
+                while rows < self.CHUNK_ROWS:  # whatever else is waiting, in one insert
+                    try:
+                        batches.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                    if batches[-1] is not _END:
+                        rows += batches[-1].num_rows
+                ending = batches[-1] is _END or any(b is _END for b in batches)
+                real = [b for b in batches if b is not _END]
+                if real and self.writer.settings.changelog:
+                    table = pa.Table.from_batches(real, schema=SPOOL_SCHEMA)
+                    self.writer.insert_changes(session, self.writer.rows(sync, run_id, table))
+                self._batches.extend(b.column("batch_no")[0].as_py() for b in real)
+        except _NoTransaction:
+            self.error = _NoTransaction()
+        except BaseException as exc:  # never fails the sync: finish() falls back
+            self.error = exc
+            log.debug("sync logs of run %s: live write stopped (%s)", run_id, exc)
+
+    def finish(self, run: RunRecord) -> bool:
+        """Add the ``sync_runs`` row and commit, when the stream holds exactly the run's
+        checkpointed batches; else roll back. True when the run is written."""
+        if self._thread is None:
+            return False
+        self.end()
+        self._thread.join()
+        session, written = self._session, False
+        try:
+            if self.error is None and session is not None and self._complete(run):
+                if self.writer.settings.changelog:
+                    invalid = self.writer.changes(run, SPOOL_SCHEMA.empty_table())
+                    self.writer.insert_changes(session, invalid)
+                self.writer.insert_run(session, run)
                 session.execute("COMMIT")
-        except BaseException:
-            if begin:
+                written = True
+        except Exception as exc:
+            log.debug("sync logs of run %s: live commit failed (%s)", run.id, exc)
+        finally:
+            if session is not None:
+                if self._begun and not written:
+                    with contextlib.suppress(Exception):
+                        session.execute("ROLLBACK")
                 with contextlib.suppress(Exception):
-                    session.execute("ROLLBACK")
-            raise
+                    session.close()
+            self._thread = None
+        return written
+
+    def abandon(self) -> None:
+        """The run ended without a final status here (another holder finishes it)."""
+        if self._thread is None:
+            return
+        self.end()
+        self._thread.join()
+        self._thread = None
+        if self._session is not None:
+            if self._begun:
+                with contextlib.suppress(Exception):
+                    self._session.execute("ROLLBACK")
+            with contextlib.suppress(Exception):
+                self._session.close()
+
+    def _complete(self, run: RunRecord) -> bool:
+        if run.id != self._run_id or len(set(self._batches)) != len(self._batches):
+            return False
+        others = [p for p in self.writer.folder.glob(f"{run.id}.*.arrow") if p != self._path]
+        return not others and set(self._batches) == self.writer.store.done_batches(run.id)
+
+
+class _NoTransaction(Exception):
+    """The warehouse has no transaction to hold the stream in."""
 
 
 def _arrow_schema(columns: list[tuple[str, str]]) -> pa.Schema:
@@ -358,11 +519,23 @@ def _arrow_schema(columns: list[tuple[str, str]]) -> pa.Schema:
 
 
 def after_run(
-    ctx: SyncContext, settings: SyncLogsConfig, store: StateStore, record: RunRecord
+    ctx: SyncContext,
+    settings: SyncLogsConfig,
+    store: StateStore,
+    record: RunRecord,
+    live: LiveChangelog | None = None,
 ) -> str | None:
-    """Write ``record`` and every run of the sync still waiting; the warning, if any."""
+    """Write ``record`` (through ``live`` when it streamed the run) and every run of the
+    sync still waiting; the warning, if any."""
     writer = SyncLogWriter(ctx, settings, store)
     writer.mark(record.id)
+    if live is not None:
+        if record.status.final and live.finish(record):
+            for path in [*writer.folder.glob(f"{record.id}.*.arrow")]:
+                path.unlink(missing_ok=True)
+            (writer.folder / f"{record.id}.pending").unlink(missing_ok=True)
+        else:
+            live.abandon()
     failed = writer.write_pending()
     if not failed:
         return None

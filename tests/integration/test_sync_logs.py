@@ -10,6 +10,7 @@ writes it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,5 +353,49 @@ def test_the_logs_sql_of_warehouses_that_cannot_run_here(dialect: str, tmp_path:
             [(status, sent)] = con.execute("select status, sent from ut_audit.sync_runs").fetchall()
             assert (status, sent) == ("succeeded", run.counts["sent"])
         ctx.source.close()
+    finally:
+        project.close()
+
+
+def test_the_changelog_streams_while_the_run_delivers_and_a_broken_stream_falls_back(
+    warehouse: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live writer commits a run it streamed whole; one whose stream broke midway is
+    rolled back and written after the run from the spool: complete, once, no warning."""
+    from undertow import sync_logs
+
+    finished: list[bool] = []
+    real_finish = sync_logs.LiveChangelog.finish
+    monkeypatch.setattr(
+        sync_logs.LiveChangelog,
+        "finish",
+        lambda self, run: finished.append(real_finish(self, run)) or finished[-1],
+    )
+    monkeypatch.setattr(sync_logs.LiveChangelog, "CHUNK_ROWS", 1)  # one insert per batch
+    warehouse.load(rows())
+    write_project(tmp_path / "p", warehouse)
+    project = Project.load(str(tmp_path / "p"))
+    try:
+        [first] = project.run(["users_out"])
+        assert finished == [True]
+        assert len(logged(warehouse, first.id)[1]) == ROWS
+
+        inserts: list[str] = []
+        real_insert = sync_logs.SyncLogWriter.insert_changes
+
+        def breaks_third(self: Any, session: Any, changes: pa.Table) -> None:
+            inserts.append(threading.current_thread().name)
+            if inserts[-1] == "undertow-sync-logs" and inserts.count(inserts[-1]) == 3:
+                raise RuntimeError("connection reset")
+            real_insert(self, session, changes)
+
+        monkeypatch.setattr(sync_logs.SyncLogWriter, "insert_changes", breaks_third)
+        warehouse.load([(i, f"v{i}@x.com", "30") for i in range(ROWS)])
+        [second] = project.run(["users_out"])
+        assert finished == [True, False]
+        assert second.warning is None or "sync logs" not in second.warning
+        got, changes = logged(warehouse, second.id)
+        assert got["sent"] == second.counts["sent"] == len(changes) == ROWS
+        assert len({c[0] for c in changes}) == ROWS  # once each
     finally:
         project.close()

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 import pyarrow as pa
@@ -58,6 +58,9 @@ from undertow.pipeline.record import Recorder, Work
 from undertow.pipeline.share import Sharing
 from undertow.sources.base import Source
 from undertow.state.store import Lock, RowError, RunRecord, RunStatus, StateStore
+
+if TYPE_CHECKING:
+    from undertow.sync_logs import LiveChangelog
 
 __all__ = [
     "NullReporter",
@@ -206,6 +209,9 @@ class SyncRun:
         """Keys of rows whose latest outcome was rejected or failed, when the run started."""
         self.changelog_dir: Path | None = None
         """Set (``sync_logs:``): each batch's outcome is spooled here for the sync logs."""
+        self.changelog_live: LiveChangelog | None = None
+        """Set with ``changelog_dir``: writes the spooled outcomes into the warehouse while
+        the run delivers (:mod:`undertow.sync_logs`)."""
         self.heartbeat_seconds = HEARTBEAT_SECONDS
         self.lock_ttl: timedelta | None = None
         """How long the lock outlives a silent holder (None: the store's ``LOCK_TTL``)."""
@@ -470,7 +476,7 @@ class SyncRun:
         if self.changelog_dir is not None:
             from undertow.sync_logs import ChangelogSpool
 
-            spool = ChangelogSpool(self.changelog_dir, run)
+            spool = ChangelogSpool(self.changelog_dir, run, live=self.changelog_live)
         recorder = Recorder(
             self.store, run, open_keys=self.open_keys, changelog=spool, fence=self.lock
         )
