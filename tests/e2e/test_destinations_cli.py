@@ -93,7 +93,7 @@ def test_the_generic_demo_runs_twice_and_sends_only_the_changes(tmp_path: Path) 
     assert (tmp_path / "demo" / "undertow.yml").read_text().count("type: hubspot") == 1
 
 
-@pytest.mark.parametrize("type_name", ["mailchimp", "marketo"])
+@pytest.mark.parametrize("type_name", ["mailchimp", "marketo", "sendgrid"])
 def test_the_demo_of_an_email_tool_succeeds_on_5000_customers_then_sends_only_the_changes(
     type_name: str, tmp_path: Path
 ) -> None:

@@ -57,7 +57,14 @@ from undertow.destinations.kit import (
     parse_json,
     values_at,
 )
-from undertow.destinations.kit.engagement import by_list, chunks, event_id, event_time
+from undertow.destinations.kit.engagement import (
+    by_list,
+    chunks,
+    event_id,
+    event_time,
+    expand,
+    ranges,
+)
 from undertow.errors import FatalDeliveryError, RejectedBatchError
 from undertow.redact import trim
 
@@ -180,21 +187,6 @@ def pointer_index(error: Any, prefix: str) -> int | None:
 
 def klaviyo_message(error: Any) -> str:
     return message_of("Klaviyo", error, code="code", message="detail")
-
-
-def ranges(indices: list[int]) -> list[list[int]]:
-    """Batch indices as [start, end) ranges (a job's data stays small in the state store)."""
-    out: list[list[int]] = []
-    for index in indices:
-        if out and out[-1][1] == index:
-            out[-1][1] = index + 1
-        else:
-            out.append([index, index + 1])
-    return out
-
-
-def expand(spans: list[list[int]]) -> list[int]:
-    return [i for start, end in spans for i in range(start, end)]
 
 
 EVENTS_PREFIX = "/data/attributes/events-bulk-create/data"

@@ -13,6 +13,8 @@ and events. Two helpers serve events, one serves membership:
   text the map stage writes for timestamp columns (or a number of seconds).
 * :func:`by_list`: the items of a membership batch grouped by their list (a mapped field:
   a constant for one list, a column to sync the membership of many lists at once).
+* :func:`ranges` / :func:`expand`: the batch indices an asynchronous job holds, kept small in
+  the job's data in the state store (Klaviyo import jobs, SendGrid contact imports).
 """
 
 from __future__ import annotations
@@ -118,3 +120,18 @@ def by_list(
 
 def chunks(items: list[Item], size: int) -> list[list[Item]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def ranges(indices: list[int]) -> list[list[int]]:
+    """Batch indices as [start, end) ranges (a job's data stays small in the state store)."""
+    out: list[list[int]] = []
+    for index in indices:
+        if out and out[-1][1] == index:
+            out[-1][1] = index + 1
+        else:
+            out.append([index, index + 1])
+    return out
+
+
+def expand(spans: list[list[int]]) -> list[int]:
+    return [i for start, end in spans for i in range(start, end)]
