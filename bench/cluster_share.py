@@ -180,8 +180,10 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     receiver = subprocess.Popen(
-        [sys.executable, __file__, "--sink", str(port), "--latency", str(args.latency)]
-        + ["--limit", str(args.limit)]
+        [
+            *(sys.executable, __file__, "--sink", str(port)),
+            *("--latency", str(args.latency), "--limit", str(args.limit)),
+        ]
     )
     folder = Path(tempfile.mkdtemp(prefix="ut-share-"))
     results = []

@@ -146,7 +146,9 @@ def test_the_debugger_shows_requests_arriving_while_a_run_is_in_progress(
     page.click("button[data-action=run]")
     page.wait_for_selector("details.exchange", timeout=30_000)
     assert latest_run(served).get("finished_at") is None  # arrived live, mid-run
-    page.wait_for_function("document.querySelectorAll('details.exchange').length >= 3")
+    # a locator, not wait_for_function: the page's CSP (script-src 'self') refuses the
+    # string evaluation that wait_for_function needs
+    page.locator("details.exchange").nth(2).wait_for(state="attached")
     entry = page.locator("details.exchange").first.get_attribute("data-entry")
     first = page.locator(f"details.exchange[data-entry='{entry}']")  # new ones arrive on top
     first.locator("summary").click()
