@@ -35,7 +35,6 @@ from undertow.destinations.base import (
     MatchRule,
     Operation,
     RateLimit,
-    RecordKind,
 )
 from undertow.destinations.kit import (
     Call,
@@ -47,7 +46,7 @@ from undertow.destinations.kit import (
     SlowDown,
     whole_reason,
 )
-from undertow.destinations.kit.engagement import event_id, parse_time
+from undertow.destinations.kit.engagement import event_id, events_object, parse_time
 from undertow.errors import FatalDeliveryError, RejectedBatchError
 from undertow.redact import register_secret, trim
 
@@ -111,11 +110,9 @@ def _caps(**extra: Any) -> Capabilities:
 
 OBJECTS: dict[str, Capabilities] = {
     "users": _caps(),
-    "events": _caps(
-        operations=frozenset({Operation.INSERT}),
-        kind=RecordKind.EVENTS,
+    "events": events_object(
+        _caps(),
         event_id="insert_id",
-        match_operations=frozenset({Operation.INSERT}),
     ),
 }
 

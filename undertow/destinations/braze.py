@@ -54,7 +54,13 @@ from undertow.destinations.kit import (
     envelope,
     errors_by_index,
 )
-from undertow.destinations.kit.engagement import by_list, chunks, event_time, parse_time
+from undertow.destinations.kit.engagement import (
+    by_list,
+    chunks,
+    event_time,
+    events_object,
+    parse_time,
+)
 from undertow.errors import FatalDeliveryError
 
 # -- vendor limits, each next to the doc that states it ------------------------------------
@@ -146,11 +152,7 @@ def _users(**extra: Any) -> Capabilities:
     return replace(base, **extra)
 
 
-EVENTS = _users(
-    operations=frozenset({Operation.INSERT}),
-    kind=RecordKind.EVENTS,
-    match_operations=frozenset({Operation.INSERT}),
-)
+EVENTS = events_object(_users())
 OBJECTS: dict[str, Capabilities] = {
     "users": _users(),
     "events": EVENTS,

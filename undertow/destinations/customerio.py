@@ -30,7 +30,6 @@ from undertow.destinations.base import (
     MatchRule,
     Operation,
     RateLimit,
-    RecordKind,
 )
 from undertow.destinations.kit import (
     Auth,
@@ -42,7 +41,13 @@ from undertow.destinations.kit import (
     envelope,
     errors_by_index,
 )
-from undertow.destinations.kit.engagement import epoch_seconds, event_id, is_ulid, stable_ulid
+from undertow.destinations.kit.engagement import (
+    epoch_seconds,
+    event_id,
+    events_object,
+    is_ulid,
+    stable_ulid,
+)
 from undertow.errors import FatalDeliveryError
 
 BATCH_DOC = "https://docs.customer.io/api/track/#operation/batch"
@@ -95,11 +100,9 @@ def _caps(**extra: Any) -> Capabilities:
 OBJECTS: dict[str, Capabilities] = {
     "people": _caps(),
     "objects": _caps(match=MatchRule.exactly_one("object_id", example="match: {object_id: id}")),
-    "events": _caps(
-        operations=frozenset({Operation.INSERT}),
-        kind=RecordKind.EVENTS,
+    "events": events_object(
+        _caps(),
         event_id="event_id",  # sent as the event's "id" (a person's "id" is an identifier)
-        match_operations=frozenset({Operation.INSERT}),
     ),
 }
 

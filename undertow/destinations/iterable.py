@@ -49,7 +49,7 @@ from undertow.destinations.kit import (
     first_at,
     values_at,
 )
-from undertow.destinations.kit.engagement import by_list, epoch_seconds, event_id
+from undertow.destinations.kit.engagement import by_list, epoch_seconds, event_id, events_object
 from undertow.errors import RejectedBatchError
 from undertow.redact import trim
 
@@ -139,11 +139,9 @@ OBJECTS: dict[str, Capabilities] = {
         rate_limit=LIST_RATE,
         cite={"rate_limit": LISTS_DOC},
     ),
-    "events": _caps(
-        operations=frozenset({Operation.INSERT}),
-        kind=RecordKind.EVENTS,
+    "events": events_object(
+        _caps(),
         event_id="id",
-        match_operations=frozenset({Operation.INSERT}),
         rate_limit=TRACK_BULK_RATE,
         cite={"rate_limit": TRACK_BULK_DOC},
     ),

@@ -62,6 +62,7 @@ from undertow.destinations.kit.engagement import (
     chunks,
     event_id,
     event_time,
+    events_object,
     expand,
     ranges,
 )
@@ -162,11 +163,9 @@ OBJECTS: dict[str, Capabilities] = {
         max_batch_size=MAX_REMOVE,
         cite={"max_batch_size": REMOVE_DOC, "rate_limit": REMOVE_DOC},
     ),
-    "events": _caps(
-        operations=frozenset({Operation.INSERT}),
-        kind=RecordKind.EVENTS,
+    "events": events_object(
+        _caps(),
         event_id="unique_id",
-        match_operations=frozenset({Operation.INSERT}),
         max_batch_size=MAX_EVENTS,
         bisect=True,
         max_payload_bytes=None,

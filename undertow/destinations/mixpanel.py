@@ -35,7 +35,6 @@ from undertow.destinations.base import (
     MatchRule,
     Operation,
     RateLimit,
-    RecordKind,
 )
 from undertow.destinations.kit import (
     Auth,
@@ -50,7 +49,7 @@ from undertow.destinations.kit import (
     errors_by_index,
     whole_reason,
 )
-from undertow.destinations.kit.engagement import event_id, parse_time
+from undertow.destinations.kit.engagement import event_id, events_object, parse_time
 from undertow.errors import FatalDeliveryError, RejectedBatchError
 from undertow.redact import register_secret, trim
 
@@ -133,12 +132,10 @@ def _caps(**extra: Any) -> Capabilities:
 
 OBJECTS: dict[str, Capabilities] = {
     "users": _caps(),
-    "events": _caps(
-        operations=frozenset({Operation.INSERT}),
-        kind=RecordKind.EVENTS,
+    "events": events_object(
+        _caps(),
         max_batch_size=MAX_EVENTS,
         event_id="insert_id",
-        match_operations=frozenset({Operation.INSERT}),
         cite={
             "max_batch_size": IMPORT_DOC,
             "rate_limit": LIMITS_DOC,

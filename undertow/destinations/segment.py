@@ -34,7 +34,6 @@ from undertow.destinations.base import (
     MatchRule,
     Operation,
     RateLimit,
-    RecordKind,
 )
 from undertow.destinations.kit import (
     Auth,
@@ -45,7 +44,7 @@ from undertow.destinations.kit import (
     Reject,
     envelope,
 )
-from undertow.destinations.kit.engagement import derived_event_id, event_time
+from undertow.destinations.kit.engagement import derived_event_id, event_time, events_object
 from undertow.errors import FatalDeliveryError
 from undertow.redact import register_secret
 
@@ -105,11 +104,9 @@ OBJECTS: dict[str, Capabilities] = {
     "groups": _caps(
         match=MatchRule.exactly_one("group_id", example="match: {group_id: account_id}")
     ),
-    "events": _caps(
-        operations=frozenset({Operation.INSERT}),
-        kind=RecordKind.EVENTS,
+    "events": events_object(
+        _caps(),
         event_id="message_id",
-        match_operations=frozenset({Operation.INSERT}),
     ),
 }
 

@@ -22,15 +22,26 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from undertow.destinations.base import Batch, BatchResult
+from undertow.destinations.base import Batch, BatchResult, Capabilities, Operation, RecordKind
 from undertow.destinations.kit.endpoints import Item
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 MAX_DERIVED = 64
 """Derived ids longer than this are hashed (vendors cap ids: Iterable at 512 bytes)."""
+
+
+def events_object(profiles: Capabilities, **extra: Any) -> Capabilities:
+    """An events object declared beside a vendor's profiles: each new row is one event,
+    inserted once (``insert`` is its only mode and the match applies to it); ``extra``
+    sets its ``event_id`` field and whatever else differs from ``profiles``."""
+    insert = frozenset({Operation.INSERT})
+    return replace(
+        profiles, operations=insert, kind=RecordKind.EVENTS, match_operations=insert, **extra
+    )
 
 
 def derived_event_id(batch: Batch, index: int) -> str:
