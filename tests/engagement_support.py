@@ -270,12 +270,40 @@ def _segment() -> Vendor:
     )
 
 
+def _posthog() -> Vendor:
+    from undertow.testing.posthog import PostHogFake
+
+    token = "phc_acceptance0000key"
+    return Vendor(
+        type="posthog",
+        token=token,
+        fake=lambda: PostHogFake(token),
+        destination="",
+        credential="api_key",
+        profiles="""    object: users
+    mode: upsert
+    match: {distinct_id: customer_id}
+    mappings: {email: email, first_name: first_name, recently_viewed: recently_viewed}""",
+        members="",
+        events="""    object: events
+    match: {distinct_id: customer_id}
+    mappings: {event: {const: Product Viewed}, timestamp: viewed_at, sku: sku, view_id: view_id}""",
+        stored_list=lambda fake, n: (fake.person(n) or {}).get("recently_viewed"),
+        member_count=lambda fake: 0,
+        event_ids=lambda fake: [e["properties"]["view_id"] for e in fake.events],
+        request_ids=lambda body: [e["properties"]["view_id"] for e in body["batch"]],
+        expected_list=viewed,
+        dropped=lambda fake: fake.dropped_events,
+    )
+
+
 VENDORS: dict[str, Callable[[], Vendor]] = {"braze": _braze, "klaviyo": _klaviyo}
 """The email tools that take all three kinds of sync (issue 11's acceptance)."""
 ANALYTICS: dict[str, Callable[[], Vendor]] = {
     "mixpanel": _mixpanel,
     "amplitude": _amplitude,
     "segment": _segment,
+    "posthog": _posthog,
 }
 """Product analytics tools (issue 17): profiles and events, no lists."""
 EVENT_VENDORS = {**VENDORS, **ANALYTICS}

@@ -120,7 +120,7 @@ def test_init_with_a_destination_writes_a_project_that_validates(tmp_path: Path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-ANALYTICS = ("mixpanel", "amplitude", "segment")
+ANALYTICS = ("mixpanel", "amplitude", "segment", "posthog")
 """Issue 17's product analytics destinations: each one's demo, as its acceptance states it."""
 
 
