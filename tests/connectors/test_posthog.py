@@ -177,7 +177,7 @@ def test_an_unknown_key_stops_the_run_before_any_event_is_sent(fake: PostHogFake
     with pytest.raises(FatalDeliveryError) as caught:
         write(fake, batch([view(0)]), api_key="phc_wrong0000key")
     assert "'ph'" in str(caught.value) and "phc_" in (caught.value.hint or "")
-    assert posted(fake) == [] and len(posted(fake, "/flags/")) == 1
+    assert posted(fake) == [] and len(posted(fake, "/flags")) == 1
 
 
 def test_without_the_key_check_an_unknown_key_loses_the_events_silently(
@@ -190,6 +190,16 @@ def test_without_the_key_check_an_unknown_key_loses_the_events_silently(
     assert fake.unknown_key_events == 1 and fake.events == []
 
 
+def test_an_instance_without_flags_stops_the_run_saying_how_to_skip_the_check(
+    fake: PostHogFake,
+) -> None:
+    fake.fail_next(status=404, body="Not Found", path="/flags")
+    with pytest.raises(FatalDeliveryError) as caught:
+        write(fake, batch([view(0)]))
+    assert "404" in str(caught.value) and "verify_key: false" in (caught.value.hint or "")
+    assert posted(fake) == []
+
+
 def test_a_personal_api_key_is_refused_without_a_request(fake: PostHogFake) -> None:
     with pytest.raises(FatalDeliveryError, match=r"personal API key \(phx_\)"):
         write(fake, batch([view(0)]), api_key="phx_personal0000key")
@@ -198,8 +208,8 @@ def test_a_personal_api_key_is_refused_without_a_request(fake: PostHogFake) -> N
 
 def test_the_key_is_checked_once_per_destination_whatever_the_batches(fake: PostHogFake) -> None:
     write(fake, *(batch([view(n)], number=n) for n in range(4)))
-    assert len(posted(fake, "/flags/")) == 1 and len(posted(fake)) == 4
-    assert posted(fake, "/flags/")[0].query == {"v": "2"}
+    assert len(posted(fake, "/flags")) == 1 and len(posted(fake)) == 4
+    assert posted(fake, "/flags")[0].query == {"v": "2"}
 
 
 def test_a_historical_migration_is_sent_as_one(fake: PostHogFake) -> None:

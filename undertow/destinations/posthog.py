@@ -226,7 +226,7 @@ mappings:
                 await self._verify()
 
     async def _verify(self) -> None:
-        """POST /flags?v=2: 200 for a key PostHog knows, 401 for one it does not (FLAGS_DOC;
+        """POST /flags?v=2 (FLAGS_DOC): 200 for a key PostHog knows, 401 for one it does not (FLAGS_DOC;
         capture answers 200 to any well-formed key)."""
         problem = _key_shape(self.key)
         if problem:
@@ -238,7 +238,7 @@ mappings:
         body = orjson.dumps({"api_key": self.key, "distinct_id": "undertow-key-check"})
         with capture.context(keys=(), operation="check", batch=None):
             response = await self.send(
-                "POST", "/flags/", body=body, params={"v": "2"}, expect=frozenset({200})
+                "POST", "/flags", body=body, params={"v": "2"}, expect=frozenset({200})
             )
         if response.status == 200:
             self._verified = True
