@@ -8,30 +8,35 @@ project.status(); project.runs("users_to_crm"); project.errors(run_id)
 project.retry("users_to_crm")       # send again only the rows rejected last time
 project.rejected_rows("users_to_crm")   # rows waiting, with first/last failure, attempts
 project.reset("users_to_crm")       # forget the snapshot: next run is a first run
+
+Validation is in :mod:`undertow.validation`, workers and the queue in
+:mod:`undertow.distribution`, the UI's inspecting calls in :mod:`undertow.inspection`;
+``Project`` inherits all three, so callers still use one object.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from undertow.config.loader import LoadedProject, load_project
 from undertow.config.models import SyncConfig, SyncLogsConfig
-from undertow.destinations.base import Destination, Operation
-from undertow.errors import ConfigError, SourceError, UndertowError, did_you_mean, unknown_name
+from undertow.destinations.base import Destination
+from undertow.distribution import Distribution
+from undertow.errors import ConfigError, UndertowError, unknown_name
 from undertow.inspection import Inspection
 from undertow.pipeline.engines import make_engine
 from undertow.pipeline.halt import Halt
 from undertow.pipeline.preview import PlanPreview, preview
-from undertow.pipeline.run import Reporter, SyncContext, SyncRun, compile_for
+from undertow.pipeline.run import Reporter, SyncContext, SyncRun
 from undertow.registry import destination_class, source_class
-from undertow.results import ProblemDocument, SyncStatus
+from undertow.results import SyncStatus
 from undertow.sources.base import Source
 from undertow.state.interfaces import StateReader, StateWriter
 from undertow.state.store import RowError, RowStatus, RunRecord, StateStore
+from undertow.validation import Problem, Validation
+
+__all__ = ["Problem", "Project"]
 
 if TYPE_CHECKING:
     from undertow.dbt.exposures import Exposures
@@ -40,25 +45,10 @@ if TYPE_CHECKING:
     from undertow.workers.executor import QueueExecutor
 
 
-@dataclass
-class Problem:
-    """One thing wrong with a project, as ``validate`` reports it."""
+class Project(Validation, Distribution, Inspection):
+    """The project: its config, state store and every operation on its syncs (see the
+    module docstring); the validating, distributing and inspecting halves are inherited."""
 
-    message: str
-    file: str | None = None
-    line: int | None = None
-    key: str | None = None
-
-    def as_dict(self) -> ProblemDocument:
-        return ProblemDocument(file=self.file, line=self.line, key=self.key, message=self.message)
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.file and self.line else (self.file or "")
-        key = f" {self.key}" if self.key else ""
-        return f"{where}{key}: {self.message}" if (where or key) else self.message
-
-
-class Project(Inspection):
     def __init__(self, loaded: LoadedProject) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -173,92 +163,6 @@ class Project(Inspection):
             state_dir=self.loaded.state_dir,
         )
 
-    # -- validate ---------------------------------------------------------------------------
-
-    def validate(self, *, connect: bool = True) -> list[Problem]:
-        """Compile every model and mapping; with ``connect``, check every connection too."""
-        # a connector whose ${VAR} is not set: one problem, first, and not again for each
-        # model or sync using it (the checks that need the connector wait for the secret)
-        deferred = list(self.loaded.deferred.values())
-        problems = [Problem(e.detail, e.file, e.line, e.key) for e in deferred]
-
-        def add(exc: UndertowError, *path: str) -> None:
-            if any(exc is d for d in deferred):
-                return
-            where = self.loaded.where(*path) if path else None
-            file, line = where or (None, None)
-            key = ".".join(path) if path else None
-            message = str(exc)
-            if isinstance(exc, ConfigError) and exc.file:
-                file, line, key, message = exc.file, exc.line, exc.key or key, exc.detail
-            problems.append(Problem(message=message, file=file, line=line, key=key))
-
-        broken: set[str] = set()
-        """Destinations whose check failed: their syncs are not checked against them."""
-        if connect:
-            for name in self.loaded.sources:
-                try:
-                    src = self.source(name)
-                    try:
-                        src.check()
-                        from undertow.checks import source_access  # sqlglot: validate only
-
-                        for missing in source_access(self.loaded, name, src):
-                            grants = " ".join(missing.grants)
-                            hint = f"run: {grants}" if grants else None
-                            add(SourceError(missing.message, hint=hint), "sources", name)
-                    finally:
-                        src.close()
-                except UndertowError as exc:
-                    add(exc, "sources", name)
-            for name in self.loaded.destinations:
-                try:
-                    asyncio.run(self._check_destination(name))
-                except UndertowError as exc:
-                    broken.add(name)
-                    add(exc, "destinations", name)
-        from undertow.dbt.check import offline_schema, stale_models
-
-        for mname, why, folder in stale_models(self.loaded):
-            hint = f"run `dbt parse` (or dbt run) in {folder}"
-            add(ConfigError(f"the dbt manifest is stale: {why}", hint=hint), "models", mname, "dbt")
-        dbt_columns = (
-            {} if connect else {m: offline_schema(self.loaded, m) for m in self.config.models}
-        )
-        for mname, model in self.config.models.items():
-            if dbt_columns.get(mname) is not None:
-                continue  # offline: the columns dbt's artifacts list stand for the warehouse's
-            try:
-                src = self.source(model.source)
-                try:
-                    src.describe(self.loaded.model_sql[mname], model=mname)
-                finally:
-                    src.close()
-            except UndertowError as exc:
-                add(exc, "models", mname)
-        for sname in self.config.syncs:
-            try:
-                ctx = self.context(sname)
-                try:
-                    plan = ctx.plan(full=False)
-                    ctx.batch_size()
-                    if self._uses_object(ctx):
-                        self._check_object(ctx)
-                    mapping, _ = compile_for(ctx, dbt_columns.get(ctx.model_name))
-                    ops = frozenset(plan.ops.values())
-                    if connect and ctx.sync.destination not in broken:
-                        for text in asyncio.run(self._validate_sync(ctx, mapping.fields, ops)):
-                            add(ConfigError(text), "syncs", sname)
-                finally:
-                    ctx.source.close()
-            except UndertowError as exc:
-                add(exc, "syncs", sname)
-        from undertow.state.files import unwritable
-
-        for error in unwritable(self.loaded.state_dir, self.loaded.state_url):
-            add(error, "state_dir")
-        return problems
-
     def dbt_exposures(
         self, *, dbt_project: str | None = None, owner: str = "Undertow", email: str | None = None
     ) -> Exposures:
@@ -266,61 +170,6 @@ class Project(Inspection):
         from undertow.dbt.exposures import build_exposures
 
         return build_exposures(self.loaded, dbt_project=dbt_project, owner=owner, email=email)
-
-    @staticmethod
-    def _uses_object(ctx: SyncContext) -> bool:
-        dest = ctx.destination
-        return ctx.sync.object is not None or dest.objects is not None or dest.any_object
-
-    async def _validate_sync(
-        self, ctx: SyncContext, fields: list[str], operations: frozenset[Operation]
-    ) -> list[str]:
-        """The destination's own metadata checks of one sync (e.g. Salesforce's describe)."""
-        dest = ctx.destination
-        await dest.open()
-        try:
-            return await dest.validate_sync(
-                sync=ctx.name,
-                object=ctx.sync.object,
-                match=ctx.sync.match,
-                fields=fields,
-                operations=operations,
-            )
-        finally:
-            await dest.close()
-
-    def _check_object(self, ctx: SyncContext) -> None:
-        objects = ctx.destination.objects
-        obj = ctx.sync.object
-        if ctx.destination.any_object:
-            if obj is None:
-                raise ConfigError(
-                    f"sync {ctx.name!r}: destination {ctx.destination_name!r} needs `object:` "
-                    "(which of its objects the rows go to)",
-                    hint="e.g. `object: Contact` (the object's API name)",
-                )
-            return  # any name the vendor has: validate_sync checks it against the vendor
-        if objects is None and obj is not None:
-            raise ConfigError(
-                f"sync {ctx.name!r}: destination {ctx.destination_name!r} takes no `object:`",
-                hint="remove `object:` from the sync",
-            )
-        if objects is not None and (obj is None or obj not in objects):
-            what = "needs" if obj is None else f"has no object {obj!r};"
-            closest = did_you_mean(obj, objects) if obj is not None else None
-            raise ConfigError(
-                f"sync {ctx.name!r}: destination {ctx.destination_name!r} {what} `object:` "
-                f"one of {', '.join(objects)}" + (f"; {closest}" if closest else ""),
-                hint=f"e.g. `object: {objects[0]}`",
-            )
-
-    async def _check_destination(self, name: str) -> None:
-        dest = self.destination(name)
-        await dest.open()
-        try:
-            await dest.check()
-        finally:
-            await dest.close()
 
     # -- plan -------------------------------------------------------------------------------
 
@@ -402,118 +251,6 @@ class Project(Inspection):
         store: StateWriter = self.store
         return store
 
-    def workers(self) -> list[dict[str, Any]]:
-        """Every worker seen (``undertow worker``), newest first: alive, draining, lost or
-        stopped, its last heartbeat, and the runs it executes now (sync, since when)."""
-        from undertow.state.cluster import ClusterState
-
-        cluster = ClusterState(self.store)
-        running = cluster.tasks(states=("running",))
-        out = []
-        for worker in cluster.workers(ttl=self.config.executor.lock_ttl):
-            row = worker.as_dict()
-            row["runs"] = [
-                {
-                    "sync": t.sync,
-                    "task": t.id,
-                    "since": t.started_at.isoformat() if t.started_at else None,
-                    "attempt": t.attempts,
-                }
-                for t in running
-                if (t.worker or "").split("|", 1)[0] == worker.name
-            ]
-            out.append(row)
-        return out
-
-    def share_budgets(self) -> None:
-        """With ``executor.rate_budget`` (or a Redis broker), every request of this process
-        draws from the budgets in Redis that every worker shares; else from in-process ones."""
-        executor = self.config.executor
-        if executor.budget_url is not None:
-            from undertow.workers.budget import install
-
-            install(executor.budget_url, prefix=executor.prefix)
-
-    def _cluster_settings(self, sync_run: SyncRun, worker: str | None) -> None:
-        """In a cluster project every run (a worker's or a laptop's) beats and expires on the
-        cluster's clock, so that a dead one is picked up within the bound it promises."""
-        executor = self.config.executor
-        sync_run.worker = worker
-        if executor.queued:
-            sync_run.heartbeat_seconds = executor.heartbeat.total_seconds()
-            sync_run.lock_ttl = executor.lock_ttl
-            if worker is not None and executor.delivery_workers > 1:
-                from undertow.pipeline.share import Sharing
-
-                sync_run.sharing = Sharing(
-                    workers=executor.delivery_workers,
-                    owner=worker,
-                    ttl=executor.lock_ttl,
-                    heartbeat=executor.heartbeat.total_seconds(),
-                    publish=functools.partial(self._queue_helpers, sync_run.ctx.name),
-                )
-
-    def _queue_helpers(self, sync: str, run_id: str, attempt: int, count: int) -> None:
-        """Queue ``count`` helper tasks for a run that shares its delivery."""
-        cluster = self.executor.cluster
-        for i in range(count):
-            task_id = f"{sync}:{run_id}:part:{attempt}:{i}"
-            if cluster.add_task(task_id, sync=sync, kind="part", trigger="share", run_id=run_id):
-                self.executor.publish(task_id)
-
-    def help_deliver(self, name: str, run_id: str, *, halt: Halt, worker: str) -> dict[str, Any]:
-        """A worker's helper task: deliver parts of run ``run_id`` of sync ``name`` (see
-        ``pipeline/share.py``) until none is left to claim."""
-        from undertow.pipeline.share import help_deliver
-
-        self.sync(name)
-        self.share_budgets()
-        executor = self.config.executor
-        ctx = self.context(name)
-        try:
-            with self.debugger.recording():
-                return help_deliver(
-                    ctx,
-                    self.store,
-                    run_id,
-                    owner=worker,
-                    ttl=executor.lock_ttl,
-                    heartbeat=executor.heartbeat.total_seconds(),
-                    halt=halt,
-                )
-        finally:
-            ctx.source.close()
-
-    @property
-    def executor(self) -> QueueExecutor:
-        """The queue runs go to (``executor: {type: celery}``); raises without one."""
-        if self._executor is None:
-            from undertow.workers.executor import QueueExecutor
-
-            self._executor = QueueExecutor(self)
-        return self._executor
-
-    def enqueue(
-        self, names: list[str], *, full: bool = False, trigger: str = "manual"
-    ) -> list[str]:
-        """Queue a run of each sync for the workers; return the task ids (``run --queue``)."""
-        for name in names:
-            self.sync(name)
-        ids = []
-        for name in names:
-            task_id = self.executor.submit(name, full=full, trigger=trigger)
-            assert task_id is not None  # a fresh id is never taken
-            ids.append(task_id)
-        return ids
-
-    def wait_queued(
-        self, ids: list[str], *, timeout: float | None = None
-    ) -> list[RunRecord | UndertowError]:
-        """Wait for queued tasks; each one's run, or the error that ended it."""
-        from undertow.workers.outcome import outcome_of
-
-        return [outcome_of(self.store, task) for task in self.executor.wait(ids, timeout=timeout)]
-
     def retry(
         self, name: str, *, reporter: Reporter | None = None, allow_deletes: bool = False
     ) -> RunRecord | None:
@@ -576,6 +313,15 @@ class Project(Inspection):
         if warning is not None:
             joined = f"{record.warning}; {warning}" if record.warning else warning
             self.store.update_run(record, warning=joined)
+
+    @property
+    def executor(self) -> QueueExecutor:
+        """The queue runs go to (``executor: {type: celery}``); raises without one."""
+        if self._executor is None:
+            from undertow.workers.executor import QueueExecutor
+
+            self._executor = QueueExecutor(self)
+        return self._executor
 
     # -- history ----------------------------------------------------------------------------
 

@@ -10,6 +10,10 @@ reads the model inside the source, so nothing is extracted at all.
 The rows are read while the diff engine loads them: a failure on row three million surfaces
 from ``build``, and :func:`model_failures` turns it into a :class:`~undertow.errors.ModelError`
 naming the model (and Ctrl-C / SIGTERM caught by DuckDB into ``KeyboardInterrupt``).
+
+:func:`extract_and_diff` is the run's first two stages: the change set is built, the delete
+guard checked (a refused run discards it, so the next run diffs again) and the rows with a
+NULL or duplicate key stored as errors, before the run turns ``delivering``.
 """
 
 from __future__ import annotations
@@ -21,14 +25,18 @@ from typing import TYPE_CHECKING, Protocol
 import duckdb
 import pyarrow as pa
 
-from undertow.errors import ModelError, StateError
+from undertow.errors import ModelError, StateError, UndertowError
 from undertow.pipeline.diff import DiffEngine, DiffSpec, q
+from undertow.pipeline.halt import halting
+from undertow.pipeline.plan import Plan, check_deletes
 from undertow.redact import redact
 from undertow.sources.base import NativeLoad
 from undertow.state.files import disk_cause
+from undertow.state.store import RowError, RunRecord, RunStatus
 
 if TYPE_CHECKING:
-    from undertow.pipeline.run import SyncContext
+    from undertow.pipeline.context import SyncContext
+    from undertow.pipeline.run import SyncRun
 
 
 class Progress(Protocol):
@@ -118,3 +126,69 @@ def model_failures(ctx: SyncContext) -> Iterator[None]:
             source=ctx.model.source,
             hint="fix the model's SQL; nothing was sent and the snapshot is unchanged",
         ) from exc
+
+
+def extract_and_diff(
+    sync_run: SyncRun,
+    run: RunRecord,
+    engine: DiffEngine,
+    spec: DiffSpec,
+    plan: Plan,
+    batch_size: int,
+) -> None:
+    """Extract the model into the diff engine and build ``run``'s change set; its counts
+    go on ``run``, which ends this ``delivering`` (or raises: nothing was sent)."""
+    ctx = sync_run.ctx
+    sync_run._update(run, status=RunStatus.EXTRACTING)
+    sync_run.reporter.stage(ctx.name, "extract")
+    model = open_model(ctx, engine, spec, sync_run.reporter)
+    if isinstance(model, pa.RecordBatchReader):
+        model = halting(model, sync_run.halt)
+    sync_run._update(run, status=RunStatus.DIFFING)
+    with model_failures(ctx):
+        stats = engine.build(
+            run.id,
+            model,
+            spec,
+            plan,
+            batch_size,
+            only_keys=sync_run.only_keys,
+            watch_keys=sync_run.open_keys,
+        )
+    sync_run.reporter.stage(ctx.name, "diff")
+    run.counts.update(stats.as_counts())
+    run.counts["rejected"] = stats.invalid
+    run.batch_size = batch_size
+    run.total_batches = stats.total_batches
+    if not sync_run.allow_deletes:
+        try:
+            check_deletes(
+                sync=ctx.name,
+                plan=plan,
+                deletes=stats.deletes,
+                removed=stats.removed,
+                snapshot=stats.snapshot,
+                max_deletes=ctx.sync.max_deletes,
+                max_delete_ratio=ctx.sync.max_delete_ratio,
+            )
+        except UndertowError:
+            engine.discard(run.id)  # the next run diffs again
+            raise
+    # rows with an open failure and nothing left to send (reverted, or gone)
+    sync_run.store.resolve_rows(ctx.name, stats.settled)
+    invalid = [
+        RowError(
+            run_id=run.id,
+            sync=ctx.name,
+            row_key=key,
+            kind="invalid_key",
+            reason=reason,
+            created_at=run.created_at,
+        )
+        for key, reason in engine.invalid_rows(run.id)
+    ]
+    sync_run.store.add_row_errors(invalid)
+    if sync_run.halt.is_set():
+        engine.discard(run.id)
+        raise KeyboardInterrupt  # halted at the stage boundary: nothing was sent
+    sync_run._update(run, status=RunStatus.DELIVERING)

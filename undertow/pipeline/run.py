@@ -2,6 +2,11 @@
 
     extract -> diff -> plan -> map -> deliver -> record
 
+The stages live in their own modules (``extract.py`` with the diff's build, ``batching.py``
+mapping the change set batch by batch, ``deliver.py``, ``record.py``, ``verdict.py`` for how
+a delivered run ends); :class:`SyncRun` calls them in order and moves the run's status.
+What a run is given (:class:`SyncContext`, :func:`compile_for`) is in ``context.py``.
+
 A run is a state machine persisted in the state store::
 
     pending -> extracting -> diffing -> delivering -> succeeded | failed | cancelled
@@ -21,20 +26,14 @@ that another worker resumes it from its checkpoints.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-from collections.abc import AsyncIterator, Collection, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Collection, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
-import pyarrow as pa
-
-from undertow.config.models import ModelConfig, SyncConfig
 from undertow.destinations import capture
-from undertow.destinations.base import Batch, Capabilities, Destination, Operation, RunEnd
+from undertow.destinations.base import Batch, RunEnd
 from undertow.errors import (
     LockLostError,
     PlanError,
@@ -45,19 +44,21 @@ from undertow.errors import (
     is_crash,
 )
 from undertow.pipeline import share
-from undertow.pipeline.deliver import DeliveryReport, Outcome, RetryPolicy, deliver
+from undertow.pipeline.batching import works
+from undertow.pipeline.context import NullReporter, Reporter, SyncContext, compile_for
+from undertow.pipeline.deliver import DeliveryReport, Outcome, deliver
 from undertow.pipeline.diff import DiffEngine, DiffSpec
 from undertow.pipeline.diff.contract import batch_groups, batch_sequences
 from undertow.pipeline.engines import make_engine
-from undertow.pipeline.extract import model_failures, open_model, projected_sql
-from undertow.pipeline.halt import POLL_SECONDS, Halt, LockHeartbeat, halting
-from undertow.pipeline.map import CompiledMapping, compile_mapping
+from undertow.pipeline.extract import extract_and_diff, projected_sql
+from undertow.pipeline.halt import POLL_SECONDS, Halt, LockHeartbeat
+from undertow.pipeline.map import CompiledMapping
 from undertow.pipeline.map.limits import TemplateCancelled
-from undertow.pipeline.plan import Plan, check_deletes, make_plan, percent
+from undertow.pipeline.plan import Plan
 from undertow.pipeline.record import Recorder, Work
 from undertow.pipeline.share import Sharing
-from undertow.sources.base import Source
-from undertow.state.store import Lock, RowError, RunRecord, RunStatus, StateStore
+from undertow.pipeline.verdict import judge_rejections
+from undertow.state.store import Lock, RunRecord, RunStatus, StateStore
 
 if TYPE_CHECKING:
     from undertow.sync_logs import LiveChangelog
@@ -72,112 +73,6 @@ __all__ = [
 ]
 
 HEARTBEAT_SECONDS = 15.0
-
-
-class Reporter(Protocol):
-    """Where a run reports its progress (a progress bar on a terminal, nothing in --json)."""
-
-    def stage(self, sync: str, stage: str, total: int | None = None) -> None: ...
-    def advance(self, sync: str, amount: int) -> None: ...
-    def note(self, sync: str, text: str) -> None: ...
-
-
-class NullReporter:
-    def stage(self, sync: str, stage: str, total: int | None = None) -> None:
-        pass
-
-    def advance(self, sync: str, amount: int) -> None:
-        pass
-
-    def note(self, sync: str, text: str) -> None:
-        pass
-
-
-@dataclass
-class SyncContext:
-    """Everything one sync's run needs, resolved by the Project facade."""
-
-    name: str
-    sync: SyncConfig
-    model_name: str
-    model: ModelConfig
-    sql: str
-    source: Source
-    destination: Destination
-    destination_name: str
-    state_dir: Path
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-
-    @property
-    def caps(self) -> Capabilities:
-        return self.destination.capabilities_for(self.sync.object)
-
-    def batch_size(self) -> int:
-        limit = self.caps.max_batch_size
-        wanted = self.sync.batch_size or limit
-        if wanted > limit:
-            raise PlanError(
-                f"sync {self.name!r}: batch_size {wanted} exceeds destination "
-                f"{self.destination_name!r}'s limit of {limit} records per request",
-                hint=f"set `batch_size: {limit}` or less, or remove it to use the limit",
-            )
-        return wanted
-
-    def plan(self, *, full: bool) -> Plan:
-        return make_plan(
-            sync=self.name,
-            mode=self.sync.mode,
-            destination=self.destination_name,
-            caps=self.caps,
-            full=full,
-        )
-
-
-def compile_for(
-    ctx: SyncContext, schema: pa.Schema | Mapping[str, pl.DataType] | None = None
-) -> tuple[CompiledMapping, DiffSpec]:
-    """The sync's mapping and diff spec, against ``schema`` or the model's described on its
-    source (``validate --offline`` passes a dbt model's columns from dbt's artifacts)."""
-    if schema is None:
-        schema = ctx.source.describe(ctx.sql, model=ctx.model_name)
-    names = list(schema.names if isinstance(schema, pa.Schema) else schema)
-    caps = ctx.caps
-    if caps.requires_match and not ctx.sync.match:
-        raise PlanError(
-            f"sync {ctx.name!r}: destination {ctx.destination_name!r} needs `match:` to know "
-            "which record a row updates",
-            hint="add e.g. `match: {email: email}` (destination field: model column)",
-        )
-    if str(ctx.sync.mode) != "insert" or caps.uses_match(Operation.INSERT):
-        # the destination's match rule, as data (events name their person: insert uses it)
-        caps.check_sync(
-            sync=ctx.name,
-            destination=ctx.destination_name,
-            match=ctx.sync.match,
-            object=ctx.sync.object,
-        )
-    mapping = compile_mapping(
-        ctx.name,
-        ctx.sync,
-        schema,
-        max_payload_bytes=caps.max_payload_bytes,
-        pii_variant=ctx.destination.pii_variant,
-    )
-    keys = list(ctx.model.primary_key)
-    missing = [k for k in keys if k not in names]
-    if missing:
-        from undertow.errors import PrimaryKeyError, did_you_mean
-
-        hints = [h for h in (did_you_mean(k, names) for k in missing) if h]
-        raise PrimaryKeyError(
-            f"model {ctx.model_name!r}: primary key column(s) "
-            f"{', '.join(map(repr, missing))} not among its columns "
-            f"({', '.join(names)})",
-            hint=hints[0] if hints else "fix `primary_key:` or add the column to the SQL",
-        )
-    columns = keys + [c for c in mapping.columns if c not in keys]
-    spec = DiffSpec(sync=ctx.name, keys=keys, columns=columns, fingerprint=ctx.sync.fingerprint())
-    return mapping, spec
 
 
 class SyncRun:
@@ -337,65 +232,12 @@ class SyncRun:
         )
         return run
 
-    # -- extract + diff + plan --------------------------------------------------------------
+    # -- extract + diff + plan (pipeline/extract.py) -----------------------------------------
 
     def _extract_and_diff(
         self, run: RunRecord, engine: DiffEngine, spec: DiffSpec, plan: Plan, batch_size: int
     ) -> None:
-        ctx = self.ctx
-        self._update(run, status=RunStatus.EXTRACTING)
-        self.reporter.stage(ctx.name, "extract")
-        model = open_model(ctx, engine, spec, self.reporter)
-        if isinstance(model, pa.RecordBatchReader):
-            model = halting(model, self.halt)
-        self._update(run, status=RunStatus.DIFFING)
-        with model_failures(ctx):
-            stats = engine.build(
-                run.id,
-                model,
-                spec,
-                plan,
-                batch_size,
-                only_keys=self.only_keys,
-                watch_keys=self.open_keys,
-            )
-        self.reporter.stage(ctx.name, "diff")
-        run.counts.update(stats.as_counts())
-        run.counts["rejected"] = stats.invalid
-        run.batch_size = batch_size
-        run.total_batches = stats.total_batches
-        if not self.allow_deletes:
-            try:
-                check_deletes(
-                    sync=ctx.name,
-                    plan=plan,
-                    deletes=stats.deletes,
-                    removed=stats.removed,
-                    snapshot=stats.snapshot,
-                    max_deletes=ctx.sync.max_deletes,
-                    max_delete_ratio=ctx.sync.max_delete_ratio,
-                )
-            except UndertowError:
-                engine.discard(run.id)  # the next run diffs again
-                raise
-        # rows with an open failure and nothing left to send (reverted, or gone)
-        self.store.resolve_rows(ctx.name, stats.settled)
-        invalid = [
-            RowError(
-                run_id=run.id,
-                sync=ctx.name,
-                row_key=key,
-                kind="invalid_key",
-                reason=reason,
-                created_at=run.created_at,
-            )
-            for key, reason in engine.invalid_rows(run.id)
-        ]
-        self.store.add_row_errors(invalid)
-        if self.halt.is_set():
-            engine.discard(run.id)
-            raise KeyboardInterrupt  # halted at the stage boundary: nothing was sent
-        self._update(run, status=RunStatus.DELIVERING)
+        extract_and_diff(self, run, engine, spec, plan, batch_size)
 
     # -- map + deliver + record -------------------------------------------------------------
 
@@ -407,52 +249,8 @@ class SyncRun:
         skip: set[int],
         sequences: dict[int, tuple[int, int]] | None = None,
     ) -> Iterator[tuple[Work, Batch | None]]:
-        ctx = self.ctx
-        sequences = sequences or {}
-        for chunk in engine.chunks(run.id, skip=skip):
-            frame = chunk.frame
-            mapped = mapping.map(
-                frame.drop(["_ut_seq", "_ut_batch", "_ut_key", "_ut_op", "_ut_kind"])
-            )
-            seqs = frame.get_column("_ut_seq").to_list()
-            keys = frame.get_column("_ut_key").to_list()
-            # rows arrive in batch order, so each batch is one contiguous slice of the chunk
-            sizes = frame.get_column("_ut_batch").rle().struct.field("len").to_list()
-            index = mapped.index
-            whole = len(index) == frame.height  # no row refused by the mapping: index == range
-            rejected = sorted(mapped.rejected)
-            start = lo = r = 0
-            for (number, op), size in zip(chunk.batches, sizes, strict=True):
-                end = start + size
-                hi = end if whole else bisect.bisect_left(index, end, lo)
-                work = Work(
-                    number=number,
-                    operation=op,
-                    size=size,
-                    seqs=seqs[start:end] if whole else [seqs[p] for p in index[lo:hi]],
-                    keys=keys[start:end] if whole else [keys[p] for p in index[lo:hi]],
-                )
-                while r < len(rejected) and rejected[r][0] < end:
-                    pos, reason = rejected[r]
-                    work.map_rejected.append((seqs[pos], keys[pos], reason))
-                    r += 1
-                batch = None
-                if work.seqs:
-                    batch = Batch(
-                        sync=ctx.name,
-                        operation=op,
-                        number=number,
-                        idempotency_key=f"{run.id}-{number}",
-                        keys=work.keys,
-                        payloads=mapped.payloads[lo:hi],
-                        identifiers={f: v[lo:hi] for f, v in mapped.identifiers.items()},
-                        object=ctx.sync.object,
-                        run_id=run.id,
-                        full=run.full_resync,
-                        sequence=sequences.get(number),
-                    )
-                start, lo = end, hi
-                yield work, batch
+        """The run's batches not in ``skip``, mapped (:func:`~undertow.pipeline.batching.works`)."""
+        return works(self.ctx, run, engine, mapping, skip, sequences)
 
     def _deliver_and_record(
         self,
@@ -547,7 +345,7 @@ class SyncRun:
                 "the next run retries them"
             )
         else:
-            status, message, warning = self._judge_rejections(run)
+            status, message, warning = judge_rejections(run, self.ctx.sync.max_rejected_ratio)
         if self.ctx.destination.finishes_runs:
             try:
                 asyncio.run(self._finish(run, status))
@@ -570,46 +368,6 @@ class SyncRun:
                 await ctx.destination.finish_run(end)
         finally:
             await ctx.destination.close()
-
-    def _judge_rejections(self, run: RunRecord) -> tuple[RunStatus, str | None, str | None]:
-        """Fail a run whose rejected rows exceed ``max_rejected_ratio``; else warn of them.
-
-        The share is of the rows the run dealt with: the model's rows plus the rows that
-        left it (``extracted + removed``).
-        """
-        rejected = run.counts.get("rejected", 0)
-        if not rejected:
-            return RunStatus.SUCCEEDED, None, None
-        rows = run.counts.get("extracted", 0) + run.counts.get("removed", 0)
-        share = rejected / rows if rows else 1.0
-        limit = self.ctx.sync.max_rejected_ratio
-        what = f"{rejected:,} of {rows:,} row(s) rejected ({percent(share)})"
-        where = f"see them with `undertow errors {run.id}`"
-        if share > limit:
-            return (
-                RunStatus.FAILED,
-                f"{what}, more than max_rejected_ratio {limit:g} ({percent(limit)}); the "
-                f"accepted rows are recorded and the rejected ones are sent again by the next "
-                f"run; {where}, {self._next_step(run)}",
-                None,
-            )
-        return RunStatus.SUCCEEDED, None, f"{what}, within max_rejected_ratio {limit:g}; {where}"
-
-    @staticmethod
-    def _next_step(run: RunRecord) -> str:
-        """What fixes a run's rejections: rows with a NULL or duplicate primary key never
-        reach the destination (``undertow retry`` skips them again), so the model is fixed."""
-        invalid = run.counts.get("invalid", 0)
-        retry = f"fix them, then `undertow retry {run.sync}`"
-        if not invalid:
-            return retry
-        keys = (
-            f"fix the model's primary key ({invalid:,} row(s) have a NULL or duplicate key), "
-            f"then `undertow run {run.sync}`"
-        )
-        if invalid >= run.counts.get("rejected", 0):
-            return keys
-        return f"{keys}; for the other rows, {retry}"
 
     async def _deliver(
         self,
