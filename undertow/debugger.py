@@ -161,8 +161,8 @@ class DebugRecorder:
 
     def add(self, exchange: capture.Exchange) -> None:
         sync = exchange.context.sync
-        if sync is None or sync not in self.config.syncs:
-            return
+        if sync is None or sync not in self.config.syncs or exchange.not_sent:
+            return  # a dry run's request never left: the debugger keeps what was sent
         settings = self._for(sync)
         if not settings.enabled:
             return

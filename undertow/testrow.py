@@ -14,8 +14,15 @@
    run treats the row exactly as it would have anyway (a test of a changed row does not
    stop the next run from sending it).
 
-``dry_run`` stops after step 2 and shows the record as the destination would put it on
-the wire (:meth:`Destination.preview`), without opening a connection.
+``dry_run`` sends nothing. It shows the record as the destination would put it on the wire
+(:meth:`Destination.preview`) and, for a destination that speaks HTTP through the shared
+client (``Destination.sends_http``), the first request it would make, as the live debugger
+would show it (method, URL without its query string, headers with credentials masked, the
+body redacted and trimmed): the connector builds the request as in a real send and the
+client stops it before it leaves (``_http.dry_run``). An OAuth login is skipped, and its
+token shown as a placeholder. A connector that reads before it writes (Google Sheets reads
+the tab, a lookup by email searches first) shows that read: it is the first request. Other
+destinations (databases, queues, files) are never opened in a dry run.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import pyarrow as pa
 import sqlglot
 
 from undertow.destinations import capture
+from undertow.destinations._http import DryRunStop, dry_run
 from undertow.destinations.base import Batch, BatchResult
 from undertow.errors import (
     ConfigError,
@@ -172,6 +180,10 @@ def test_row(ctx: SyncContext, key: dict[str, str], *, dry_run: bool) -> TestRes
     if dry_run:
         result.outcome = "dry run"
         result.message = "nothing was sent"
+        if ctx.destination.sends_http:
+            refused, result.exchanges = _dry_exchanges(ctx, batch)
+            if refused is not None:  # the connector's own shaping refused it: nothing to send
+                result.outcome, result.message = "rejected", refused
         return result
     seen: list[capture.Exchange] = []
     with capture.listening(seen.append):
@@ -180,6 +192,22 @@ def test_row(ctx: SyncContext, key: dict[str, str], *, dry_run: bool) -> TestRes
     result.outcome, result.message = outcome, message
     result.exchanges = [exchange_dict(e) for e in seen if e.context.sync == ctx.name]
     return result
+
+
+def _dry_exchanges(ctx: SyncContext, batch: Batch) -> tuple[str | None, list[dict[str, Any]]]:
+    """The first request the destination would make for ``batch``, stopped before it
+    leaves; and the reason when the connector refused the record without any request."""
+    seen: list[capture.Exchange] = []
+    refused: str | None = None
+    with capture.listening(seen.append), dry_run():
+        try:
+            outcome, message = asyncio.run(_send(ctx, batch))
+        except* DryRunStop:  # alone, or from inside a task group of concurrent requests
+            pass
+        else:
+            if outcome != "accepted":
+                refused = message or outcome
+    return refused, [exchange_dict(e) for e in seen if e.context.sync == ctx.name]
 
 
 async def _send(ctx: SyncContext, batch: Batch) -> tuple[str, str | None]:

@@ -71,7 +71,21 @@ def test_test_dry_run_sends_nothing_and_shows_the_record(
     data = result.json()
     assert data["outcome"] == "dry run" and data["sent"] is False
     assert data["payload"] == {"id": 2, "email": "b@x.com", "plan": "pro"}
-    assert data["exchanges"] == [] and receiver.fake.requests == []
+    assert receiver.fake.requests == []
+    # the request that would carry it, built by the connector and stopped before it left
+    [request] = data["exchanges"]
+    assert request["method"] == "POST" and request["status"] is None
+    assert "not sent: dry run" in request["error"]
+    assert request["request_headers"]["authorization"] == "***"
+    assert json.loads(request["request_body"])["records"][0]["email"] == "b@x.com"
+    assert SECRET not in result.text
+    # in the terminal too; and the debugger keeps only what was sent
+    shown = project.run("test", "users_to_hook", "--key", "id=2", "--dry-run")
+    assert shown.code == 0, shown
+    assert "POST " in shown.out and "not sent: dry run" in shown.out and "b@x.com" in shown.out
+    assert "authorization: ***" in shown.out and SECRET not in shown.text
+    assert project.run("debug", "users_to_hook", "--json").out.strip() == ""
+    assert receiver.fake.requests == []
 
 
 def test_test_reports_the_vendors_refusal_and_exits_1(

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load
 from undertow.console import TerminalConsole
+from undertow.destinations.capture import DRY_RUN_NOTE
 
 
 def parse_keys(values: list[str]) -> dict[str, str]:
@@ -42,6 +43,12 @@ def _pretty(text: str | None) -> str:
 
 
 def _exchange_lines(console: TerminalConsole, x: dict[str, Any]) -> None:
+    if x["status"] is None and x.get("error") == DRY_RUN_NOTE:
+        console.print(f"[bold]{escape(x['method'])} {escape(x['url'])}[/] ({DRY_RUN_NOTE})")
+        for name, value in (x.get("request_headers") or {}).items():
+            console.print(f"  > {escape(name)}: {escape(str(value))}", highlight=False)
+        console.print(escape(_pretty(x.get("request_body"))), highlight=False)
+        return
     status = x["status"] if x["status"] is not None else "no answer"
     console.print(
         f"[bold]{escape(x['method'])} {escape(x['url'])}[/] → [bold]{status}[/] "
@@ -63,7 +70,10 @@ def test_row(
         typer.Option("--key", "-k", help="COLUMN=VALUE of the row's primary key (repeat)."),
     ],
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show the record as it would be sent; send nothing.")
+        bool,
+        typer.Option(
+            "--dry-run", help="Show the record and the request that would carry it; send nothing."
+        ),
     ] = False,
     project: ProjectOpt = Path("."),
     json: JsonOpt = False,

@@ -14,15 +14,23 @@ absolute URL elsewhere is refused before anything leaves.
 
 Messages carry the method, the path, the status, the vendor's request id and a trimmed,
 redacted body; never a token, a query string or a record's values.
+
+Inside :func:`dry_run` (``undertow test --dry-run``) nothing leaves the machine: the first
+request a destination makes is handed to the capture listeners as it would have been sent
+(headers and body redacted like any captured exchange) and :class:`DryRunStop` ends the
+delivery there. An OAuth scheme that logs in first (:func:`dry_run_active`) skips the login
+and sends :data:`DRY_RUN_TOKEN` in place of the token it would have obtained.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import email.utils
 import io
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +46,37 @@ LARGE_BODY_BYTES = 2**20
 """Bodies above this are streamed from a buffer rather than written in one call."""
 
 REQUEST_ID_HEADERS = ("x-request-id", "x-hubspot-correlation-id", "request-id", "x-amzn-requestid")
+
+DRY_RUN_TOKEN = "<access token from the OAuth login, not fetched in a dry run>"
+"""What an OAuth scheme puts in place of its token in a dry run (not a secret)."""
+
+_dry_run: contextvars.ContextVar[bool] = contextvars.ContextVar("undertow_dry_run", default=False)
+
+
+class DryRunStop(BaseException):
+    """Raised in a dry run where the first request would have been sent.
+
+    A ``BaseException`` so that no connector's ``except Exception`` turns it into a
+    rejected or failed record: it ends the delivery, which :func:`dry_run`'s caller expects.
+    """
+
+    def __init__(self, method: str, url: str) -> None:
+        super().__init__(f"{method} {redact_url(url)}")
+        self.method, self.url = method, url
+
+
+@contextlib.contextmanager
+def dry_run() -> Iterator[None]:
+    """Within this context (and the tasks it starts), no HTTP request is sent."""
+    token = _dry_run.set(True)
+    try:
+        yield
+    finally:
+        _dry_run.reset(token)
+
+
+def dry_run_active() -> bool:
+    return _dry_run.get()
 
 
 @dataclass
@@ -180,6 +219,17 @@ class HttpClient:
         send_headers = {"Content-Type": content_type} if content_type else {}
         if headers:
             send_headers.update(headers)
+        if _dry_run.get():
+            capture.emit(
+                method=method,
+                url=url,
+                started_at=time.time(),
+                request_headers={**self.headers, **send_headers},
+                request_body=raw,
+                error=capture.DRY_RUN_NOTE,
+                duration=0.0,
+            )
+            raise DryRunStop(method, url)
         where = f"{method} {redact_url(url)}"
         session = await self.session()
         started = time.time()

@@ -415,6 +415,9 @@ class Destination(ABC, Generic[ConfigT]):
     paces_requests: ClassVar[bool] = False
     """True when the destination paces each request itself (the HTTP kit does): the
     deliver stage then does not pace whole batches on top."""
+    sends_http: ClassVar[bool] = False
+    """True when every request goes through the shared HTTP client (``_http.HttpClient``):
+    ``undertow test --dry-run`` then shows the first request without sending it."""
 
     async_jobs: ClassVar[bool] = False
     """True when batches go through :meth:`submit_batch` and :meth:`poll_job` (an API that

@@ -41,6 +41,9 @@ from urllib.parse import urlsplit
 
 from undertow.redact import redact
 
+DRY_RUN_NOTE = "not sent: dry run (the first request the destination would make)"
+"""The ``error`` of an exchange a dry run stopped before it left (``_http.dry_run``)."""
+
 MAX_BODY_BYTES = 64 * 1024
 """Bodies are trimmed to this many bytes before a listener sees them."""
 
@@ -164,6 +167,11 @@ class Exchange:
     def error(self) -> str | None:
         """The transport failure, when there was no answer."""
         return self._redacted("error")  # type: ignore[return-value]
+
+    @property
+    def not_sent(self) -> bool:
+        """True for a request a dry run stopped before it left (kept by no debugger)."""
+        return self.status is None and self._raw["error"] == DRY_RUN_NOTE
 
     @property
     def path(self) -> str:

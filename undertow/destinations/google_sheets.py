@@ -42,7 +42,7 @@ from urllib.parse import quote, urlsplit
 import orjson
 from pydantic import Field, SecretStr, model_validator
 
-from undertow.destinations._http import HttpClient
+from undertow.destinations._http import DRY_RUN_TOKEN, HttpClient, dry_run_active
 from undertow.destinations.base import (
     Batch,
     BatchResult,
@@ -107,7 +107,8 @@ class ServiceAccountAuth(Auth):
         self.client = HttpClient(f"{uri.scheme}://{uri.netloc}", timeout=timeout)
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        token = self.token or (DRY_RUN_TOKEN if dry_run_active() else None)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def assertion(self) -> str:
         try:
@@ -136,6 +137,8 @@ class ServiceAccountAuth(Auth):
         return f"{signing}.{_b64(signature)}"
 
     async def ensure(self) -> None:
+        if dry_run_active():  # a dry run sends nothing, the token request included
+            return
         if self.token is None or time.time() > self.expires - 60:
             await self.refresh(self.client)
 

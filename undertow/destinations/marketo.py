@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 import orjson
 from pydantic import Field, SecretStr
 
-from undertow.destinations._http import Response
+from undertow.destinations._http import DRY_RUN_TOKEN, Response, dry_run_active
 from undertow.destinations.base import (
     Batch,
     BatchResult,
@@ -119,10 +119,11 @@ class MarketoAuth(Auth):
         register_secret(config.client_secret.get_secret_value())
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        token = self.token or (DRY_RUN_TOKEN if dry_run_active() else None)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def ensure(self, client: HttpClient) -> None:
-        if self.token is None:
+        if self.token is None and not dry_run_active():  # a dry run sends nothing
             async with self._lock:
                 if self.token is None:
                     await self._login(client)

@@ -113,6 +113,7 @@ class WebhookDestination(Destination[WebhookConfig]):
     """Send batches of records to any HTTP endpoint as JSON."""
 
     name: ClassVar[str] = "webhook"
+    sends_http: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities(
         operations=frozenset(Operation),
         max_batch_size=1000,

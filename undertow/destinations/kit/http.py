@@ -130,6 +130,7 @@ class HttpDestination(Destination[ConfigT]):
     """Base of the declarative HTTP destinations (see the module docstring)."""
 
     paces_requests: ClassVar[bool] = True
+    sends_http: ClassVar[bool] = True
     vendor: ClassVar[str] = "the destination"
     """The vendor's name in messages (``HubSpot``)."""
     endpoints: ClassVar[Mapping[Any, Endpoint]] = {}

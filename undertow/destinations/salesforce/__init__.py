@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from undertow.destinations import retry
-from undertow.destinations._http import Response
+from undertow.destinations._http import Response, dry_run_active
 from undertow.destinations.base import (
     Batch,
     BatchResult,
@@ -244,8 +244,9 @@ mappings:
 
     async def _describe_quietly(self, sobject: str) -> None:
         """Describe the object once so values go as its field types want (a failure to
-        describe is no failure to write: the values then go as mapped)."""
-        if sobject in self._described:
+        describe is no failure to write: the values then go as mapped). A dry run, which
+        sends nothing, does not describe: it shows the values as mapped."""
+        if sobject in self._described or dry_run_active():
             return
         try:
             await self.describe(sobject)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, urlencode, urlsplit
 
+from undertow.destinations._http import DRY_RUN_TOKEN, dry_run_active
 from undertow.destinations.kit import Auth
 from undertow.errors import FatalDeliveryError, RetryableError
 from undertow.redact import register_secret, trim
@@ -93,7 +94,8 @@ class SalesforceAuth(Auth):
                 remember(secret.get_secret_value())
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        token = self.token or (DRY_RUN_TOKEN if dry_run_active() else None)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def refresh(self, client: HttpClient) -> bool:
         """After a 401: log in again (once for the requests that got a 401 together: those
@@ -105,8 +107,8 @@ class SalesforceAuth(Auth):
         return True
 
     async def ensure(self, client: HttpClient) -> None:
-        """Log in unless a token is held."""
-        if self.token is not None:
+        """Log in unless a token is held (or in a dry run, which sends nothing)."""
+        if self.token is not None or dry_run_active():
             return
         async with self._lock:
             if self.token is None:
