@@ -10,7 +10,8 @@ import orjson
 import pytest
 from starlette.responses import Response
 
-from undertow.destinations import retry
+from undertow.destinations import capture, retry
+from undertow.destinations._http import DryRunStop, dry_run
 from undertow.destinations.base import Batch, BatchResult, Operation
 from undertow.destinations.posthog import NAMESPACE, PostHogDestination, event_uuid
 from undertow.errors import FatalDeliveryError
@@ -226,3 +227,25 @@ def test_events_at_most_once_makes_in_doubt_batches_not_resent() -> None:
     )
     assert not default.capabilities_for("events").at_most_once
     assert default.capabilities_for("events").event_id == "uuid"
+
+
+def test_a_dry_run_shows_the_batch_request_not_the_key_check(fake: PostHogFake) -> None:
+    """``undertow test --dry-run`` stops at the first request: it must be the batch."""
+    dest = PostHogDestination(
+        PostHogDestination.Config.model_validate(
+            {"type": "posthog", "api_key": KEY, "base_url": fake.url}
+        ),
+        name="ph",
+    )
+    seen: list[capture.Exchange] = []
+
+    async def main() -> None:
+        try:
+            await dest.write_batch(batch([view(0)]))
+        finally:
+            await dest.close()
+
+    with capture.listening(seen.append), dry_run(), pytest.raises(DryRunStop):
+        asyncio.run(main())
+    assert [e.url.split("?")[0].rsplit("/", 2)[-2:] for e in seen] == [["batch", ""]]
+    assert fake.requests == [] and KEY not in (seen[0].request_body or "")

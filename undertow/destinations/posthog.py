@@ -35,6 +35,7 @@ import orjson
 from pydantic import Field, SecretStr
 
 from undertow.destinations import capture
+from undertow.destinations._http import dry_run_active
 from undertow.destinations.base import (
     Batch,
     BatchResult,
@@ -213,7 +214,7 @@ mappings:
 
     async def write_batch(self, batch: Batch) -> BatchResult:
         self.endpoint_for(batch)  # refuse a mode before anything is sent
-        if not self._verified:
+        if not self._verified and not dry_run_active():  # a dry run shows the batch itself
             await self._verify_once()
         return await super().write_batch(batch)
 
