@@ -20,7 +20,7 @@ from undertow.console import TerminalConsole, plain, safe
 from undertow.errors import UndertowError
 from undertow.samples import build_customers, change_customers
 from undertow.state.store import RunRecord
-from undertow.testing.hubspot import HubSpotFake
+from undertow.testing.hubspot import DEMO_PROPERTIES, HubSpotFake
 from undertow.testing.server import serve_in_thread
 
 DEMO_TOKEN = "pat-demo-0000-local-fake"
@@ -103,7 +103,7 @@ def run_demo(directory: Path, *, customers: int, console: TerminalConsole) -> bo
     write_project(directory, customers)
     console.print(f"• generated warehouse.duckdb with {customers:,} customers")
 
-    fake = HubSpotFake(DEMO_TOKEN, rate_limit_per_10s=5000)
+    fake = HubSpotFake(DEMO_TOKEN, rate_limit_per_10s=5000, properties=DEMO_PROPERTIES)
     with serve_in_thread(fake.app) as server:
         os.environ["HUBSPOT_TOKEN"] = DEMO_TOKEN
         os.environ["HUBSPOT_BASE_URL"] = server.url
@@ -273,7 +273,7 @@ def serve_demo(
         write_project(directory, customers)
         console.print(f"• generated the demo project in {directory}")
     token = token or os.environ.get("UNDERTOW_API_TOKEN") or secrets.token_urlsafe(18)
-    fake = HubSpotFake(DEMO_TOKEN, rate_limit_per_10s=5000)
+    fake = HubSpotFake(DEMO_TOKEN, rate_limit_per_10s=5000, properties=DEMO_PROPERTIES)
     with serve_in_thread(fake.app) as hubspot:
         os.environ["HUBSPOT_TOKEN"] = DEMO_TOKEN
         os.environ["HUBSPOT_BASE_URL"] = hubspot.url

@@ -175,6 +175,12 @@ class Validation:
                     "(which of its objects the rows go to)",
                     hint="e.g. `object: Contact` (the object's API name)",
                 )
+            problem = ctx.destination.object_name_problem(obj)
+            if problem is not None:
+                raise ConfigError(
+                    f"sync {ctx.name!r}: destination {ctx.destination_name!r} {problem}",
+                    hint=f"e.g. `object: {(ctx.destination.objects or ('...',))[0]}`",
+                )
             return  # any name the vendor has: validate_sync checks it against the vendor
         if objects is None and obj is not None:
             raise ConfigError(

@@ -292,7 +292,8 @@ def test_more_than_100_inputs_are_refused_by_the_fake_then_sent_in_halves(
 
 
 def test_a_whole_batch_400_naming_no_input_is_bisected_to_the_bad_one(fake: HubSpotFake) -> None:
-    fake.known_properties = {"contacts": {"email", "plan"}}
+    fake.types.types["contacts"].add("plan")
+    fake.strict_properties = True
     records = [{"email": f"u{n}@x.io", "plan": "pro"} for n in range(40)]
     records[13] = {"email": "u13@x.io", "plann": "typo"}
     b = batch(records)

@@ -37,7 +37,7 @@ def test_destinations_lists_every_type_with_its_limits() -> None:
     assert hubspot["batch_size"] == 100
     assert hubspot["rate_limits"][0]["requests"] == 190
     assert hubspot["rate_limits"][0]["doc"].startswith("https://developers.hubspot.com/")
-    assert hubspot["objects"] == ["contacts", "companies"]
+    assert hubspot["objects"] == ["contacts", "companies", "deals"]
     assert hubspot["identifiers"] == {"required": True, "fields": None, "min": 1, "max": 1}
     assert hubspot["fake"] and hubspot["demo"]
     table = undertow("destinations")

@@ -19,6 +19,7 @@ already-mapped records.
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from typing_extensions import TypeVar
 
-from undertow.errors import unknown_name
+from undertow.errors import did_you_mean, unknown_name
 
 
 class RecordKind(StrEnum):
@@ -399,6 +400,10 @@ class Destination(ABC, Generic[ConfigT]):
     """True when a sync names any object the vendor has (Salesforce sObjects, custom ones
     included): ``object:`` is then required, ``objects`` is not a closed list, and
     :meth:`validate_sync` checks the name against the vendor's metadata."""
+    object_pattern: ClassVar[str | None] = None
+    """With ``any_object``: the shape of a vendor's own object names (HubSpot's ``p123_cars``
+    and ``2-123``). A name that is neither in ``objects`` nor of this shape is refused before
+    anything is sent, offline too, with the closest of ``objects``."""
     fake: ClassVar[str | None] = None
     """``module:Class`` of this destination's local fake (``undertow fake TYPE``)."""
     demo: ClassVar[DemoProfile | None] = None
@@ -485,6 +490,16 @@ class Destination(ABC, Generic[ConfigT]):
         ``{"idProperty", "id", "properties"}`` inputs) override it. Sends nothing.
         """
         return list(batch.records())
+
+    def object_name_problem(self, name: str) -> str | None:
+        """Why ``name`` cannot be one of this destination's objects, judged from its shape
+        alone (``object_pattern``), or None."""
+        if not self.any_object or self.object_pattern is None or name in (self.objects or ()):
+            return None
+        if re.fullmatch(self.object_pattern, name):
+            return None
+        closest = did_you_mean(name, self.objects or ())
+        return f"has no object {name!r}" + (f"; {closest}" if closest else "")
 
     async def validate_sync(
         self,

@@ -1,4 +1,5 @@
-"""HubSpot CRM v3: contacts and companies through the batch endpoints, on the HTTP kit.
+"""HubSpot CRM v3: contacts, companies, deals and custom objects through the batch endpoints,
+on the HTTP kit.
 
 How a batch maps to HubSpot (``docs/destinations/hubspot.md`` has the user's view):
 
@@ -6,6 +7,11 @@ How a batch maps to HubSpot (``docs/destinations/hubspot.md`` has the user's vie
     insert  -> POST /crm/v3/objects/{object}/batch/create
     update  -> POST /crm/v3/objects/{object}/batch/update   idProperty = the sync's match field
     delete  -> POST .../batch/read (idProperty -> HubSpot ids), then .../batch/archive
+
+``{object}`` is ``contacts``, ``companies``, ``deals``, an objectTypeId (``2-123``) or a custom
+object's fully qualified name (``p123_cars``); any other name is refused before a request, and
+one HubSpot does not have ("Unable to infer object type") stops the run. ``validate`` reads the
+object's properties (:mod:`undertow.destinations.hubspot_properties`).
 
 Every input carries ``objectWriteTraceId`` = its index in the batch: that opts into
 HubSpot's 207 multi-status answers and lets each error name its record. Property values are
@@ -19,7 +25,7 @@ run and nothing in the batch counts as delivered (the kit's default).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -34,6 +40,14 @@ from undertow.destinations.base import (
     MatchRule,
     Operation,
     RateLimit,
+)
+from undertow.destinations.hubspot_properties import (
+    OBJECT_NAME,
+    OBJECT_PATTERN,
+    STANDARD_OBJECTS,
+    PropertyBook,
+    unknown_object,
+    unknown_type,
 )
 from undertow.destinations.kit import (
     Auth,
@@ -90,7 +104,8 @@ ENDPOINTS = {
 INTERVAL_HEADER = "x-hubspot-ratelimit-interval-milliseconds"
 TOKEN_HINT = (
     "check the private app token (Settings > Integrations > Private Apps) and that the app "
-    "has the crm.objects.contacts.write and crm.objects.companies.write scopes"
+    "has the write scopes of the objects it syncs (crm.objects.contacts.write, "
+    "crm.objects.companies.write, crm.objects.deals.write, crm.objects.custom.write)"
 )
 
 
@@ -148,6 +163,8 @@ SIGNALS = (
 
 def read_batch_answer(call: Call, response: Response, body: Any) -> BatchResult:
     """Map a 200/201/207 answer (or a whole-batch 4xx) back to each input of the call."""
+    if unknown_type(response, body):
+        raise no_such_object(call.batch.sync, call.object, _reason(body))
     by_trace = {str(item.index): position for position, item in enumerate(call.items)}
     by_key = {str(i.key).casefold(): p for p, i in enumerate(call.items) if i.key is not None}
     result = BatchResult()
@@ -189,16 +206,27 @@ def read_batch_answer(call: Call, response: Response, body: Any) -> BatchResult:
     return result
 
 
+def no_such_object(sync: str, object_: str | None, reason: str) -> FatalDeliveryError:
+    return FatalDeliveryError(
+        f"sync {sync!r}: HubSpot has no object type {object_!r}: {reason}",
+        hint="set `object:` to contacts, companies, deals, or a custom object's fully qualified "
+        "name (p<portal id>_<name>) or objectTypeId (2-<id>); `undertow validate` lists them",
+    )
+
+
 BATCH_OK = frozenset({200, 201})
 MULTI = frozenset({207})
 
 
 class HubSpotDestination(HttpDestination[HubSpotConfig]):
-    """Contacts and companies in a HubSpot account, written with a private app token."""
+    """CRM records (contacts, companies, deals, custom objects) in a HubSpot account, written
+    with a private app token."""
 
     name = "hubspot"
     vendor = "HubSpot"
-    objects = ("contacts", "companies")
+    objects = STANDARD_OBJECTS
+    any_object = True
+    object_pattern = OBJECT_PATTERN
     fake = "undertow.testing.hubspot:HubSpotFake"
     docs_url = BATCH_DOC
     capabilities = Capabilities(
@@ -251,8 +279,26 @@ mappings:
     template: "Hi {{ first_name }}, thanks for choosing {{ plan | title }}!"
   recently_viewed_products: recently_viewed   # a list: HubSpot multi-select a;b;c""",
         token="pat-demo-0000-local-fake",
-        fake_options={"rate_limit_per_10s": 5000},
+        fake_options={
+            "rate_limit_per_10s": 5000,
+            # the custom properties the demo maps (a portal's admin creates them first)
+            "properties": {
+                "contacts": [
+                    "plan",
+                    "seats",
+                    "mrr",
+                    "signup_date",
+                    "greeting",
+                    "recently_viewed_products",
+                ]
+            },
+        },
     )
+
+    def __init__(self, config: Any, *, name: str) -> None:
+        super().__init__(config, name=name)
+        self.book = PropertyBook(self)
+        """Object types and properties read from HubSpot, once per object (validate)."""
 
     def make_auth(self) -> Auth:
         return BearerAuth(self.config.token.get_secret_value())
@@ -285,10 +331,29 @@ mappings:
                 hint="check base_url; it should be https://api.hubapi.com",
             )
 
+    async def validate_sync(
+        self,
+        *,
+        sync: str,
+        object: str | None,
+        match: Mapping[str, str],
+        fields: list[str],
+        operations: frozenset[Operation] = frozenset(),
+    ) -> list[str]:
+        """The object against HubSpot's object types, the mapped fields against its properties
+        (did-you-mean), and the match field against its unique-value properties."""
+        if not object or not OBJECT_NAME.match(object):
+            return [unknown_object(sync, str(object), await self.book.object_names())]
+        properties = await self.book.properties(object)
+        if properties is None:
+            return [unknown_object(sync, object, await self.book.object_names())]
+        ops = operations or frozenset({Operation.UPSERT})
+        return properties.problems(sync=sync, match=match, fields=fields, operations=ops)
+
     # -- write -----------------------------------------------------------------------------
 
     async def write_batch(self, batch: Batch) -> BatchResult:
-        if batch.object not in (self.objects or ()):
+        if not batch.object or not OBJECT_NAME.match(batch.object):
             raise self.unknown_object(batch)
         if batch.operation is not Operation.DELETE:
             return await super().write_batch(batch)
@@ -296,7 +361,7 @@ mappings:
         result = BatchResult()
         items = self.items(batch, match_field, result)
         if items:
-            await self._archive(str(batch.object), match_field, items, result)
+            await self._archive(batch.sync, str(batch.object), match_field, items, result)
         return result
 
     def shape(self, record: dict[str, Any], *, batch: Batch, key: Any, index: int) -> Any:
@@ -325,7 +390,12 @@ mappings:
         ]
 
     async def _archive(
-        self, object_: str, id_property: str | None, inputs: list[Item], result: BatchResult
+        self,
+        sync: str,
+        object_: str,
+        id_property: str | None,
+        inputs: list[Item],
+        result: BatchResult,
     ) -> None:
         """Resolve idProperty values to HubSpot ids (batch/read), then archive those ids."""
         read = {
@@ -337,6 +407,8 @@ mappings:
             "POST", f"/crm/v3/objects/{object_}/batch/read", json=read, expect=BATCH_OK | MULTI
         )
         body = parse_json(response)
+        if unknown_type(response, body):
+            raise no_such_object(sync, object_, _reason(body))
         if not 200 <= response.status < 300:
             reason = _whole_batch_reason(response, body)
             for i in inputs:

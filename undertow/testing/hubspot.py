@@ -1,4 +1,5 @@
-"""A faithful local fake of HubSpot's CRM v3 batch endpoints (contacts and companies).
+"""A faithful local fake of HubSpot's CRM v3 batch endpoints (contacts, companies, deals and
+custom objects), its properties and schemas APIs.
 
 Used by the connector tests, the conformance tests and ``undertow demo``::
 
@@ -26,6 +27,13 @@ It answers like HubSpot documents (see ``docs/destinations/hubspot.md`` for the 
   HubSpot's body and no ``Retry-After``; ``X-HubSpot-RateLimit-*`` headers and an
   ``x-hubspot-correlation-id`` are on every response.
 * ``GET /crm/v3/objects/{object}?limit=1`` lists records (used by the connector's check).
+* Object types (:mod:`undertow.testing.hubspot_schemas`): contacts, companies, deals and the
+  custom objects a test defines (:meth:`HubSpotFake.add_custom_object`), named in a path by
+  name, ``objectTypeId`` or fully qualified name; any other name is a 400 "Unable to infer
+  object type from: ...". ``GET /crm/v3/properties/{object}`` lists each type's properties
+  and ``GET /crm/v3/schemas`` the custom objects. With ``strict_properties`` a property the
+  type does not have is a per-record ``PROPERTY_DOESNT_EXIST``; a custom object's required
+  properties must be given when a record is created.
 
 It is built on the fakes kit (:mod:`undertow.testing.fakes`): auth, the rolling windows,
 scripted answers, the request log and the record store come from there.
@@ -54,27 +62,27 @@ from starlette.routing import BaseRoute, Route
 
 from undertow.testing.fakes import CapturedRequest, FakeAPI, RecordStore, Window, bearer, now_iso
 from undertow.testing.faults import Decision, FaultPlan, Ledger
+from undertow.testing.hubspot_answers import (
+    InputError,
+    error_body,
+    request_problem,
+    text,
+)
+from undertow.testing.hubspot_schemas import ObjectType, ObjectTypes
 
-MAX_INPUTS = 100
 WINDOW_SECONDS = 10.0
-OBJECT_TYPES = {"contacts": "CONTACT", "companies": "COMPANY"}
-UNIQUE_PROPERTIES = {"contacts": {"email", "hs_object_id"}, "companies": {"domain", "hs_object_id"}}
 OPERATIONS = ("create", "update", "upsert", "read", "archive")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _AUTH_DOCS = "https://developers.hubspot.com/docs/methods/auth/oauth-overview"
 
-__all__ = ["CapturedRequest", "HubSpotFake", "ObjectStore"]
+DEMO_PROPERTIES = {
+    "contacts": ["plan", "seats", "mrr", "signup_date", "greeting", "recently_viewed_products"]
+}
+"""The custom contact properties of ``undertow demo``'s portal (an admin would create them)."""
+
+__all__ = ["DEMO_PROPERTIES", "CapturedRequest", "HubSpotFake", "ObjectStore", "ObjectType"]
 
 Properties = dict[str, str | None]
-
-
-def _text(value: Any) -> str | None:
-    """A property value as HubSpot stores it: text (numbers and booleans become text)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 class ObjectStore(RecordStore):
@@ -84,16 +92,6 @@ class ObjectStore(RecordStore):
         if prop == "hs_object_id":
             return str(value) if value is not None and str(value) in self else None
         return super().find(prop, value)
-
-
-class _InputError(Exception):
-    """A per-record problem: becomes one entry of ``errors[]`` (or a 400 without trace ids)."""
-
-    def __init__(self, category: str, message: str, context: dict[str, list[str]]) -> None:
-        super().__init__(message)
-        self.category = category
-        self.message = message
-        self.context = context
 
 
 class HubSpotFake(FakeAPI):
@@ -110,7 +108,9 @@ class HubSpotFake(FakeAPI):
         rate_limit_per_10s: int = 190,
         daily_limit: int | None = None,
         unique_properties: dict[str, set[str]] | None = None,
-        known_properties: dict[str, set[str]] | None = None,
+        properties: dict[str, list[str]] | None = None,
+        strict_properties: bool = False,
+        custom_objects: dict[str, dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         fault_plan: FaultPlan | None = None,
         ledger: Ledger | None = None,
@@ -123,12 +123,13 @@ class HubSpotFake(FakeAPI):
         if daily_limit is not None:
             windows.append(Window(daily_limit, 86_400.0, "DAILY"))
         windows.append(Window(rate_limit_per_10s, window_seconds, "TEN_SECONDLY_ROLLING"))
-        self.unique_properties = {k: set(v) for k, v in UNIQUE_PROPERTIES.items()}
-        for name, props in (unique_properties or {}).items():
-            self.unique_properties.setdefault(name, {"hs_object_id"}).update(props)
-        self.known_properties = known_properties
-        """When set, a property outside these names is a per-record PROPERTY_DOESNT_EXIST."""
-        self.objects: dict[str, ObjectStore] = {name: ObjectStore() for name in OBJECT_TYPES}
+        self.types = ObjectTypes(properties, unique_properties)
+        """The account's object types and their properties (``add_custom_object`` adds)."""
+        self.strict_properties = strict_properties
+        """True: a property the object type does not have is a per-record error."""
+        for kind_name, spec in (custom_objects or {}).items():
+            self.types.add_custom(kind_name, **spec)
+        self.objects: dict[str, ObjectStore] = {name: ObjectStore() for name in self.types.types}
         self.applied: list[tuple[str, str, dict[str, Any]]] = []
         self._next_id = 1001
         super().__init__(
@@ -144,10 +145,27 @@ class HubSpotFake(FakeAPI):
     def rate_limit_per_10s(self, value: int) -> None:
         self.windows[-1].limit = value
 
+    def add_custom_object(
+        self,
+        name: str,
+        properties: list[str],
+        *,
+        unique: tuple[str, ...] = (),
+        required: tuple[str, ...] = (),
+    ) -> ObjectType:
+        """Define a custom object ``p<portal>_<name>`` (objectTypeId ``2-<n>``), as an admin
+        would before syncing to it; its records are in ``objects[<fully qualified name>]``."""
+        with self._lock:
+            kind = self.types.add_custom(name, properties, unique=unique, required=required)
+            self.objects[kind.name] = ObjectStore()
+            return kind
+
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/crm/v3/objects/{object}", self._list, methods=["GET"]),
             Route("/crm/v3/objects/{object}/batch/{operation}", self._batch, methods=["POST"]),
+            Route("/crm/v3/properties/{object}", self._properties, methods=["GET"]),
+            Route("/crm/v3/schemas", self._schemas, methods=["GET"]),
         ]
 
     # -- the vendor's answers ----------------------------------------------------------------
@@ -163,7 +181,7 @@ class HubSpotFake(FakeAPI):
     ) -> None:
         """Answer the next ``n`` requests (matching ``path``, if given) with this response."""
         if body is None:
-            body = self._error("INTERNAL_ERROR", "internal error", str(uuid.uuid4()))
+            body = error_body("INTERNAL_ERROR", "internal error", str(uuid.uuid4()))
         super().fail_next(n, status=status, body=body, headers=headers, path=path)
 
     def throttle_next(
@@ -190,7 +208,7 @@ class HubSpotFake(FakeAPI):
             f"authentication and you can find more details at {_AUTH_DOCS}"
         )
         return self.respond(
-            401, self._error("INVALID_AUTHENTICATION", message, str(uuid.uuid4())), {}
+            401, error_body("INVALID_AUTHENTICATION", message, str(uuid.uuid4())), {}
         )
 
     def rate_limit_body(self, policy: str = "TEN_SECONDLY_ROLLING") -> dict[str, Any]:
@@ -209,7 +227,7 @@ class HubSpotFake(FakeAPI):
         """Forget every record, request, fault and rate-limit count."""
         with self._lock:
             super().reset()
-            self.objects = {name: ObjectStore() for name in OBJECT_TYPES}
+            self.objects = {name: ObjectStore() for name in self.types.types}
             self.applied.clear()
 
     def headers(self) -> dict[str, str]:
@@ -243,16 +261,6 @@ class HubSpotFake(FakeAPI):
             extra.update(headers)
         return self.respond(status, body, extra)
 
-    @staticmethod
-    def _error(category: str, message: str, correlation_id: str, **extra: Any) -> dict[str, Any]:
-        return {
-            "status": "error",
-            "message": message,
-            "correlationId": correlation_id,
-            "category": category,
-            **extra,
-        }
-
     # -- endpoints -------------------------------------------------------------------------
 
     async def _list(self, request: Request) -> Response:
@@ -260,13 +268,14 @@ class HubSpotFake(FakeAPI):
         _, early = await self.admit(request)
         if early is not None:
             return early
-        name = request.path_params["object"]
-        if name not in self.objects:
-            return self._unknown_object(name, correlation_id)
+        kind = self.types.resolve(request.path_params["object"])
+        if kind is None:
+            return self._unknown_object(request.path_params["object"], correlation_id)
+        name = kind.name
         try:
             limit = max(1, min(100, int(request.query_params.get("limit", "10"))))
         except ValueError:
-            problem = self._error("VALIDATION_ERROR", "limit must be a number", correlation_id)
+            problem = error_body("VALIDATION_ERROR", "limit must be a number", correlation_id)
             return self._respond(400, problem, correlation_id=correlation_id)
         with self._lock:
             store = self.objects[name]
@@ -278,8 +287,29 @@ class HubSpotFake(FakeAPI):
             body["paging"] = {"next": {"after": str(limit), "link": f"?after={limit}"}}
         return self._respond(200, body, correlation_id=correlation_id)
 
+    async def _properties(self, request: Request) -> Response:
+        correlation_id = str(uuid.uuid4())
+        _, early = await self.admit(request)
+        if early is not None:
+            return early
+        kind = self.types.resolve(request.path_params["object"])
+        if kind is None:
+            return self._unknown_object(request.path_params["object"], correlation_id)
+        with self._lock:
+            results = [dict(p) for p in kind.properties.values()]
+        return self._respond(200, {"results": results}, correlation_id=correlation_id)
+
+    async def _schemas(self, request: Request) -> Response:
+        correlation_id = str(uuid.uuid4())
+        _, early = await self.admit(request)
+        if early is not None:
+            return early
+        with self._lock:
+            results = [kind.schema_json() for kind in self.types.custom()]
+        return self._respond(200, {"results": results}, correlation_id=correlation_id)
+
     def _unknown_object(self, name: str, correlation_id: str) -> Response:
-        body = self._error(
+        body = error_body(
             "OBJECT_NOT_FOUND", f"Unable to infer object type from: {name}", correlation_id
         )
         return self._respond(400, body, correlation_id=correlation_id)
@@ -289,18 +319,19 @@ class HubSpotFake(FakeAPI):
         captured, early = await self.admit(request)
         if early is not None:
             return early
-        name = request.path_params["object"]
+        kind = self.types.resolve(request.path_params["object"])
         operation = request.path_params["operation"]
-        if name not in self.objects:
-            return self._unknown_object(name, correlation_id)
+        if kind is None:
+            return self._unknown_object(request.path_params["object"], correlation_id)
+        name = kind.name
         if operation not in OPERATIONS:
-            body = self._error(
+            body = error_body(
                 "VALIDATION_ERROR", f"Unknown batch operation {operation}", correlation_id
             )
             return self._respond(404, body, correlation_id=correlation_id)
-        problem = self._validate_request(captured.body, operation)
+        problem = request_problem(captured.body, operation)
         if problem is not None:
-            body = self._error("VALIDATION_ERROR", problem, correlation_id)
+            body = error_body("VALIDATION_ERROR", problem, correlation_id)
             return self._respond(400, body, correlation_id=correlation_id)
         inputs: list[dict[str, Any]] = captured.body["inputs"]
         self.note_batch(len(inputs))
@@ -350,46 +381,10 @@ class HubSpotFake(FakeAPI):
         body["numErrors"] = len(errors)
         return self._respond(207, body, correlation_id=correlation_id)
 
-    def _validate_request(self, body: Any, operation: str) -> str | None:
-        """A whole-request problem (HubSpot answers 400 and writes nothing), or None."""
-        if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
-            return "Invalid input JSON: the body must be an object with an `inputs` array."
-        inputs = body["inputs"]
-        if len(inputs) > MAX_INPUTS:
-            return (
-                f"Too many inputs: {len(inputs)}. A batch request accepts at most "
-                f"{MAX_INPUTS} inputs."
-            )
-        ids: list[str] = []
-        for position, item in enumerate(inputs):
-            if not isinstance(item, dict):
-                return f"Invalid input JSON at inputs[{position}]: expected an object."
-            if operation != "create" and not isinstance(item.get("id"), str | int):
-                return f"inputs[{position}].id is required."
-            if "id" in item:
-                ids.append(str(item["id"]))
-            props = item.get("properties", {})
-            if operation in ("create", "update", "upsert") and not isinstance(props, dict):
-                return f"Invalid input JSON at inputs[{position}].properties: expected an object."
-            for key, value in (props or {}).items() if isinstance(props, dict) else ():
-                if isinstance(value, dict | list):
-                    kind = "Object" if isinstance(value, dict) else "Array"
-                    token = "START_OBJECT" if isinstance(value, dict) else "START_ARRAY"
-                    return (
-                        f"Invalid input JSON on inputs[{position}].properties.{key}: Cannot "
-                        f"deserialize value of type `java.lang.String` from {kind} value "
-                        f"(token `JsonToken.{token}`)"
-                    )
-        if operation in ("update", "upsert", "read"):
-            duplicates = sorted({i for i in ids if ids.count(i) > 1})
-            if duplicates:
-                return f"Duplicate IDs found in batch input: {duplicates}. IDs must be unique"
-        return None
-
     def _id_property(self, name: str, item: dict[str, Any], body: dict[str, Any]) -> str:
         prop = item.get("idProperty") or body.get("idProperty") or "hs_object_id"
-        if prop not in self.unique_properties[name]:
-            raise _InputError(
+        if prop not in self.types.types[name].unique:
+            raise InputError(
                 "VALIDATION_ERROR",
                 f"{prop} is not a unique property of {name}; idProperty must name a property "
                 "with unique values",
@@ -398,17 +393,26 @@ class HubSpotFake(FakeAPI):
         return str(prop)
 
     def _check_properties(
-        self, name: str, props: dict[str, Any], context: dict[str, list[str]]
+        self, name: str, props: dict[str, Any], context: dict[str, list[str]], *, new: bool
     ) -> None:
-        known = None if self.known_properties is None else self.known_properties.get(name)
-        if known is not None:
+        kind = self.types.types[name]
+        if self.strict_properties:
             for key in props:
-                if key not in known:
-                    raise _InputError(
+                if key not in kind.properties:
+                    raise InputError(
                         "VALIDATION_ERROR",
                         f'Property "{key}" does not exist',
                         {**context, "propertyName": [key]},
+                        code="PROPERTY_DOESNT_EXIST",
                     )
+        missing = [p for p in kind.required if new and props.get(p) in (None, "")]
+        if missing:
+            raise InputError(
+                "VALIDATION_ERROR",
+                f"Required properties are missing: {missing}",
+                {**context, "propertyName": missing},
+                code="REQUIRED_FIELD",
+            )
         email = props.get("email")
         if name == "contacts" and email not in (None, "") and not _EMAIL.match(str(email)):
             detail = orjson.dumps(
@@ -421,7 +425,7 @@ class HubSpotFake(FakeAPI):
                     }
                 ]
             ).decode()
-            raise _InputError(
+            raise InputError(
                 "VALIDATION_ERROR", f"Property values were not valid: {detail}", context
             )
 
@@ -445,9 +449,9 @@ class HubSpotFake(FakeAPI):
                 context["objectWriteTraceId"] = [str(trace)]
             try:
                 action = self._plan(name, operation, body, item, context)
-            except _InputError as exc:
+            except InputError as exc:
                 if not multi_status:
-                    refusal = self._error(
+                    refusal = error_body(
                         exc.category, exc.message, correlation_id, context=exc.context
                     )
                     return self._respond(400, refusal, correlation_id=correlation_id)
@@ -457,9 +461,7 @@ class HubSpotFake(FakeAPI):
                         "category": exc.category,
                         "message": exc.message,
                         "context": exc.context,
-                        "errors": [
-                            {"message": exc.message, "code": exc.category, "in": "properties"}
-                        ],
+                        "errors": [{"message": exc.message, "code": exc.code, "in": "properties"}],
                     }
                 )
                 continue
@@ -501,14 +503,14 @@ class HubSpotFake(FakeAPI):
         store = self.objects[name]
         props: dict[str, Any] = dict(item.get("properties") or {})
         if operation == "create":
-            self._check_properties(name, props, context)
+            self._check_properties(name, props, context, new=True)
             return lambda: self._create(name, props)
         prop = self._id_property(name, item, body)
         key = str(item["id"])
         object_id = store.find(prop, key)
         if operation == "read":
             if object_id is None:
-                raise _InputError(
+                raise InputError(
                     "OBJECT_NOT_FOUND", self._not_found(name), {**context, "ids": [key]}
                 )
             wanted = body.get("properties") or []
@@ -516,32 +518,31 @@ class HubSpotFake(FakeAPI):
             return lambda: self._public(store, found, only=wanted)
         if operation == "update":
             if object_id is None:
-                raise _InputError(
+                raise InputError(
                     "OBJECT_NOT_FOUND", self._not_found(name), {**context, "ids": [key]}
                 )
-            self._check_properties(name, props, context)
+            self._check_properties(name, props, context, new=False)
             found = object_id
             return lambda: self._update(name, found, props)
         # upsert
         if prop == "hs_object_id":
-            raise _InputError(
+            raise InputError(
                 "VALIDATION_ERROR",
                 "Upsert needs an idProperty naming a unique property (e.g. email), not the "
                 "object id",
                 {**context, "idProperty": [prop]},
             )
-        self._check_properties(name, {prop: key, **props}, context)
+        self._check_properties(name, {prop: key, **props}, context, new=object_id is None)
         if object_id is None:
             created = {**props, prop: key}
             return lambda: {**self._create(name, created), "new": True}
         found = object_id
         return lambda: {**self._update(name, found, props), "new": False}
 
-    @staticmethod
-    def _not_found(name: str) -> str:
+    def _not_found(self, name: str) -> str:
         return (
-            f"Could not get some {OBJECT_TYPES[name]} objects, they may be deleted or not "
-            "exist. Check that ids are valid."
+            f"Could not get some {self.types.types[name].singular.upper()} objects, they may "
+            "be deleted or not exist. Check that ids are valid."
         )
 
     def _public(
@@ -562,7 +563,7 @@ class HubSpotFake(FakeAPI):
         object_id = str(self._next_id)
         self._next_id += 1
         stamp = now_iso()
-        stored: Properties = {k: _text(v) for k, v in props.items()}
+        stored: Properties = {k: text(v) for k, v in props.items()}
         if name == "contacts" and stored.get("email"):
             stored["email"] = str(stored["email"]).lower()
         stored.update(hs_object_id=object_id, createdate=stamp, lastmodifieddate=stamp)
@@ -573,10 +574,10 @@ class HubSpotFake(FakeAPI):
         store = self.objects[name]
         changes: Properties = {}
         for key, value in props.items():
-            text = _text(value)
-            if name == "contacts" and key == "email" and text:
-                text = text.lower()
-            changes[key] = text
+            value_text = text(value)
+            if name == "contacts" and key == "email" and value_text:
+                value_text = value_text.lower()
+            changes[key] = value_text
         changes["lastmodifieddate"] = now_iso()
         store.modify(object_id, changes)
         return self._public(store, object_id)
