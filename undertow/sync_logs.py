@@ -101,7 +101,12 @@ SPOOL_SCHEMA = pa.schema(
         ("at", pa.timestamp("us", tz="UTC")),
     ]
 )
-_BEGIN = {"postgres": "BEGIN", "duckdb": "BEGIN TRANSACTION", "mysql": "START TRANSACTION"}
+_BEGIN = {
+    "postgres": "BEGIN",
+    "duckdb": "BEGIN TRANSACTION",
+    "mysql": "START TRANSACTION",
+    "snowflake": "BEGIN TRANSACTION",
+}
 
 
 def settings_for(ctx: SyncContext, project_default: SyncLogsConfig | None) -> SyncLogsConfig | None:

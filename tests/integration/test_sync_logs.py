@@ -1,5 +1,6 @@
-"""Sync logs written back to the warehouse: DuckDB, PostgreSQL and MariaDB for real, and the
-BigQuery and Databricks SQL run on DuckDB through sqlglot (as the warehouse-engine tests do).
+"""Sync logs written back to the warehouse: DuckDB, PostgreSQL and MariaDB for real,
+Snowflake on fakesnow and ClickHouse on chDB (``make test-warehouses``), and the BigQuery and
+Databricks SQL run on DuckDB through sqlglot (as the warehouse-engine tests do).
 
 A project syncs ``users`` into a file destination, some rows refused by the mapping; after
 each run ``sync_runs`` must hold the run with the counts ``undertow runs`` shows, and
@@ -11,6 +12,7 @@ writes it.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,9 @@ class Warehouse:
     load: Callable[[list[tuple[Any, ...]]], None]
     query: Callable[[str], list[tuple[Any, ...]]]
     schema: str = "ut_audit"
+    model_sql: str = "select id, email, age from users"
+    transactions: bool = True
+    """False: the run's logs are written after it (nothing to hold a stream in)."""
 
 
 def rows() -> list[tuple[Any, ...]]:
@@ -99,12 +104,107 @@ def mariadb_warehouse(url: str) -> Warehouse:
     return Warehouse(f'{{type: mysql, url: "{url}"}}', load, query, schema=parts.path[1:] + "_a")
 
 
-@pytest.fixture(params=["duckdb", "postgres", "mariadb"])
-def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+def snowflake_warehouse(server: dict[str, Any], tmp_path: Path) -> Iterator[Warehouse]:
+    """fakesnow (``make test-warehouses``): the model and the logs in database ANALYTICS,
+    the logs in a schema of their own."""
+    from warehouse_support import fakesnow_source, insert_rows
+
+    schema = f"T_{uuid.uuid4().hex[:10].upper()}"
+    source = fakesnow_source(server, schema)
+    audit = f"{schema}_AUDIT"
+
+    def load(data: list[tuple[Any, ...]]) -> None:
+        session = source.session()
+        try:
+            session.execute(
+                "CREATE OR REPLACE TABLE users (id NUMBER(10, 0), email VARCHAR, age VARCHAR)"
+            )
+            table = pa.table(
+                {n: [r[i] for r in data] for i, n in enumerate(["id", "email", "age"])}
+            )
+            insert_rows(session, "users", table)
+        finally:
+            session.close()
+
+    def query(sql: str) -> list[tuple[Any, ...]]:
+        session = source.session()
+        try:
+            return list(session.rows(sql))
+        finally:
+            session.close()
+
+    yaml = (
+        f'{{type: snowflake, account: "{server["account"]}", host: "{server["host"]}", '
+        f'port: {server["port"]}, protocol: http, user: UNDERTOW, password: "${{SF_PASSWORD}}", '
+        f"database: ANALYTICS, schema: {schema}}}"
+    )
+    # Snowflake folds unquoted names to upper case: the model names its columns
+    model = 'select id as "id", email as "email", age as "age" from users'
+    yield Warehouse(yaml, load, query, schema=audit, model_sql=model)
+    source.close()
+
+
+def clickhouse_warehouse(tmp_path: Path) -> Iterator[Warehouse]:
+    """chDB in-process (``make test-warehouses``): a data folder of the test's own; the logs
+    in a database of their own (ClickHouse's schemas are databases)."""
+    from warehouse_support import insert_rows
+
+    from undertow.sources.clickhouse import ClickHouseConfig, ClickHouseSource
+
+    path = str(tmp_path / "ch")
+    source = ClickHouseSource(ClickHouseConfig.model_validate({"path": path}), name="ch")
+
+    def load(data: list[tuple[Any, ...]]) -> None:
+        session = source.session()
+        try:
+            session.execute("DROP TABLE IF EXISTS users")
+            session.execute(
+                "CREATE TABLE users (id Int32, email Nullable(String), age Nullable(String)) "
+                "ENGINE = MergeTree ORDER BY id"
+            )
+            table = pa.table(
+                {n: [r[i] for r in data] for i, n in enumerate(["id", "email", "age"])}
+            )
+            insert_rows(session, "users", table)
+        finally:
+            session.close()
+
+    def query(sql: str) -> list[tuple[Any, ...]]:
+        session = source.session()
+        try:
+            return list(session.rows(sql.replace('"', "`")))
+        finally:
+            session.close()
+
+    yield Warehouse(f"{{type: clickhouse, path: {path}}}", load, query, transactions=False)
+    source.close()
+
+
+_FAKESNOW_ARROW = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+
+
+@pytest.fixture(
+    params=[
+        "duckdb",
+        "postgres",
+        "mariadb",
+        # the emulators, in their own virtualenv (make test-warehouses)
+        pytest.param("snowflake", marks=[pytest.mark.warehouses, _FAKESNOW_ARROW]),
+        pytest.param("clickhouse", marks=pytest.mark.warehouses),
+    ]
+)
+def warehouse(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Warehouse]:
     if request.param == "duckdb":
         yield duckdb_warehouse(tmp_path)
     elif request.param == "postgres":
         yield postgres_warehouse(request.getfixturevalue("pg_database"))
+    elif request.param == "snowflake":
+        monkeypatch.setenv("SF_PASSWORD", "sf-password-000")
+        yield from snowflake_warehouse(request.getfixturevalue("fakesnow_server"), tmp_path)
+    elif request.param == "clickhouse":
+        yield from clickhouse_warehouse(tmp_path)
     else:
         made = mariadb_warehouse(request.getfixturevalue("mariadb_database"))
         yield made
@@ -125,7 +225,7 @@ sources:
 destinations:
   out: {{type: file, path: out.jsonl}}
 models:
-  users: {{source: wh, sql: "select id, email, age from users", primary_key: id}}
+  users: {{source: wh, sql: '{wh.model_sql}', primary_key: id}}
 sync_logs: {{schema: {schema or wh.schema}}}
 syncs:
   users_out:
@@ -157,7 +257,8 @@ def test_runs_and_changelog_match_the_run_and_a_rewrite_adds_nothing(
     project = Project.load(str(tmp_path / "p"))
     try:
         [run] = project.run(["users_out"])
-        assert run.status == RunStatus.SUCCEEDED and run.warning and "rejected" in run.warning
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        assert run.warning and "rejected" in run.warning
         got, changes = logged(warehouse, run.id)
         counts = project.runs("users_out")[0].as_dict()
         for key in ("extracted", "added", "changed", "removed", "sent", "succeeded", "rejected"):
@@ -304,8 +405,6 @@ class SpeaksDialect:
         self.sqlglot = sqlglot
 
     def execute(self, sql: str) -> None:
-        if sql in ("COMMIT", "ROLLBACK"):
-            return
         self.con.execute(self.sqlglot.parse_one(sql, read=self.dialect).sql("duckdb"))
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
@@ -377,7 +476,8 @@ def test_the_changelog_streams_while_the_run_delivers_and_a_broken_stream_falls_
     project = Project.load(str(tmp_path / "p"))
     try:
         [first] = project.run(["users_out"])
-        assert finished == [True]
+        # streamed and committed whole; without transactions (ClickHouse), written after
+        assert finished == [warehouse.transactions]
         assert len(logged(warehouse, first.id)[1]) == ROWS
 
         inserts: list[str] = []
@@ -392,7 +492,7 @@ def test_the_changelog_streams_while_the_run_delivers_and_a_broken_stream_falls_
         monkeypatch.setattr(sync_logs.SyncLogWriter, "insert_changes", breaks_third)
         warehouse.load([(i, f"v{i}@x.com", "30") for i in range(ROWS)])
         [second] = project.run(["users_out"])
-        assert finished == [True, False]
+        assert finished == [warehouse.transactions, False]
         assert second.warning is None or "sync logs" not in second.warning
         got, changes = logged(warehouse, second.id)
         assert got["sent"] == second.counts["sent"] == len(changes) == ROWS
