@@ -201,27 +201,29 @@ def main() -> int:
     parser.add_argument("--windows", type=int, default=3)
     args = parser.parse_args()
     types = args.types or demo_types()
-    results = []
     for type_name in types:
-        destination_class(type_name)
-        print(f"… {type_name}", file=sys.stderr, flush=True)
-        results.append(bench(type_name, args.windows))
+        destination_class(type_name)  # every type exists before the first long run
     header = (
         f"{'destination':<14}{'records/s':>11}{'ceiling':>10}{'share':>8}{'slow-downs':>12}"
         f"{'whole run/s':>13}{'machine/s':>11}{'of reachable':>14}{'records':>10}"
         "  p95 s per request"
     )
-    print(header)
-    for r in results:
+    print(header, flush=True)
+    results = []
+    OUT.mkdir(exist_ok=True)
+    for type_name in types:
+        print(f"… {type_name}", file=sys.stderr, flush=True)
+        r = bench(type_name, args.windows)
+        results.append(r)
         p95s = ", ".join(f"{op} {s:.3f}" for op, s in r["p95_s"].items())
-        print(
+        print(  # each row as it is measured: a long run interrupted keeps what it measured
             f"{r['destination']:<14}{r['records_per_s']:>11,.0f}{_num(r['ceiling_records_per_s'])}"
             f"{_share(r['share_of_ceiling'])}{r['slow_downs']:>12}{r['records_per_s_whole_run']:>13,.0f}"
             f"{r['machine_records_per_s']:>11,.0f}{r['share_of_reachable'] or 0:>14.1%}"
-            f"{r['records']:>10,}  {p95s}   ({r['limit']})"
+            f"{r['records']:>10,}  {p95s}   ({r['limit']})",
+            flush=True,
         )
-    OUT.mkdir(exist_ok=True)
-    (OUT / "destinations.json").write_text(json.dumps(results, indent=2))
+        (OUT / "destinations.json").write_text(json.dumps(results, indent=2))
     return 0
 
 
