@@ -24,12 +24,11 @@ run and nothing in the batch counts as delivered (the kit's default).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from undertow.destinations._http import Response
 from undertow.destinations.base import (
@@ -41,11 +40,22 @@ from undertow.destinations.base import (
     Operation,
     RateLimit,
 )
+from undertow.destinations.hubspot_associations import (
+    AssociationRule,
+    associate,
+    check_rules,
+    pending,
+)
+from undertow.destinations.hubspot_associations import (
+    problems as association_problems,
+)
 from undertow.destinations.hubspot_properties import (
     OBJECT_NAME,
     OBJECT_PATTERN,
     STANDARD_OBJECTS,
     PropertyBook,
+    shape_properties,
+    shape_value,
     unknown_object,
     unknown_type,
 )
@@ -118,6 +128,14 @@ class HubSpotConfig(HttpConfig):
     max_concurrency: int = Field(default=4, ge=1, le=32)
     rate_limit_per_10s: int = Field(default=BURST_REQUESTS, ge=1)
     """Requests per 10 s: 190 by default; 100 on Free/Starter, 250 with the capacity pack."""
+    associations: dict[str, list[AssociationRule]] = Field(default_factory=dict)
+    """Per object, the mapped fields that name another record to associate each record with
+    (:mod:`undertow.destinations.hubspot_associations`)."""
+
+    @model_validator(mode="after")
+    def _associations(self) -> HubSpotConfig:
+        check_rules(self.associations)
+        return self
 
 
 def _daily(response: Response, body: Any) -> bool:
@@ -185,6 +203,11 @@ def read_batch_answer(call: Call, response: Response, body: Any) -> BatchResult:
         # HubSpot answers a batch with JSON results; anything else (a proxy's HTML page, a
         # cut-off body) confirms nothing: the rows stay undelivered for the next run
         return BatchResult.all_failed(len(call.items), _not_confirmed(response))
+    ids = call.context.setdefault("ids", {})  # batch index -> HubSpot id, for associations
+    for written in _list(body, "results"):
+        at = by_trace.get(str(written.get("objectWriteTraceId")))
+        if at is not None and written.get("id") is not None:
+            ids[call.items[at].index] = str(written["id"])
     unattributed: list[str] = []
     for error in _list(body, "errors"):
         named = error.get("context")
@@ -348,24 +371,55 @@ mappings:
         if properties is None:
             return [unknown_object(sync, object, await self.book.object_names())]
         ops = operations or frozenset({Operation.UPSERT})
-        return properties.problems(sync=sync, match=match, fields=fields, operations=ops)
+        rules = self.config.associations.get(object, [])
+        found = properties.problems(
+            sync=sync,
+            match=match,
+            fields=fields,
+            operations=ops,
+            not_properties=[r.field for r in rules],
+        )
+        for rule in rules:
+            if rule.field in fields and ops - {Operation.DELETE}:
+                labels = None
+                if rule.type is not None:
+                    path = f"/crm/v4/associations/{object}/{rule.to}/labels"
+                    labels = parse_json(await self.send("GET", path, expect=frozenset({200})))
+                target = await self.book.properties(rule.to)
+                found += association_problems(sync, object, rule, target, labels)
+        return found
 
     # -- write -----------------------------------------------------------------------------
 
     async def write_batch(self, batch: Batch) -> BatchResult:
         if not batch.object or not OBJECT_NAME.match(batch.object):
             raise self.unknown_object(batch)
-        if batch.operation is not Operation.DELETE:
-            return await super().write_batch(batch)
         match_field = self.match_field(batch)
+        if batch.operation is not Operation.DELETE:
+            return await self._write(batch, match_field)
         result = BatchResult()
         items = self.items(batch, match_field, result)
         if items:
             await self._archive(batch.sync, str(batch.object), match_field, items, result)
         return result
 
+    async def _write(self, batch: Batch, match_field: str | None) -> BatchResult:
+        """The kit's batch write, then the associations of the records written."""
+        result = BatchResult()
+        items = self.items(batch, match_field, result)
+        if not items:
+            return result
+        call = Call(batch, items, batch.object, match_field, self.vendor)
+        await self.deliver_call(self.endpoint_for(batch), call, result)
+        if self.config.associations.get(str(batch.object)):
+            await associate(self, batch, items, call.context.get("ids", {}), result)
+        return result
+
     def shape(self, record: dict[str, Any], *, batch: Batch, key: Any, index: int) -> Any:
         body: dict[str, Any] = {"objectWriteTraceId": str(index)}
+        rules = self.config.associations.get(str(batch.object), [])
+        if rules:  # association fields name other records: they are not properties
+            record = {k: v for k, v in record.items() if all(r.field != k for r in rules)}
         if key is not None or batch.operation is not Operation.INSERT:
             text = shape_value(key)
             if not text:
@@ -383,7 +437,17 @@ mappings:
     def preview(self, batch: Batch) -> list[Any]:
         """The HubSpot inputs each record becomes (or why it would be rejected)."""
         result = BatchResult()
-        inputs = {i.index: i.body for i in self.items(batch, self.match_field(batch), result)}
+        items = self.items(batch, self.match_field(batch), result)
+        inputs = {i.index: i.body for i in items}
+        rules = self.config.associations.get(str(batch.object), [])
+        for item in items if batch.operation is not Operation.DELETE else []:
+            linked = [
+                {"to": r.to, r.id_property: value}
+                for r in rules
+                if (value := pending(r, item)) is not None
+            ]
+            if linked:  # sent after the records, through the associations API
+                inputs[item.index] = {**item.body, "associations": linked}
         return [
             inputs.get(index, {"rejected": result.rejected.get(index)})
             for index in range(len(batch))
@@ -456,65 +520,6 @@ def _whole_batch_reason(response: Response, body: Any) -> str:
     if isinstance(body, dict) and body.get("message"):
         return _reason(body)
     return f"HubSpot refused the batch: {response.describe()}"
-
-
-# -- value shaping (HubSpot property values are text) ---------------------------------------
-
-
-def shape_value(value: Any) -> str | None:
-    """One scalar as HubSpot text; None for a value that is not a finite scalar."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-    if isinstance(value, str):
-        return value
-    return None
-
-
-def shape_properties(record: dict[str, Any]) -> tuple[dict[str, str], str | None]:
-    """A record as HubSpot properties, or the reason it cannot be sent.
-
-    None clears a property (HubSpot clears a value given as ""); lists become HubSpot's
-    multi-select format ``a;b``; nested objects are refused.
-    """
-    properties: dict[str, str] = {}
-    for field, value in record.items():
-        if value is None:
-            properties[field] = ""
-        elif isinstance(value, dict):
-            return {}, (
-                f"field {field!r} is a nested object; HubSpot properties take text, numbers, "
-                "booleans or lists (map it to separate fields, or render it with a template)"
-            )
-        elif isinstance(value, list):
-            options: list[str] = []
-            for item in value:
-                if item is None:
-                    continue
-                text = shape_value(item)
-                if text is None:
-                    return {}, (
-                        f"field {field!r} holds a list with a nested value; HubSpot "
-                        "multi-select properties take a flat list of text values"
-                    )
-                if ";" in text:
-                    return {}, (
-                        f"field {field!r} has a list item containing ';', HubSpot's "
-                        "multi-select separator"
-                    )
-                options.append(text)
-            properties[field] = ";".join(options)
-        else:
-            text = shape_value(value)
-            if text is None:
-                return {}, f"field {field!r} is not a finite number or text"
-            properties[field] = text
-    return properties, None
 
 
 # -- reading HubSpot's answers --------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""HubSpot's own metadata for ``undertow validate``: object types and their properties.
+"""HubSpot properties: the metadata ``undertow validate`` reads (object types and their
+properties), and property values as HubSpot takes them (text).
 
 ``GET /crm/v3/properties/{objectType}`` lists an object type's properties (name, whether its
 values are unique, whether it is read-only); a type HubSpot does not have answers 400 "Unable
@@ -12,6 +13,7 @@ https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/schemas/get
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -180,3 +182,62 @@ def unknown_object(sync: str, name: str, known: list[str]) -> str:
         + f" (known: {', '.join(known)}); a custom object is named by its fully qualified "
         f"name (p<portal id>_<name>) or objectTypeId (2-<id>): {SCHEMAS_DOC}"
     )
+
+
+# -- value shaping (HubSpot property values are text) ---------------------------------------
+
+
+def shape_value(value: Any) -> str | None:
+    """One scalar as HubSpot text; None for a value that is not a finite scalar."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, str):
+        return value
+    return None
+
+
+def shape_properties(record: dict[str, Any]) -> tuple[dict[str, str], str | None]:
+    """A record as HubSpot properties, or the reason it cannot be sent.
+
+    None clears a property (HubSpot clears a value given as ""); lists become HubSpot's
+    multi-select format ``a;b``; nested objects are refused.
+    """
+    properties: dict[str, str] = {}
+    for field, value in record.items():
+        if value is None:
+            properties[field] = ""
+        elif isinstance(value, dict):
+            return {}, (
+                f"field {field!r} is a nested object; HubSpot properties take text, numbers, "
+                "booleans or lists (map it to separate fields, or render it with a template)"
+            )
+        elif isinstance(value, list):
+            options: list[str] = []
+            for item in value:
+                if item is None:
+                    continue
+                text = shape_value(item)
+                if text is None:
+                    return {}, (
+                        f"field {field!r} holds a list with a nested value; HubSpot "
+                        "multi-select properties take a flat list of text values"
+                    )
+                if ";" in text:
+                    return {}, (
+                        f"field {field!r} has a list item containing ';', HubSpot's "
+                        "multi-select separator"
+                    )
+                options.append(text)
+            properties[field] = ";".join(options)
+        else:
+            text = shape_value(value)
+            if text is None:
+                return {}, f"field {field!r} is not a finite number or text"
+            properties[field] = text
+    return properties, None

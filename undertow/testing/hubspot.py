@@ -27,6 +27,7 @@ It answers like HubSpot documents (see ``docs/destinations/hubspot.md`` for the 
   HubSpot's body and no ``Retry-After``; ``X-HubSpot-RateLimit-*`` headers and an
   ``x-hubspot-correlation-id`` are on every response.
 * ``GET /crm/v3/objects/{object}?limit=1`` lists records (used by the connector's check).
+* Associations through the v4 API: :mod:`undertow.testing.hubspot_associations`.
 * Object types (:mod:`undertow.testing.hubspot_schemas`): contacts, companies, deals and the
   custom objects a test defines (:meth:`HubSpotFake.add_custom_object`), named in a path by
   name, ``objectTypeId`` or fully qualified name; any other name is a 400 "Unable to infer
@@ -49,7 +50,6 @@ in ``.applied``, and with a ``ledger`` every applied record's stored properties 
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -64,15 +64,17 @@ from undertow.testing.fakes import CapturedRequest, FakeAPI, RecordStore, Window
 from undertow.testing.faults import Decision, FaultPlan, Ledger
 from undertow.testing.hubspot_answers import (
     InputError,
+    check_email,
     error_body,
     request_problem,
     text,
+    with_injected_errors,
 )
+from undertow.testing.hubspot_associations import Associations, labels, write
 from undertow.testing.hubspot_schemas import ObjectType, ObjectTypes
 
 WINDOW_SECONDS = 10.0
 OPERATIONS = ("create", "update", "upsert", "read", "archive")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _AUTH_DOCS = "https://developers.hubspot.com/docs/methods/auth/oauth-overview"
 
 DEMO_PROPERTIES = {
@@ -130,6 +132,7 @@ class HubSpotFake(FakeAPI):
         for kind_name, spec in (custom_objects or {}).items():
             self.types.add_custom(kind_name, **spec)
         self.objects: dict[str, ObjectStore] = {name: ObjectStore() for name in self.types.types}
+        self.associations = Associations()
         self.applied: list[tuple[str, str, dict[str, Any]]] = []
         self._next_id = 1001
         super().__init__(
@@ -166,6 +169,11 @@ class HubSpotFake(FakeAPI):
             Route("/crm/v3/objects/{object}/batch/{operation}", self._batch, methods=["POST"]),
             Route("/crm/v3/properties/{object}", self._properties, methods=["GET"]),
             Route("/crm/v3/schemas", self._schemas, methods=["GET"]),
+            Route(
+                "/crm/v4/associations/{source}/{target}/{path:path}",
+                self._associations,
+                methods=["GET", "POST"],
+            ),
         ]
 
     # -- the vendor's answers ----------------------------------------------------------------
@@ -228,6 +236,7 @@ class HubSpotFake(FakeAPI):
         with self._lock:
             super().reset()
             self.objects = {name: ObjectStore() for name in self.types.types}
+            self.associations.clear()
             self.applied.clear()
 
     def headers(self) -> dict[str, str]:
@@ -308,6 +317,34 @@ class HubSpotFake(FakeAPI):
             results = [kind.schema_json() for kind in self.types.custom()]
         return self._respond(200, {"results": results}, correlation_id=correlation_id)
 
+    async def _associations(self, request: Request) -> Response:
+        """The v4 associations API (:mod:`undertow.testing.hubspot_associations`)."""
+        correlation_id = str(uuid.uuid4())
+        captured, early = await self.admit(request)
+        if early is not None:
+            return early
+        kinds = [self.types.resolve(request.path_params[k]) for k in ("source", "target")]
+        for segment, kind in zip(("source", "target"), kinds, strict=True):
+            if kind is None:
+                return self._unknown_object(request.path_params[segment], correlation_id)
+        source, target = kinds
+        assert source is not None and target is not None
+        path, method = request.path_params["path"], request.method
+        with self._lock:
+            if (method, path) == ("GET", "labels"):
+                answer: tuple[int, Any] = (200, {"results": labels(source, target)})
+            elif method == "POST" and path in ("batch/associate/default", "batch/create"):
+                default = path.endswith("default")
+                answer = write(
+                    self.associations, self.objects, source, target, captured.body, default=default
+                )
+            else:
+                answer = (404, {"category": "NOT_FOUND", "message": f"No route {method} {path}"})
+        status, body = answer
+        if status >= 400:
+            body = error_body(body["category"], body["message"], correlation_id)
+        return self._respond(status, body, correlation_id=correlation_id)
+
     def _unknown_object(self, name: str, correlation_id: str) -> Response:
         body = error_body(
             "OBJECT_NOT_FOUND", f"Unable to infer object type from: {name}", correlation_id
@@ -353,33 +390,10 @@ class HubSpotFake(FakeAPI):
                     self._archive(name, str(item["id"]))
                 return await fate.answer(self._respond(204, correlation_id=correlation_id))
             answer = self._write(name, operation, captured.body, inputs, started, correlation_id)
-        if fate.rejected:
-            answer = self._with_injected_errors(answer, refused, correlation_id)
+        if fate.rejected and answer.status_code < 300:  # a ``partial`` fault's refused inputs
+            body = with_injected_errors(orjson.loads(answer.body), refused)
+            answer = self._respond(207, body, correlation_id=correlation_id)
         return await fate.answer(answer)
-
-    def _with_injected_errors(
-        self, answer: Response, refused: list[dict[str, Any]], correlation_id: str
-    ) -> Response:
-        """Add a ``partial`` fault's refused inputs to a write's answer as a 207."""
-        if answer.status_code >= 300:
-            return answer
-        body = orjson.loads(answer.body)
-        errors = body.setdefault("errors", [])
-        for item in refused:
-            context: dict[str, list[str]] = {"ids": [str(item.get("id"))]}
-            if "objectWriteTraceId" in item:
-                context["objectWriteTraceId"] = [str(item["objectWriteTraceId"])]
-            errors.append(
-                {
-                    "status": "error",
-                    "category": "INTERNAL_ERROR",
-                    "message": "injected per-record failure",
-                    "context": context,
-                    "errors": [],
-                }
-            )
-        body["numErrors"] = len(errors)
-        return self._respond(207, body, correlation_id=correlation_id)
 
     def _id_property(self, name: str, item: dict[str, Any], body: dict[str, Any]) -> str:
         prop = item.get("idProperty") or body.get("idProperty") or "hs_object_id"
@@ -413,21 +427,8 @@ class HubSpotFake(FakeAPI):
                 {**context, "propertyName": missing},
                 code="REQUIRED_FIELD",
             )
-        email = props.get("email")
-        if name == "contacts" and email not in (None, "") and not _EMAIL.match(str(email)):
-            detail = orjson.dumps(
-                [
-                    {
-                        "isValid": False,
-                        "message": f"Email address {email} is invalid",
-                        "error": "INVALID_EMAIL",
-                        "name": "email",
-                    }
-                ]
-            ).decode()
-            raise InputError(
-                "VALIDATION_ERROR", f"Property values were not valid: {detail}", context
-            )
+        if name == "contacts":
+            check_email(props.get("email"), context)
 
     def _write(
         self,

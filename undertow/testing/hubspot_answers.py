@@ -7,8 +7,12 @@ endpoints' references (``../shared/specs/hubspot/NOTES.md``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import orjson
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_INPUTS = 100
 """Inputs per batch request (https://developers.hubspot.com/docs/api-reference/crm-contacts-v3/guide)."""
 
@@ -79,3 +83,40 @@ def request_problem(body: Any, operation: str) -> str | None:
         if duplicates:
             return f"Duplicate IDs found in batch input: {duplicates}. IDs must be unique"
     return None
+
+
+def with_injected_errors(body: dict[str, Any], refused: list[dict[str, Any]]) -> dict[str, Any]:
+    """A write's answer with a ``partial`` fault's refused inputs added to ``errors``."""
+    errors = body.setdefault("errors", [])
+    for item in refused:
+        context: dict[str, list[str]] = {"ids": [str(item.get("id"))]}
+        if "objectWriteTraceId" in item:
+            context["objectWriteTraceId"] = [str(item["objectWriteTraceId"])]
+        errors.append(
+            {
+                "status": "error",
+                "category": "INTERNAL_ERROR",
+                "message": "injected per-record failure",
+                "context": context,
+                "errors": [],
+            }
+        )
+    body["numErrors"] = len(errors)
+    return body
+
+
+def check_email(email: Any, context: dict[str, list[str]]) -> None:
+    """Raise HubSpot's per-record error for a contact's invalid email."""
+    if email in (None, "") or _EMAIL.match(str(email)):
+        return
+    detail = orjson.dumps(
+        [
+            {
+                "isValid": False,
+                "message": f"Email address {email} is invalid",
+                "error": "INVALID_EMAIL",
+                "name": "email",
+            }
+        ]
+    ).decode()
+    raise InputError("VALIDATION_ERROR", f"Property values were not valid: {detail}", context)
