@@ -19,7 +19,7 @@ from dbt_support import copy_shop, materialize
 from undertow.demo import DEMO_TOKEN, PROJECT_YML
 from undertow.project import Project
 from undertow.samples import build_customers, change_customers
-from undertow.testing.hubspot import HubSpotFake
+from undertow.testing.hubspot import DEMO_PROPERTIES, HubSpotFake
 from undertow.testing.server import serve_in_thread
 
 pytestmark = pytest.mark.e2e
@@ -52,7 +52,8 @@ def test_the_demo_model_as_a_dbt_model_syncs_the_same_rows(tmp_path: Path) -> No
     warehouse = tmp_path / "warehouse.duckdb"  # named as the dbt profile's database
     build_customers(warehouse, 600)
     materialize(shop, warehouse)
-    fakes = {"sql": HubSpotFake(DEMO_TOKEN), "dbt": HubSpotFake(DEMO_TOKEN)}
+    # the demo's portal: its custom contact properties exist (validate reads them)
+    fakes = {kind: HubSpotFake(DEMO_TOKEN, properties=DEMO_PROPERTIES) for kind in ("sql", "dbt")}
     counts: dict[str, list[dict[str, int]]] = {"sql": [], "dbt": []}
     with serve_in_thread(fakes["sql"].app) as sql_api, serve_in_thread(fakes["dbt"].app) as dbt_api:
         projects = {}
