@@ -282,3 +282,59 @@ def test_object_names_are_judged_by_their_shape_before_any_request(fake: HubSpot
     with pytest.raises(FatalDeliveryError, match=r"unknown object 'cars/\.\./contacts'"):
         write(fake, batch([{"vin": "V1"}], object="cars/../contacts", match="vin"))
     assert fake.requests == []
+
+
+PLAN_PROJECT = """
+name: plan
+sources:
+  warehouse: {{type: duckdb, path: warehouse.duckdb}}
+destinations:
+  crm: {{type: hubspot, token: {token}, base_url: "{url}"}}
+models:
+  users: {{source: warehouse, sql: select * from users, primary_key: id}}
+syncs:
+  users_to_crm:
+    model: users
+    destination: crm
+    object: contacts
+    match: {{email: email}}
+    mappings: {{email: email, firstnme: name}}
+"""
+
+
+def test_plan_counts_rows_with_an_unknown_property_as_rejected(
+    fake: HubSpotFake, tmp_path: Any
+) -> None:
+    import duckdb
+
+    from undertow.project import Project
+
+    db = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    db.execute(
+        "create table users as select range id, 'u' || range || '@x.io' email, 'U' name "
+        "from range(3)"
+    )
+    db.close()
+    url = fake.url  # type: ignore[attr-defined]
+    (tmp_path / "undertow.yml").write_text(PLAN_PROJECT.format(token=TOKEN, url=url))
+    project = Project.load(str(tmp_path))
+    try:
+        plan = project.plan("users_to_crm").as_dict()
+        assert (plan["counts"]["rejected"], plan["counts"]["to_send"]) == (3, 0), plan["counts"]
+        reason = plan["rejected"][0]["reason"]
+        assert "no property 'firstnme'; did you mean 'firstname'?" in reason
+        reads = [r.path for r in fake.requests]
+        assert reads == ["/crm/v3/properties/contacts"]  # one read, no row sent
+    finally:
+        project.close()
+    # HubSpot unreachable: the plan still comes, with a warning, counting the rows as to send
+    (tmp_path / "undertow.yml").write_text(
+        PLAN_PROJECT.format(token=TOKEN, url="http://127.0.0.1:9")
+    )
+    project = Project.load(str(tmp_path))
+    try:
+        plan = project.plan("users_to_crm").as_dict()
+        assert plan["counts"]["to_send"] == 3
+        assert any("could not read the destination's metadata" in w for w in plan["warnings"])
+    finally:
+        project.close()

@@ -501,6 +501,17 @@ class Destination(ABC, Generic[ConfigT]):
         closest = did_you_mean(name, self.objects or ())
         return f"has no object {name!r}" + (f"; {closest}" if closest else "")
 
+    previews_with_metadata: ClassVar[bool] = False
+    """True when :meth:`preview` refuses rows by vendor metadata it reads first
+    (:meth:`prepare_preview`): ``undertow plan`` then opens the connection for that read."""
+
+    async def prepare_preview(self, object: str | None, fields: list[str]) -> str | None:
+        """Read what :meth:`preview` needs from the vendor (HubSpot: the object's properties,
+        so ``plan`` counts rows with an unknown property as rejected). Called by ``undertow
+        plan`` with the connection open when ``previews_with_metadata``; may return a warning
+        for the plan. Sends no row."""
+        return None
+
     async def validate_sync(
         self,
         *,

@@ -53,6 +53,7 @@ from undertow.destinations.hubspot_properties import (
     OBJECT_NAME,
     OBJECT_PATTERN,
     STANDARD_OBJECTS,
+    Properties,
     PropertyBook,
     shape_properties,
     shape_value,
@@ -250,6 +251,7 @@ class HubSpotDestination(HttpDestination[HubSpotConfig]):
     objects = STANDARD_OBJECTS
     any_object = True
     object_pattern = OBJECT_PATTERN
+    previews_with_metadata = True
     fake = "undertow.testing.hubspot:HubSpotFake"
     docs_url = BATCH_DOC
     capabilities = Capabilities(
@@ -321,7 +323,9 @@ mappings:
     def __init__(self, config: Any, *, name: str) -> None:
         super().__init__(config, name=name)
         self.book = PropertyBook(self)
-        """Object types and properties read from HubSpot, once per object (validate)."""
+        """Object types and properties read from HubSpot, once per object (validate, plan)."""
+        self.preview_properties: dict[str, Properties | None] = {}
+        """The properties ``plan`` checks rows against (:meth:`prepare_preview`)."""
 
     def make_auth(self) -> Auth:
         return BearerAuth(self.config.token.get_secret_value())
@@ -389,6 +393,17 @@ mappings:
                 found += association_problems(sync, object, rule, target, labels)
         return found
 
+    async def prepare_preview(self, object: str | None, fields: list[str]) -> str | None:
+        """Read the object's properties once, so ``plan`` counts rows with a property the
+        object does not have as rejected (at run time HubSpot rejects them one by one)."""
+        if not object or not OBJECT_NAME.match(object):
+            return None
+        found = await self.book.properties(object)
+        self.preview_properties[object] = found
+        if found is None:
+            return f"HubSpot has no object type {object!r} (`undertow validate` names the closest)"
+        return None
+
     # -- write -----------------------------------------------------------------------------
 
     async def write_batch(self, batch: Batch) -> BatchResult:
@@ -440,6 +455,12 @@ mappings:
         items = self.items(batch, self.match_field(batch), result)
         inputs = {i.index: i.body for i in items}
         rules = self.config.associations.get(str(batch.object), [])
+        known = self.preview_properties.get(str(batch.object))
+        for item in items if known is not None else []:
+            problem = _unknown_property(known, item.body.get("properties", {}))
+            if problem is not None:  # HubSpot rejects the row: VALIDATION_ERROR, no property
+                del inputs[item.index]
+                result.rejected[item.index] = problem
         for item in items if batch.operation is not Operation.DELETE else []:
             linked = [
                 {"to": r.to, r.id_property: value}
@@ -514,6 +535,15 @@ mappings:
             reason = _whole_batch_reason(response, parse_json(response))
             for i in inputs:
                 result.rejected[i.index] = reason
+
+
+def _unknown_property(known: Properties | None, properties: dict[str, Any]) -> str | None:
+    """Why HubSpot would reject these properties (the first it does not have), or None."""
+    for name in properties if known is not None else ():
+        problem = known.unknown(name) if known is not None else None
+        if problem is not None:
+            return problem
+    return None
 
 
 def _whole_batch_reason(response: Response, body: Any) -> str:

@@ -11,13 +11,17 @@ values.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
 import polars as pl
 
+from undertow.destinations import retry
 from undertow.destinations.base import Batch, Destination, Operation
+from undertow.destinations.retry import RetryPolicy
+from undertow.errors import UndertowError
 from undertow.pipeline.diff import ChangeStats, DiffEngine
 from undertow.pipeline.engines import make_engine
 from undertow.pipeline.extract import model_failures, open_model
@@ -28,6 +32,7 @@ from undertow.results import FieldChange, OldNew, PlanCounts, PlanDocument, Reje
 if TYPE_CHECKING:
     from undertow.pipeline.run import SyncContext
 
+PREPARE_RETRY = RetryPolicy(max_attempts=2, base_delay=0.2, max_delay=1.0)
 PREVIEW_RUN = "preview"
 """The run id a preview's change set lives under (in memory, discarded on close)."""
 
@@ -102,6 +107,10 @@ def preview(ctx: SyncContext, *, limit: int = 5, full: bool = False) -> PlanPrev
             for k, r in engine.invalid_rows(PREVIEW_RUN, limit=limit)
         ]
         if stats.planned:  # nothing planned: chunks() would leave a DuckDB result open
+            if ctx.destination.previews_with_metadata:
+                warning = _prepare(ctx.destination, ctx.sync.object, mapping.fields)
+                if warning is not None:
+                    result.warnings.append(warning)
             _samples(ctx, engine, mapping, result, limit)
         refused = delete_limit_exceeded(
             sync=ctx.name,
@@ -122,6 +131,27 @@ def preview(ctx: SyncContext, *, limit: int = 5, full: bool = False) -> PlanPrev
         return result
     finally:
         engine.close()
+
+
+def _prepare(destination: Destination, object_: str | None, fields: list[str]) -> str | None:
+    """Let the destination read the vendor metadata its preview uses (HubSpot's properties):
+    a quick read, two attempts, never a long wait; a failure is a warning, not a failed plan."""
+
+    async def read() -> str | None:
+        await destination.open()
+        try:
+            with retry.delivery(policy=PREPARE_RETRY, stop=None, max_wait=5.0):
+                return await destination.prepare_preview(object_, fields)
+        finally:
+            await destination.close()
+
+    try:
+        return asyncio.run(read())
+    except UndertowError as exc:
+        return (
+            f"could not read the destination's metadata, so rows it would refuse for it are "
+            f"counted as to send: {exc}"
+        )
 
 
 def _shapes(destination: Destination) -> bool:
