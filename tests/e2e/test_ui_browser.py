@@ -20,7 +20,7 @@ import duckdb
 import pytest
 from browser_support import chromium, login, write_demo
 
-from undertow.testing.hubspot import HubSpotFake
+from undertow.testing.hubspot import DEMO_PROPERTIES, HubSpotFake
 from undertow.testing.server import serve_in_thread
 from undertow.testing.serving import ServeProcess, wait_for
 
@@ -35,7 +35,7 @@ SEEN: list[str] = []
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    fake = HubSpotFake(HUBSPOT_TOKEN, rate_limit_per_10s=1000)
+    fake = HubSpotFake(HUBSPOT_TOKEN, rate_limit_per_10s=1000, properties=DEMO_PROPERTIES)
     with serve_in_thread(fake.app) as hubspot:
         folder = tmp_path_factory.mktemp("ui") / "demo"
         write_demo(folder, hubspot=hubspot.url, customers=300, rate=10, token=HUBSPOT_TOKEN)

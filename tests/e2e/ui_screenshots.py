@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from browser_support import chromium, login, write_demo
 
 from undertow.samples import change_customers
-from undertow.testing.hubspot import HubSpotFake
+from undertow.testing.hubspot import DEMO_PROPERTIES, HubSpotFake
 from undertow.testing.server import serve_in_thread
 from undertow.testing.serving import ServeProcess, wait_for
 
@@ -36,7 +36,7 @@ def finished(server: ServeProcess, count: int) -> bool:
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    fake = HubSpotFake(HUBSPOT, rate_limit_per_10s=1000)
+    fake = HubSpotFake(HUBSPOT, rate_limit_per_10s=1000, properties=DEMO_PROPERTIES)
     with serve_in_thread(fake.app) as hubspot, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "demo"
         write_demo(folder, hubspot=hubspot.url, customers=3000, rate=40, token=HUBSPOT)
