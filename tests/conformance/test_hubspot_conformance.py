@@ -350,3 +350,148 @@ def test_connector_requests_have_the_documented_fields(served: tuple[HubSpotFake
     archive = by_endpoint["archive"].body["inputs"]
     assert all(set(i) == {"id"} for i in archive) and len(archive) == 2
     assert len(fake.objects["contacts"]) == 1
+
+
+# -- beyond NOTES.md: facts from HubSpot's reference pages (each test names its page) --------
+
+PROPERTY_FIELDS = {"name", "label", "type", "fieldType", "groupName", "hasUniqueValue"}
+
+
+def test_properties_answer_has_the_documented_fields(served: tuple[HubSpotFake, str]) -> None:
+    """https://developers.hubspot.com/docs/api-reference/legacy/crm/properties/get-properties:
+    ``{"results": [{name, label, type, fieldType, groupName, hasUniqueValue, hidden,
+    modificationMetadata: {archivable, readOnlyDefinition, readOnlyValue}, ...}]}``."""
+    _, url = served
+    for object_ in ("contacts", "companies", "deals", "0-1"):
+        answer = call(url, "GET", f"/crm/v3/properties/{object_}")
+        assert answer.status == 200
+        results = answer.body["results"]
+        assert results and all(set(p) >= PROPERTY_FIELDS for p in results)
+        meta = {p["name"]: p["modificationMetadata"] for p in results}
+        assert all(
+            {"archivable", "readOnlyDefinition", "readOnlyValue"} <= set(m) for m in meta.values()
+        )
+        assert meta["hs_object_id"]["readOnlyValue"] is True
+    unique = {
+        p["name"]
+        for p in call(url, "GET", "/crm/v3/properties/contacts").body["results"]
+        if p["hasUniqueValue"]
+    }
+    assert "email" in unique
+
+
+def test_unknown_object_type_is_a_400_unable_to_infer(served: tuple[HubSpotFake, str]) -> None:
+    """HubSpot answers a path's unknown object type with 400 "Unable to infer object type
+    from: X" (HubSpot/hubspot-api-php#128 shows the answer to GET /crm/v3/objects/...)."""
+    _, url = served
+    for method, path in (
+        ("GET", "/crm/v3/objects/widgets"),
+        ("GET", "/crm/v3/properties/widgets"),
+        ("POST", "/crm/v3/objects/widgets/batch/upsert"),
+        ("POST", "/crm/v4/associations/deals/widgets/batch/associate/default"),
+    ):
+        answer = call(url, method, path, {"inputs": []} if method == "POST" else None)
+        assert answer.status == 400, path
+        assert answer.body["status"] == "error" and answer.body["correlationId"]
+        assert answer.body["message"] == "Unable to infer object type from: widgets"
+
+
+def test_schemas_name_custom_objects_by_fully_qualified_name_and_type_id(
+    served: tuple[HubSpotFake, str],
+) -> None:
+    """https://developers.hubspot.com/docs/api-reference/legacy/crm/objects/schemas/get-schema:
+    ``objectTypeId`` ``2-<id>``, ``fullyQualifiedName`` ``p<portal>_<name>``, properties,
+    requiredProperties; either name addresses the objects API."""
+    fake, url = served
+    kind = fake.add_custom_object("pets", ["species"], unique=("chip",), required=("chip",))
+    (schema,) = call(url, "GET", "/crm/v3/schemas").body["results"]
+    assert schema["objectTypeId"] == kind.type_id and schema["objectTypeId"].startswith("2-")
+    assert re.match(r"^p\d+_pets$", schema["fullyQualifiedName"])
+    assert schema["requiredProperties"] == ["chip"]
+    assert {p["name"] for p in schema["properties"]} >= {"species", "chip"}
+    body = {"inputs": [{"idProperty": "chip", "id": "C1", "properties": {"species": "cat"}}]}
+    for name in (schema["fullyQualifiedName"], schema["objectTypeId"]):
+        assert call(url, "POST", f"/crm/v3/objects/{name}/batch/upsert", body).status == 200
+    assert len(fake.objects[schema["fullyQualifiedName"]]) == 1
+
+
+def test_default_associations_answer_the_documented_batch_shape(
+    served: tuple[HubSpotFake, str],
+) -> None:
+    """https://developers.hubspot.com/docs/api-reference/crm-associations-v4/batch/post-crm-v4-associations-fromObjectType-toObjectType-batch-associate-default:
+    inputs ``{from: {id}, to: {id}}``; the answer has status, results[{associationSpec:
+    {associationCategory, associationTypeId}, from, to}], startedAt, completedAt, and
+    errors/numErrors for what it could not do."""
+    fake, url = served
+    call(url, "POST", "/crm/v3/objects/contacts/batch/upsert", upsert_inputs("a@x.io"))
+    company = {"inputs": [{"idProperty": "domain", "id": "x.io", "properties": {"name": "X"}}]}
+    call(url, "POST", "/crm/v3/objects/companies/batch/upsert", company)
+    contact_id = fake.objects["contacts"].find("email", "a@x.io")
+    company_id = fake.objects["companies"].find("domain", "x.io")
+    inputs = [
+        {"from": {"id": contact_id}, "to": {"id": company_id}},
+        {"from": {"id": contact_id}, "to": {"id": "424242"}},
+    ]
+    path = "/crm/v4/associations/contacts/companies/batch/associate/default"
+    answer = call(url, "POST", path, {"inputs": inputs})
+    assert answer.status == 207
+    assert answer.body["status"] in BATCH_STATUSES
+    assert ISO.match(answer.body["startedAt"]) and ISO.match(answer.body["completedAt"])
+    (result,) = answer.body["results"]
+    assert set(result) == {"associationSpec", "from", "to"}
+    assert result["associationSpec"]["associationCategory"] == "HUBSPOT_DEFINED"
+    assert isinstance(result["associationSpec"]["associationTypeId"], int)
+    (error,) = answer.body["errors"]
+    assert answer.body["numErrors"] == 1
+    assert {"status", "category", "message", "context"} <= set(error)
+    assert error["context"]["ids"] == ["424242"]
+
+
+def test_connector_association_requests_have_the_documented_fields(
+    served: tuple[HubSpotFake, str],
+) -> None:
+    """Inputs of batch/associate/default are ``{from: {id}, to: {id}}``; those of batch/create
+    add ``types: [{associationCategory, associationTypeId}]`` (associations v4 guide)."""
+    fake, url = served
+    call(url, "POST", "/crm/v3/objects/contacts/batch/upsert", upsert_inputs("a@x.io"))
+    company = {"inputs": [{"idProperty": "domain", "id": "x.io", "properties": {"name": "X"}}]}
+    call(url, "POST", "/crm/v3/objects/companies/batch/upsert", company)
+    config = HubSpotConfig(
+        type="hubspot",
+        token=TOKEN,
+        base_url=url,
+        associations={
+            "contacts": [
+                {"to": "companies", "field": "firm", "id_property": "domain"},
+                {"to": "companies", "field": "firm2", "id_property": "domain", "type": 279},
+            ]
+        },
+    )
+    batch = Batch(
+        sync="s",
+        operation=Operation.UPSERT,
+        number=1,
+        idempotency_key="k",
+        keys=["1"],
+        payloads=[orjson.dumps({"email": "a@x.io", "firm": "x.io", "firm2": "x.io"}).decode()],
+        identifiers={"email": ["a@x.io"]},
+        object="contacts",
+    )
+
+    async def go() -> None:
+        dest = HubSpotDestination(config, name="crm")
+        try:
+            await dest.write_batch(batch)
+        finally:
+            await dest.close()
+
+    asyncio.run(go())
+    by_path = {r.path: r.body for r in fake.requests if "/crm/v4/" in r.path}
+    default = by_path["/crm/v4/associations/contacts/companies/batch/associate/default"]
+    labelled = by_path["/crm/v4/associations/contacts/companies/batch/create"]
+    assert [set(i) for i in default["inputs"]] == [{"from", "to"}]
+    assert [set(i) for i in labelled["inputs"]] == [{"from", "to", "types"}]
+    assert labelled["inputs"][0]["types"] == [
+        {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 279}
+    ]
+    assert all(isinstance(i["from"]["id"], str) for i in default["inputs"])
