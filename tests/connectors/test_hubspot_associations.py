@@ -301,3 +301,23 @@ def test_an_association_to_an_object_type_hubspot_lacks_stops_the_run(fake: HubS
     rules = {"deals": [{"to": "p7878787_boats", "field": "boat", "id_property": "hull", "type": 1}]}
     with pytest.raises(FatalDeliveryError, match="HubSpot has no object type 'p7878787_boats'"):
         write(fake, batch([deal(1, boat="B1")]), rules)
+
+
+class _NoTraceEcho(HubSpotFake):
+    """A HubSpot whose results do not echo objectWriteTraceId (its reference says they do)."""
+
+    def _respond(self, status: int, body: Any = None, **kw: Any) -> Any:
+        for result in body.get("results", []) if isinstance(body, dict) else []:
+            if isinstance(result, dict):
+                result.pop("objectWriteTraceId", None)
+        return super()._respond(status, body, **kw)
+
+
+def test_records_are_found_by_their_id_property_when_no_trace_id_comes_back() -> None:
+    hubspot = _NoTraceEcho(TOKEN, unique_properties={"deals": {"deal_key"}})
+    with serve_in_thread(hubspot.app) as server:
+        hubspot.url = server.url  # type: ignore[attr-defined]
+        company, _ = seed(hubspot)
+        assert write(hubspot, batch([deal(1, company_domain="acme.example")])) == BatchResult()
+        deal_id = hubspot.objects["deals"].find("deal_key", "D-1")
+        assert deal_id is not None and hubspot.associations.of("deals", deal_id) == [company]

@@ -207,6 +207,9 @@ def read_batch_answer(call: Call, response: Response, body: Any) -> BatchResult:
     ids = call.context.setdefault("ids", {})  # batch index -> HubSpot id, for associations
     for written in _list(body, "results"):
         at = by_trace.get(str(written.get("objectWriteTraceId")))
+        echoed = (written.get("properties") or {}).get(call.match_field or "")
+        if at is None and echoed is not None:  # no trace id echoed: by the idProperty value
+            at = by_key.get(str(echoed).casefold())
         if at is not None and written.get("id") is not None:
             ids[call.items[at].index] = str(written["id"])
     unattributed: list[str] = []
