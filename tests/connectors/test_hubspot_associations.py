@@ -321,3 +321,38 @@ def test_records_are_found_by_their_id_property_when_no_trace_id_comes_back() ->
         assert write(hubspot, batch([deal(1, company_domain="acme.example")])) == BatchResult()
         deal_id = hubspot.objects["deals"].find("deal_key", "D-1")
         assert deal_id is not None and hubspot.associations.of("deals", deal_id) == [company]
+
+
+def test_replace_moves_a_deal_to_its_new_company(fake: HubSpotFake) -> None:
+    company, _ = seed(fake)
+    write(fake, batch([{"domain": "new.example"}], object="companies", match="domain"))
+    new = fake.objects["companies"].find("domain", "new.example")
+    keep = {"deals": [{"to": "companies", "field": "firm", "id_property": "domain"}]}
+    move = {"deals": [{**keep["deals"][0], "replace": True}]}
+    write(fake, batch([deal(1, firm="acme.example")]), keep)
+    deal_id = fake.objects["deals"].find("deal_key", "D-1")
+    assert deal_id is not None
+    write(fake, batch([deal(1, firm="new.example")]), keep)  # added, the old one kept
+    assert fake.associations.of("deals", deal_id, "companies") == sorted([company, str(new)])
+    assert write(fake, batch([deal(1, firm="new.example")]), move) == BatchResult()
+    assert fake.associations.of("deals", deal_id, "companies") == [new]
+    archive = [r for r in fake.requests if r.path.endswith("/batch/archive")]
+    assert [r.body for r in archive] == [
+        {"inputs": [{"from": {"id": deal_id}, "to": [{"id": company}]}]}
+    ]
+    # nothing stale left: a read, no archive
+    assert write(fake, batch([deal(1, firm="new.example")]), move) == BatchResult()
+    assert len([r for r in fake.requests if r.path.endswith("/batch/archive")]) == 1
+
+
+def test_a_refused_removal_leaves_the_row_undelivered(fake: HubSpotFake) -> None:
+    seed(fake)
+    write(fake, batch([{"domain": "new.example"}], object="companies", match="domain"))
+    rule = {"to": "companies", "field": "firm", "id_property": "domain"}
+    write(fake, batch([deal(1, firm="acme.example")]), {"deals": [rule]})
+    fake.fail_next(status=400, path="/crm/v4/associations/deals/companies/batch/archive")
+    result = write(
+        fake, batch([deal(1, firm="new.example")]), {"deals": [{**rule, "replace": True}]}
+    )
+    assert list(result.failed) == [0] and not result.rejected
+    assert "its other associations to companies were not removed" in result.failed[0]

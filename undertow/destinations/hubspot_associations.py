@@ -17,8 +17,9 @@ resolved to the other record's HubSpot id (``POST /crm/v3/objects/{to}/batch/rea
 
 A row whose other record HubSpot does not have is *rejected* ("written, not associated"): it
 is not in the snapshot, so the next run writes it again (an idempotent upsert) and retries the
-association, e.g. once the companies sync has run. Associations are added, never removed: a
-row whose value changes gets the new association and keeps the old one.
+association, e.g. once the companies sync has run. Associations are added; with ``replace``
+the record's other associations to ``to`` records are then removed (a v4 ``batch/read`` of
+them, then ``batch/archive``), so a deal that moves to another company leaves the old one.
 
 https://developers.hubspot.com/docs/api/crm/associations
 https://developers.hubspot.com/docs/api-reference/crm-associations-v4/batch/post-crm-v4-associations-fromObjectType-toObjectType-batch-associate-default
@@ -69,6 +70,9 @@ class AssociationRule(BaseModel):
     which exists between HubSpot's own objects only."""
     category: Literal["HUBSPOT_DEFINED", "USER_DEFINED", "INTEGRATOR_DEFINED"] = "HUBSPOT_DEFINED"
     """The type id's category (USER_DEFINED for a label made in the account)."""
+    replace: bool = False
+    """True: once associated, a record keeps no other association to ``to`` records (the
+    others are read, then removed); a row whose field is empty is left as it is."""
 
     @field_validator("to")
     @classmethod
@@ -158,6 +162,13 @@ async def associate(
             owners.append(index)
         if inputs:
             await _create(dest, batch.sync, source, rule, inputs, owners, result)
+        if inputs and rule.replace:
+            kept = [
+                (index, body_in)
+                for index, body_in in zip(owners, inputs, strict=True)
+                if index not in result.rejected and index not in result.failed
+            ]
+            await _drop_stale(dest, source, rule, kept, result)
 
 
 async def _resolve(
@@ -248,6 +259,49 @@ async def _create(
             pair = (str(body_in["from"]["id"]), str(body_in["to"]["id"]))
             if index not in result.rejected and pair not in done:
                 result.failed[index] = "; ".join(unnamed) + " (sent again by the next run)"
+
+
+async def _drop_stale(
+    dest: HubSpotDestination,
+    source: str,
+    rule: AssociationRule,
+    kept: list[tuple[int, dict[str, Any]]],
+    result: BatchResult,
+) -> None:
+    """Remove each record's associations to ``to`` records other than the one it keeps."""
+    if not kept:
+        return
+    path = f"/crm/v4/associations/{source}/{rule.to}"
+    wanted = {str(b["from"]["id"]): str(b["to"]["id"]) for _, b in kept}
+    read = {"inputs": [{"id": from_id} for from_id in wanted]}
+    response = await dest.send("POST", f"{path}/batch/read", json=read, expect=OK)
+    body = parse_json(response)
+    stale: dict[str, list[str]] = {}
+    if response.status in OK and isinstance(body, dict):
+        for found in body.get("results") or []:
+            from_id = str((found.get("from") or {}).get("id")) if isinstance(found, dict) else ""
+            for to in found.get("to") or [] if from_id in wanted else []:
+                to_id = str(to.get("toObjectId")) if isinstance(to, dict) else ""
+                if to_id and to_id != wanted[from_id]:
+                    stale.setdefault(from_id, []).append(to_id)
+        if not stale:
+            return
+        archive = {
+            "inputs": [
+                {"from": {"id": f}, "to": [{"id": t} for t in ids]} for f, ids in stale.items()
+            ]
+        }
+        response = await dest.send(
+            "POST", f"{path}/batch/archive", json=archive, expect=frozenset({200, 204})
+        )
+        if 200 <= response.status < 300:
+            return
+    for index, body_in in kept:
+        if not stale or str(body_in["from"]["id"]) in stale:
+            result.failed[index] = (
+                f"written and associated, but its other associations to {rule.to} were not "
+                f"removed (the next run tries again): {response.describe()}"
+            )
 
 
 def problems(

@@ -70,7 +70,8 @@ from undertow.testing.hubspot_answers import (
     text,
     with_injected_errors,
 )
-from undertow.testing.hubspot_associations import Associations, labels, write
+from undertow.testing.hubspot_associations import Associations
+from undertow.testing.hubspot_associations import answer as associations_answer
 from undertow.testing.hubspot_schemas import ObjectType, ObjectTypes
 
 WINDOW_SECONDS = 10.0
@@ -329,17 +330,16 @@ class HubSpotFake(FakeAPI):
                 return self._unknown_object(request.path_params[segment], correlation_id)
         source, target = kinds
         assert source is not None and target is not None
-        path, method = request.path_params["path"], request.method
         with self._lock:
-            if (method, path) == ("GET", "labels"):
-                answer: tuple[int, Any] = (200, {"results": labels(source, target)})
-            elif method == "POST" and path in ("batch/associate/default", "batch/create"):
-                default = path.endswith("default")
-                answer = write(
-                    self.associations, self.objects, source, target, captured.body, default=default
-                )
-            else:
-                answer = (404, {"category": "NOT_FOUND", "message": f"No route {method} {path}"})
+            answer = associations_answer(
+                self.associations,
+                self.objects,
+                source,
+                target,
+                request.method,
+                request.path_params["path"],
+                captured.body,
+            )
         status, body = answer
         if status >= 400:
             body = error_body(body["category"], body["message"], correlation_id)

@@ -5,7 +5,11 @@
   only between its own objects (a custom object needs a type id);
 * ``POST /crm/v4/associations/{from}/{to}/batch/create``: inputs with
   ``types: [{"associationCategory", "associationTypeId"}]``;
-* ``GET /crm/v4/associations/{from}/{to}/labels``: the association types between two objects.
+* ``GET /crm/v4/associations/{from}/{to}/labels``: the association types between two objects;
+* ``POST /crm/v4/associations/{from}/{to}/batch/read``: inputs ``{"id"}``, each record's
+  associations ``{"from": {"id"}, "to": [{"toObjectId", "associationTypes"}]}``;
+* ``POST /crm/v4/associations/{from}/{to}/batch/archive``: inputs
+  ``{"from": {"id"}, "to": [{"id"}]}``, every association of those pairs removed; 204.
 
 Both writes answer 200 with ``results`` (each with its ``associationSpec``, ``from`` and
 ``to``), or 207 with ``errors`` for the inputs that name a record the account does not have
@@ -60,6 +64,55 @@ class Associations:
 
     def clear(self) -> None:
         self.pairs.clear()
+
+
+def answer(
+    associations: Associations,
+    stores: dict[str, Any],
+    source: ObjectType,
+    target: ObjectType,
+    method: str,
+    path: str,
+    body: Any,
+) -> tuple[int, Any]:
+    """(status, body) of HubSpot's answer to one request of the v4 associations API."""
+    if (method, path) == ("GET", "labels"):
+        return 200, {"results": labels(source, target)}
+    if method == "POST" and path in ("batch/associate/default", "batch/create"):
+        default = path.endswith("default")
+        return write(associations, stores, source, target, body, default=default)
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if method == "POST" and path in ("batch/read", "batch/archive") and isinstance(inputs, list):
+        if path == "batch/archive":
+            for item in inputs:
+                gone = {str(t.get("id")) for t in item.get("to") or [] if isinstance(t, dict)}
+                from_id = str((item.get("from") or {}).get("id"))
+                associations.pairs = {
+                    a
+                    for a in associations.pairs
+                    if not (a[0] == source.name and a[1] == from_id and a[2] == target.name)
+                    or a[3] not in gone
+                }
+            return 204, None
+        started = now_iso()
+        results = []
+        for item in inputs:
+            from_id = str(item.get("id") if isinstance(item, dict) else item)
+            to = [
+                {
+                    "toObjectId": int(to_id),
+                    "associationTypes": [
+                        {"category": a[4], "typeId": a[5], "label": None}
+                        for a in sorted(associations.pairs)
+                        if a[:4] == (source.name, from_id, target.name, to_id)
+                    ],
+                }
+                for to_id in associations.of(source.name, from_id, target.name)
+            ]
+            results.append({"from": {"id": from_id}, "to": to})
+        done = {"status": "COMPLETE", "results": results, "startedAt": started}
+        return 200, {**done, "completedAt": now_iso()}
+    return 404, {"category": "NOT_FOUND", "message": f"No route {method} {path}"}
 
 
 def labels(source: ObjectType, target: ObjectType) -> list[dict[str, Any]]:
