@@ -459,9 +459,9 @@ mappings:
         inputs = {i.index: i.body for i in items}
         rules = self.config.associations.get(str(batch.object), [])
         known = self.preview_properties.get(str(batch.object))
-        for item in items if known is not None else []:
-            problem = _unknown_property(known, item.body.get("properties", {}))
-            if problem is not None:  # HubSpot rejects the row: VALIDATION_ERROR, no property
+        for item in items:
+            problem = known and _unknown_property(known, item.body.get("properties", {}))
+            if problem:  # HubSpot would reject the row (VALIDATION_ERROR: no such property)
                 del inputs[item.index]
                 result.rejected[item.index] = problem
         for item in items if batch.operation is not Operation.DELETE else []:
@@ -540,13 +540,9 @@ mappings:
                 result.rejected[i.index] = reason
 
 
-def _unknown_property(known: Properties | None, properties: dict[str, Any]) -> str | None:
+def _unknown_property(known: Properties, properties: dict[str, Any]) -> str | None:
     """Why HubSpot would reject these properties (the first it does not have), or None."""
-    for name in properties if known is not None else ():
-        problem = known.unknown(name) if known is not None else None
-        if problem is not None:
-            return problem
-    return None
+    return next((p for p in map(known.unknown, properties) if p is not None), None)
 
 
 def _whole_batch_reason(response: Response, body: Any) -> str:
