@@ -137,8 +137,9 @@ def run_demo(directory: Path, *, customers: int, console: TerminalConsole) -> bo
                     f"{f}: {v['old']!r} → {v['new']!r}" for f, v in change["fields"].items()
                 )
                 console.print(plain(f"    {change['key']}: {fields}"), markup=False)
+            before_second = len(fake.requests)  # plan reads HubSpot's properties
             second = _run(project, console, "second run (only the changes)")
-            second_requests = len(fake.requests) - first_requests
+            second_requests = len(fake.requests) - before_second
         finally:
             project.close()
 
