@@ -143,13 +143,20 @@ class ChangelogSpool:
         """Spool one checkpointed batch: the records sent (with their outcome) and those the
         mapping refused. Built from the batch's lists in C (no loop over records but the
         few refused ones)."""
-        refused = bool(result is not None and (result.rejected or result.failed))
+        refused = bool(
+            result is not None and (result.rejected or result.failed or result.not_found)
+        )
         seqs, keys = list(work.seqs), list(work.keys)
         if refused or work.map_rejected:
             statuses: list[str] = ["succeeded"] * len(seqs)
             messages: list[str | None] = [None] * len(seqs)
             if result is not None:
-                for kind, items in (("rejected", result.rejected), ("failed", result.failed)):
+                outcomes = (
+                    ("rejected", result.rejected),
+                    ("failed", result.failed),
+                    ("skipped", result.not_found),  # an update's record the vendor lacks
+                )
+                for kind, items in outcomes:
                     for index, reason in items.items():
                         statuses[index] = kind
                         messages[index] = redact(reason)

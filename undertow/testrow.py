@@ -48,6 +48,7 @@ from undertow.errors import (
     UndertowError,
     did_you_mean,
 )
+from undertow.pipeline.record import settle_not_found
 from undertow.pipeline.run import compile_for, projected_sql
 from undertow.sources.scratch_sql import ident, lit
 
@@ -66,7 +67,8 @@ class TestResult:
     operation: str
     sent: bool
     outcome: str
-    """``accepted``, ``rejected``, ``failed`` (transient), ``not mapped``, or ``dry run``."""
+    """``accepted``, ``rejected``, ``failed`` (transient), ``skipped`` (an update of a record
+    the destination lacks), ``not mapped``, or ``dry run``."""
     message: str | None = None
     row: dict[str, Any] = field(default_factory=dict)
     """The model row's mapped columns (values as JSON would show them)."""
@@ -231,6 +233,9 @@ async def _send(ctx: SyncContext, batch: Batch) -> tuple[str, str | None]:
                 return "failed", str(exc)
     finally:
         await destination.close()
+    result = settle_not_found(result, batch.operation)
+    if result.not_found:  # an update of a record the destination lacks: skipped
+        return "skipped", next(iter(result.not_found.values()))
     if result.rejected:
         return "rejected", result.rejected.get(0) or next(iter(result.rejected.values()))
     if result.failed:

@@ -177,7 +177,7 @@ def test_insert_uses_batch_create_without_ids(fake: HubSpotFake) -> None:
     assert [set(i) for i in inputs] == [{"objectWriteTraceId", "properties"}] * 2
 
 
-def test_update_by_email_rejects_unknown_contact_only(fake: HubSpotFake) -> None:
+def test_update_by_email_reports_an_unknown_contact_as_not_found(fake: HubSpotFake) -> None:
     write(fake, batch([{"email": "ada@example.com", "plan": "free"}]))
     records = [
         {"email": "ghost@example.com", "plan": "pro"},
@@ -186,10 +186,12 @@ def test_update_by_email_rejects_unknown_contact_only(fake: HubSpotFake) -> None
 
     result = write(fake, batch(records, operation=Operation.UPDATE))
 
+    # not found, not rejected: the run counts it as skipped (update mode creates nothing)
     assert result.failed == {}
-    assert list(result.rejected) == [0]
-    assert "OBJECT_NOT_FOUND" in result.rejected[0]
-    assert "Could not get some CONTACT objects" in result.rejected[0]
+    assert result.rejected == {}
+    assert list(result.not_found) == [0]
+    assert "OBJECT_NOT_FOUND" in result.not_found[0]
+    assert "Could not get some CONTACT objects" in result.not_found[0]
     assert fake.objects["contacts"].by_email("ada@example.com")["plan"] == "pro"  # type: ignore[index]
     assert fake.objects["contacts"].by_email("ghost@example.com") is None
 

@@ -604,6 +604,38 @@ def test_an_accepted_removal_leaves_the_snapshot_a_rejected_one_stays(
     assert kinds(engine, "r3") == {"2": "removed"}
 
 
+def test_marks_count_a_leaver_and_an_unsent_change_once_then_as_state(
+    backend: Backend, engine: DiffEngine
+) -> None:
+    """An upsert sync counts a row that left as removed once, then as ``left``; an insert
+    sync counts a change once, then as ``held``; the row coming back clears its mark."""
+    s = spec()
+    accept_all(backend, engine, users(4))
+    backend.load(users(3, **{"1": {"plan": "pro"}}))  # row 3 leaves, row 1 changes
+    seen = backend.build(engine, "r2", s, plan(Mode.INSERT))
+    assert (seen.removed, seen.changed, seen.left, seen.held, seen.planned) == (1, 1, 0, 0, 0)
+    engine.discard("r2")
+    again = backend.build(engine, "r3", s, plan(Mode.UPSERT))
+    # upsert sends the change insert held back; the leaver stays counted once
+    assert (again.removed, again.changed, again.left) == (0, 1, 1)
+    assert again.left_since is not None
+    engine.discard("r3")
+    held = backend.build(engine, "r4", s, plan(Mode.INSERT))
+    assert (held.changed, held.held, held.left, held.planned) == (0, 1, 1, 0)
+    engine.discard("r4")
+    backend.load(users(4, **{"1": {"plan": "pro"}}))  # row 3 is back
+    back = backend.build(engine, "r5", s, plan(Mode.INSERT))
+    assert (back.removed, back.left, back.added) == (0, 0, 0)
+    engine.discard("r5")
+    backend.load(users(3, **{"1": {"plan": "pro"}}))  # and gone again: counted again
+    gone = backend.build(engine, "r6", s, plan(Mode.INSERT))
+    assert (gone.removed, gone.left) == (1, 0)
+    engine.discard("r6")
+    mirror = backend.build(engine, "r7", s, plan())  # a deleting mode ignores the marks
+    assert kinds(engine, "r7") == {"1": "changed", "3": "removed"}
+    assert mirror.deletes == 1
+
+
 def test_fold_can_be_replayed(backend: Backend, engine: DiffEngine) -> None:
     s = spec()
     backend.load(users(5))

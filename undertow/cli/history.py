@@ -154,6 +154,7 @@ def runs(
         "ok",
         "rejected",
         "failed",
+        "skipped",
     )
     for r in records:
         c = r.counts
@@ -163,7 +164,7 @@ def runs(
             _status_cell(r),
             f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
             *(
-                f"{c[k]:,}"
+                f"{c.get(k, 0):,}"
                 for k in (
                     "extracted",
                     "added",
@@ -173,6 +174,7 @@ def runs(
                     "succeeded",
                     "rejected",
                     "failed",
+                    "skipped",
                 )
             ),
         )
@@ -180,6 +182,8 @@ def runs(
     for r in records:
         if r.warning is not None and r.status is RunStatus.SUCCEEDED:
             console.print(f"  [yellow]warning[/] {safe(r.id)}: {safe(r.warning)}", highlight=False)
+    for note in records[0].state_notes() if records else ():
+        console.print(f"  state: {safe(note)}", highlight=False)  # as of the newest run
 
 
 def _status_cell(run: RunRecord) -> str | Text:
@@ -202,8 +206,8 @@ def errors(
     json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Rejected and failed rows of a run (or, with --sync, those of a sync waiting now):
-    key, reason, first and last failure, attempts."""
+    """Rejected, failed and skipped rows of a run (or, with --sync, the rejected and failed
+    ones of a sync waiting now): key, reason, first and last failure, attempts."""
     console = TerminalConsole(json_mode=json)
     if (run_id is None) == (sync is None):
         console.error("give a run id (`undertow errors RUN_ID`) or `--sync SYNC`, not both")
@@ -251,7 +255,7 @@ def errors(
         )
         return
     if not rows:
-        console.print("no rejected or failed rows in this run")
+        console.print("no rejected, failed or skipped rows in this run")
         return
     table = DataTable(
         "key", "kind", "operation", "attempts", "first failed", "last failed", "reason"

@@ -316,13 +316,19 @@ class Batch:
 class BatchResult:
     """What happened to each record of a batch, by index in the batch.
 
-    Records in neither ``rejected`` nor ``failed`` were accepted.
+    Records in none of ``rejected``, ``failed`` and ``not_found`` were accepted.
     ``rejected``: the destination refused the record (its message); not retried this run.
     ``failed``: a transient failure; the record stays undelivered and the next run retries it.
+    ``not_found``: the destination has no record the operation names (HubSpot's
+    ``OBJECT_NOT_FOUND``). What that means depends on the operation
+    (:func:`undertow.pipeline.record.settle_not_found`): an update's row is *skipped*
+    (``update`` mode creates nothing; counted, not retried until the row changes), a
+    delete's or remove's is accepted (already gone), any other operation's is rejected.
     """
 
     rejected: dict[int, str] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
+    not_found: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def all_rejected(cls, size: int, reason: str) -> BatchResult:
@@ -333,7 +339,7 @@ class BatchResult:
         return cls(failed=dict.fromkeys(range(size), reason))
 
     def accepted(self, size: int) -> int:
-        return size - len(self.rejected) - len(self.failed)
+        return size - len(self.rejected) - len(self.failed) - len(self.not_found)
 
     def merge(self, other: BatchResult, indices: list[int]) -> None:
         """Fold the result of a sub-batch (``other``'s index i is this batch's indices[i])."""
@@ -341,6 +347,8 @@ class BatchResult:
             self.rejected[indices[i]] = reason
         for i, reason in other.failed.items():
             self.failed[indices[i]] = reason
+        for i, reason in other.not_found.items():
+            self.not_found[indices[i]] = reason
 
 
 @dataclass(frozen=True)

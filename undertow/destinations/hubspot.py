@@ -218,8 +218,10 @@ def read_batch_answer(call: Call, response: Response, body: Any) -> BatchResult:
         indices = _attribute(named, by_trace, by_key) if isinstance(named, dict) else set()
         if not indices:
             unattributed.append(_reason(error))
+        # an update of a record HubSpot lacks: not found (the run skips it), not rejected
+        into = result.not_found if error.get("category") == "OBJECT_NOT_FOUND" else result.rejected
         for index in indices:
-            result.rejected[index] = _reason(error)
+            into[index] = _reason(error)
     if unattributed:
         # HubSpot named no record: keep the rest undelivered rather than guess.
         confirmed = {
@@ -228,7 +230,7 @@ def read_batch_answer(call: Call, response: Response, body: Any) -> BatchResult:
             if str(r.get("objectWriteTraceId")) in by_trace
         }
         for position in range(len(call.items)):
-            if position not in result.rejected and position not in confirmed:
+            if position not in confirmed and position not in result.rejected | result.not_found:
                 result.failed[position] = "; ".join(unattributed)
     return result
 

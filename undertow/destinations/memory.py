@@ -11,7 +11,8 @@ process (:func:`store`), which a test reads and scripts::
     box.fail.add("7")                                 # a transient failure for row 7
     box.crash_on_call = 3                             # raise box.crash on the 3rd write
     ... run the sync ...
-    box.state          # identity -> last record (a delete removes it)
+    box.state          # identity -> last record (a delete removes it; an update of an
+                       # identity it lacks is not found: nothing is created)
     box.received       # every record of every write, in order
 
 Identity is the record's match value(s) when the sync has ``match``, else its row key.
@@ -266,6 +267,10 @@ class MemoryDestination(Destination[MemoryConfig]):
                     result.rejected[index] = "injected per-record rejection"
                     continue
                 identity = self.identity(batch, index)
+                if batch.operation is Operation.UPDATE and identity not in box.state:
+                    # an update names a record that must exist (HubSpot's OBJECT_NOT_FOUND)
+                    result.not_found[index] = f"no record of row {key!r} to update"
+                    continue
                 if batch.operation in (Operation.DELETE, Operation.REMOVE):
                     box.state.pop(identity, None)
                 else:

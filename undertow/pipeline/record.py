@@ -13,6 +13,12 @@ For an asynchronous job API the record side also keeps "batch N was submitted as
 (:meth:`Recorder.submitted_jobs`), which it polls rather than submitting again. The same
 table keeps the "being sent" marks of events a vendor does not deduplicate
 (``pipeline/deliver.py``), which are not jobs to wait for (:meth:`Recorder.pending_jobs`).
+
+A record the destination reports as not found (``BatchResult.not_found``) is read for its
+operation (:func:`settle_not_found`): an ``update``'s row is *skipped*, a row error of kind
+``skipped`` that opens no failure and is folded into the snapshot like an accepted row, so
+it is not sent again until it changes, and it never counts as rejected (nor toward
+``max_rejected_ratio``).
 """
 
 from __future__ import annotations
@@ -29,6 +35,23 @@ from undertow.state.store import Lock, RowError, RunRecord, StateStore
 
 if TYPE_CHECKING:
     from undertow.sync_logs import ChangelogSpool
+
+
+SKIPPED = "skipped"
+"""The row error kind (and run counter) of an update whose record the destination lacks."""
+
+
+def settle_not_found(result: BatchResult, operation: Operation) -> BatchResult:
+    """``result`` with its ``not_found`` records read for ``operation``: kept (skipped) for
+    an update, accepted for a delete or remove (the record is gone already), rejected for
+    any other operation (an upsert or insert names no record that must exist)."""
+    if not result.not_found or operation is Operation.UPDATE:
+        return result
+    settled = BatchResult(rejected=dict(result.rejected), failed=dict(result.failed))
+    if operation not in (Operation.DELETE, Operation.REMOVE):
+        for index, reason in result.not_found.items():
+            settled.rejected.setdefault(index, reason)
+    return settled
 
 
 @dataclass
@@ -112,6 +135,7 @@ class Recorder:
         accepted = 0
         resolved: list[str] = []
         if result is not None:
+            result = settle_not_found(result, work.operation)
             accepted = result.accepted(sent)
             if self.open_keys:
                 refused = result.rejected.keys() | result.failed.keys()
@@ -120,8 +144,15 @@ class Recorder:
                     for index, key in enumerate(work.keys)
                     if key in self.open_keys and index not in refused
                 ]
-            for kind, items in (("rejected", result.rejected), ("failed", result.failed)):
+            outcomes = (
+                ("rejected", result.rejected),
+                ("failed", result.failed),
+                (SKIPPED, result.not_found),
+            )
+            for kind, items in outcomes:
                 for index, reason in items.items():
+                    if kind == SKIPPED:
+                        reason = f"not found in the destination, so not updated: {reason}"
                     errors.append(
                         RowError(
                             run_id=self.run.id,
@@ -140,9 +171,10 @@ class Recorder:
             "succeeded": accepted,
             "rejected": len(work.map_rejected) + (len(result.rejected) if result else 0),
             "failed": len(result.failed) if result else 0,
+            SKIPPED: len(result.not_found) if result else 0,
         }
         for key, value in delta.items():
-            self.run.counts[key] += value
+            self.run.counts[key] = self.run.counts.get(key, 0) + value
         if self.changelog is not None:  # before the checkpoint: a crash between them is a
             self.changelog.add(work, result)  # batch spooled twice, never one not spooled
         self.store.checkpoint(

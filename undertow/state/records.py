@@ -53,6 +53,9 @@ COUNT_KEYS = (
     "sent",
     "succeeded",
     "failed",
+    "skipped",
+    "left",
+    "held",
 )
 
 
@@ -79,6 +82,17 @@ class RunSummary(TypedDict):
     sent: int
     succeeded: int
     failed: int
+    skipped: int
+    """Updates the destination had no record for (``update`` mode creates none)."""
+    left: int
+    """State, not this run's work: rows that left the model before this run, in a mode
+    that deletes nothing (the run that saw each leave counted it as ``removed``)."""
+    left_since: str | None
+    """When the first of the ``left`` rows left (ISO time)."""
+    held: int
+    """State: rows of an ``insert`` sync whose change an earlier run counted (never sent)."""
+    state: list[str]
+    """``left`` and ``held`` in words (the run page and ``undertow runs`` show them)."""
     started_at: str
     finished_at: str | None
     duration_s: float | None
@@ -126,6 +140,30 @@ class RunRecord:
     """When the run entered each status (ISO times), for the run page's timeline."""
 
     @property
+    def left_since(self) -> datetime | None:
+        """When the first of the rows counted as ``left`` left the model."""
+        since = self.counts.get("left_since")
+        return datetime.fromtimestamp(since, UTC) if since and self.counts.get("left") else None
+
+    def state_notes(self) -> list[str]:
+        """What the sync holds as state after this run, in words (``undertow runs``)."""
+        notes = []
+        left, held = self.counts.get("left", 0), self.counts.get("held", 0)
+        if left:
+            since = self.left_since
+            when = f" since {since.date().isoformat()}" if since else ""
+            notes.append(
+                f"{left:,} row(s) have left the model{when}; the sync's mode deletes "
+                "nothing, so they stay in the destination (counted as removed once)"
+            )
+        if held:
+            notes.append(
+                f"{held:,} row(s) changed after they were inserted; insert mode sends new "
+                "rows only (each change counted once)"
+            )
+        return notes
+
+    @property
     def duration_s(self) -> float | None:
         end = self.finished_at or self.updated_at
         return (end - self.created_at).total_seconds() if end else None
@@ -149,6 +187,11 @@ class RunRecord:
             sent=count("sent", 0),
             succeeded=count("succeeded", 0),
             failed=count("failed", 0),
+            skipped=count("skipped", 0),
+            left=count("left", 0),
+            left_since=self.left_since.isoformat() if self.left_since else None,
+            held=count("held", 0),
+            state=self.state_notes(),
             started_at=self.created_at.isoformat(),
             finished_at=self.finished_at.isoformat() if self.finished_at else None,
             duration_s=round(self.duration_s, 3) if self.duration_s is not None else None,

@@ -48,7 +48,7 @@ class RowStore(StoreConnection):
         store holds, reading them under a row lock.
         """
         now = utc_now()
-        rejected = sum(1 for e in errors if e.kind != "failed")
+        rejected = sum(1 for e in errors if e.kind not in ("failed", "skipped"))
         failed = sum(1 for e in errors if e.kind == "failed")
         with self._tx() as conn:
             if fence is not None:
@@ -158,13 +158,17 @@ class RowStore(StoreConnection):
             )
 
     def not_accepted_seqs(self, run_id: str) -> list[int]:
-        """Sequence numbers of planned rows a checkpoint recorded as rejected or failed."""
+        """Sequence numbers of planned rows a checkpoint recorded as rejected or failed
+        (a ``skipped`` row, an update the destination had no record for, is folded like an
+        accepted one: it is not sent again until it changes)."""
         with self._tx() as conn:
             return [
                 int(s)
                 for s in conn.execute(
                     sa.select(row_errors.c.seq).where(
-                        row_errors.c.run_id == run_id, row_errors.c.seq.is_not(None)
+                        row_errors.c.run_id == run_id,
+                        row_errors.c.seq.is_not(None),
+                        row_errors.c.kind != "skipped",
                     )
                 ).scalars()
             ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import polars as pl
 import pyarrow as pa
@@ -58,6 +59,12 @@ class ChangeStats:
     """Rows in the snapshot before this run (what the destination holds from this sync)."""
     deletes: int = 0
     """Planned rows whose operation deletes or removes (``delete``, ``remove``)."""
+    left: int = 0
+    """Rows that left the model in an earlier run of a sync that deletes nothing (counted as
+    ``removed`` then, state now); ``left_since``: when the first of them left."""
+    left_since: datetime | None = None
+    held: int = 0
+    """Rows of an ``insert`` sync whose change an earlier run counted (never sent)."""
     settled: list[str] = field(default_factory=list)
     """Of the ``watch_keys`` given to ``build``: keys with nothing to send (their current
     values are already accepted, or the row left both the model and the snapshot)."""
@@ -71,6 +78,9 @@ class ChangeStats:
             "unchanged": self.unchanged,
             "invalid": self.invalid,
             "planned": self.planned,
+            "left": self.left,
+            "held": self.held,
+            **({"left_since": int(self.left_since.timestamp())} if self.left_since else {}),
         }
 
 

@@ -101,11 +101,17 @@ def build(
     if not engine._snapshot_exists():
         cols = ", ".join(q(c) for c in keys + values)
         target = "main.snapshot"
-        con.execute(f"CREATE TABLE {target} AS SELECT {cols}, 0::BIGINT AS _ut_fp FROM model_shape")
+        con.execute(
+            f"CREATE TABLE {target} AS SELECT {cols}, 0::BIGINT AS _ut_fp, {MARKS_SQL} "
+            "FROM model_shape"
+        )
         engine.snapshot = target
     else:
         align_snapshot(engine, values, spec.sync, full=plan.full, keys=keys)
     snap = engine.snapshot
+    left_at, seen = mark_columns(engine)
+    keeps_left = "removed" not in plan.ops  # the mode deletes nothing: a row leaves once
+    holds_changes = "changed" not in plan.ops  # insert: a changed row is never sent
     stats.snapshot = int(engine._one(f"SELECT count(*) FROM {snap}"))
     only_snap = (
         f"WHERE {key_text(keys, 's')} IN (SELECT k FROM only_keys)" if only_keys is not None else ""
@@ -169,10 +175,16 @@ def build(
         s_keys = ", ".join(f"s.{q(k)} AS {q(META + 's_' + k)}" for k in keys)
         joined = " AND ".join(f"m.{q(META + 'm_' + k)} = s.{q(META + 's_' + k)}" for k in keys)
         key0 = keys[0]
+        gone = "'removed'"
+        if keeps_left:  # counted by the run that saw it leave; then state ('left')
+            gone = "CASE WHEN s._ut_left_at IS NULL THEN 'removed' ELSE 'left' END"
+        differs = "'changed'"
+        if holds_changes:  # counted by the run that saw the change; then state ('held')
+            differs = "CASE WHEN s._ut_seen = m._ut_h THEN 'held' ELSE 'changed' END"
         kind = f"""CASE WHEN s.{q(META + "s_" + key0)} IS NULL THEN 'added'
-                        WHEN m.{q(META + "m_" + key0)} IS NULL THEN 'removed'
+                        WHEN m.{q(META + "m_" + key0)} IS NULL THEN {gone}
                         WHEN m._ut_h <> s._ut_h OR s._ut_fp <> {spec.fingerprint}
-                        THEN 'changed' ELSE 'unchanged' END"""
+                        THEN {differs} ELSE 'unchanged' END"""
         # every model row with a key meets the snapshot: a duplicated key that met it
         # comes out once per copy (or not at all if no copy changed)
         con.execute(
@@ -181,11 +193,13 @@ def build(
             SELECT * FROM (
                 SELECT {kind} AS _ut_kind,
                        {", ".join(f"m.{q(META + 'm_' + k)}" for k in keys)},
-                       {", ".join(f"s.{q(META + 's_' + k)}" for k in keys)}
+                       {", ".join(f"s.{q(META + 's_' + k)}" for k in keys)},
+                       m._ut_h AS _ut_mh
                 FROM (SELECT {m_keys}, m._ut_h FROM model m
                       WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}) m
                 FULL OUTER JOIN (SELECT {s_keys}, {row_hash(values, "s")} AS _ut_h,
-                                        s._ut_fp
+                                        s._ut_fp, {left_at} AS _ut_left_at,
+                                        {seen} AS _ut_seen
                                  FROM {snap} s) s ON {joined}
             ) x
             {"" if "unchanged" in kinds_wanted else "WHERE x._ut_kind <> 'unchanged'"}
@@ -194,7 +208,7 @@ def build(
         raw = dict(con.execute("SELECT _ut_kind, count(*) FROM kinds GROUP BY 1").fetchall())
         met_rows = in_scope - int(null_rows) - int(raw.get("added", 0))
         m_key_cols = ", ".join(f"{q(META + 'm_' + k)} AS {q(k)}" for k in keys)
-        if met_rows == stats.snapshot - int(raw.get("removed", 0)):
+        if met_rows == stats.snapshot - int(raw.get("removed", 0)) - int(raw.get("left", 0)):
             # as many rows met the snapshot as keys were met: no met key is duplicated,
             # so only the added keys can be (grouping them skips a pass over the model)
             find_dups(f"(SELECT {m_key_cols} FROM kinds WHERE _ut_kind = 'added') a")
@@ -207,6 +221,8 @@ def build(
                     SELECT k.* FROM kinds k ANTI JOIN dups d ON {m_on}"""
             )
         valid = in_scope - stats.invalid
+        if only_keys is None:  # a retry's diff meets the whole snapshot: it marks nothing
+            mark_rows(engine, stats, keys, keeps_left=keeps_left, holds_changes=holds_changes)
 
         # 2. values, for the planned keys only
         values_rel = "model"
@@ -300,6 +316,81 @@ def build(
     if not engine.dry_run:
         con.execute("CHECKPOINT")
     return stats
+
+
+MARKS_SQL = "NULL::TIMESTAMPTZ AS _ut_left_at, NULL::UBIGINT AS _ut_seen"
+"""The snapshot's marks, NULL on every accepted row (a fold writes them NULL):
+
+``_ut_left_at``: when the row left the model of a sync that deletes nothing (``upsert``,
+``insert``, ``update``): the run that sees it leave counts it as ``removed``, later runs as
+state (``left``), and it is cleared when the row comes back. ``_ut_seen``: the model row's
+hash when an ``insert`` sync (which never sends a change) counted it as ``changed``, so
+later runs count the same values as state (``held``). A mark only decides what is counted,
+never what is sent: a mode that deletes or sends changes ignores them, so switching to
+``mirror`` deletes the rows that left and switching to ``upsert`` sends the held changes.
+(``_ut_seen`` is DuckDB's ``hash()`` of the values: were a DuckDB upgrade to change it, a
+held row would count as changed once more, and still not be sent.)"""
+
+
+def mark_columns(engine: LocalDiffEngine) -> tuple[str, str]:
+    """The snapshot's mark columns as SQL, added to a snapshot written before they existed
+    (a dry run reads them as NULL instead of changing the file)."""
+    have = {r[0] for r in engine.con.execute(f"DESCRIBE {engine.snapshot}").fetchall()}
+    missing = {"_ut_left_at": "TIMESTAMPTZ", "_ut_seen": "UBIGINT"}
+    for col in [c for c in missing if c in have]:
+        missing.pop(col)
+    if missing and not engine.dry_run:
+        for col, sql_type in missing.items():
+            engine.con.execute(f"ALTER TABLE {engine.snapshot} ADD COLUMN {col} {sql_type}")
+        missing = {}
+    return (
+        f"NULL::{missing['_ut_left_at']}" if "_ut_left_at" in missing else "s._ut_left_at",
+        f"NULL::{missing['_ut_seen']}" if "_ut_seen" in missing else "s._ut_seen",
+    )
+
+
+def mark_rows(
+    engine: LocalDiffEngine,
+    stats: ChangeStats,
+    keys: list[str],
+    *,
+    keeps_left: bool,
+    holds_changes: bool,
+) -> None:
+    """Count the rows shown as state (``left``, ``held``) and write the marks of this
+    diff's ``removed`` and ``changed`` rows (see :data:`MARKS_SQL`); a dry run writes none."""
+    con, snap = engine.con, engine.snapshot
+    found = dict(
+        con.execute(
+            "SELECT _ut_kind, count(*) FROM kinds WHERE _ut_kind IN ('left', 'held') GROUP BY 1"
+        ).fetchall()
+    )
+    stats.left, stats.held = int(found.get("left", 0)), int(found.get("held", 0))
+    if not engine.dry_run:
+        by_s = " AND ".join(f"t.{q(k)} = k.{q(META + 's_' + k)}" for k in keys)
+        if keeps_left:
+            # back in the model: no longer left; then this diff's leavers, from now on
+            in_model = " AND ".join(f"t.{q(k)} = m.{q(k)}" for k in keys)
+            con.execute(
+                f"""UPDATE {snap} AS t SET _ut_left_at = NULL WHERE t._ut_left_at IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM model m WHERE {in_model})"""
+            )
+            con.execute(
+                f"""UPDATE {snap} AS t SET _ut_left_at = now() FROM kinds k
+                    WHERE k._ut_kind = 'removed' AND {by_s}"""
+            )
+        if holds_changes:
+            con.execute(
+                f"""UPDATE {snap} AS t SET _ut_seen = k._ut_mh FROM kinds k
+                    WHERE k._ut_kind = 'changed' AND {by_s}"""
+            )
+    if stats.left:
+        since = con.execute(
+            f"SELECT min(_ut_left_at) FROM kinds k JOIN {snap} t ON "
+            + " AND ".join(f"t.{q(k)} = k.{q(META + 's_' + k)}" for k in keys)
+            + " WHERE k._ut_kind = 'left'"
+        ).fetchone()
+        stats.left_since = since[0] if since else None
 
 
 def missing_keys(spec: DiffSpec, names: list[str]) -> None:

@@ -3,6 +3,8 @@
 Per sync, in a scratch schema the user names (default ``undertow``)::
 
     ut_snap_<sync>        (pk..., match columns..., _ut_hash, _ut_fp, _ut_synced_at)
+    ut_left_<sync>,       the snapshot's marks: rows that left the model of a sync that
+    ut_held_<sync>        deletes nothing, changes an insert sync counted (warehouse_build.MARKS)
     ut_plan_<sync>_<run>  the run's change set: _ut_seq, _ut_batch, _ut_key, _ut_fp,
                           _ut_op, _ut_kind, the model's mapped columns, _ut_hash
     ut_inv_<sync>_<run>   rows rejected for a NULL or duplicate primary key
@@ -132,6 +134,9 @@ class WarehouseDiffEngine(DiffEngine):
         self.dialect: str = source.sql_dialect or TEMPLATE
         base = slug(sync, 24)
         self._snap = f"ut_snap_{base}"
+        self._left = f"ut_left_{base}"
+        self._held = f"ut_held_{base}"
+        """The snapshot's marks (:data:`~undertow.pipeline.diff.warehouse_build.MARKS`)."""
         self._base = base
         self._previews: set[str] = set()
         # work tables live for one build or fold: PostgreSQL need not WAL-log them
@@ -522,9 +527,12 @@ class WarehouseDiffEngine(DiffEngine):
                     WHERE p._ut_batch IN (SELECT n FROM {done_t})
                       AND p._ut_seq NOT IN (SELECT n FROM {bad_t})"""
             )
+            marks = [self._t(t) for t in (self._left, self._held) if self._has_table(run, t)]
             try:
                 run.begin()
                 run.execute(f"DELETE FROM {snap} WHERE {self._keys_in(keys, acc_t)}")
+                for table in marks:  # an accepted row is marked no longer
+                    run.execute(f"DELETE FROM {table} WHERE {self._keys_in(keys, acc_t)}")
                 names = ", ".join(ident(c) for c in snap_cols)
                 run.execute(
                     f"""INSERT INTO {snap} ({names}, _ut_hash, _ut_fp, _ut_synced_at)
@@ -565,7 +573,7 @@ class WarehouseDiffEngine(DiffEngine):
 
     def reset(self) -> None:
         with self._session() as run:
-            self._drop(run, [self._t(self._snap)])
+            self._drop(run, [self._t(t) for t in (self._snap, self._left, self._held)])
             if self._has_table(run, "ut_snapshots"):
                 run.execute(f"DELETE FROM {self._t('ut_snapshots')} WHERE sync = {lit(self.sync)}")
         self.discard_all_plans()

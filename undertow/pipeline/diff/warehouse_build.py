@@ -4,6 +4,7 @@ source (see :func:`build_change_set`), and the snapshot rebuild when ``match`` c
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from undertow.pipeline.diff.contract import ChangeStats, DiffSpec, batch_groups
@@ -97,6 +98,21 @@ def build_change_set(
             f"(SELECT {', '.join(picks)}, {empty} AS _ut_hash, CAST(0 AS BIGINT) AS _ut_fp "
             f"FROM {ident(MODEL)} AS m WHERE 1 = 0)"
         )
+    keeps_left = "removed" not in plan.ops  # the mode deletes nothing: a row leaves once
+    holds_changes = "changed" not in plan.ops  # insert: a changed row is never sent
+    left_t, held_t = engine._t(engine._left), engine._t(engine._held)
+    marked = snapshot_exists and ensure_marks(engine, run, keys)
+    if marked:
+        snap_rel = (
+            f"(SELECT s.*, l._ut_left_at, h._ut_seen FROM {snap_rel} AS s "
+            f"LEFT JOIN {left_t} AS l ON {on_keys(keys, 's', 'l')} "
+            f"LEFT JOIN {held_t} AS h ON {on_keys(keys, 's', 'h')})"
+        )
+    else:  # a dry run of a snapshot from before the marks (or of none): no row is marked
+        snap_rel = (
+            f"(SELECT s.*, CAST(NULL AS TIMESTAMP) AS _ut_left_at, "
+            f"CASE WHEN 1 = 0 THEN s._ut_hash END AS _ut_seen FROM {snap_rel} AS s)"
+        )
     for table, wanted in ((only_t, only_keys), (watch_t, watch_keys)):
         run.execute(f"CREATE TABLE {table} (k TEXT)")
         run.insert_values(table, sorted(wanted or ()))
@@ -129,20 +145,27 @@ def build_change_set(
     ]
     hashed = row_hash_sql(values, "m", algorithm=algorithm, types=types)
     full = "unchanged" in plan.ops
+    # marks (see MARKS): a row that left before is 'left', a change counted before 'held'
+    removed = "CASE WHEN s._ut_left_at IS NULL THEN 'removed' ELSE 'left' END"
+    changed = "CASE WHEN s._ut_seen = c._ut_hash THEN 'held' ELSE 'changed' END"
+    back = " OR s._ut_left_at IS NOT NULL" if keeps_left else ""  # its mark is cleared
     run.execute(
         f"""{engine._work_table} {chg} AS
-            SELECT CAST(CASE WHEN {gone} THEN 'removed' WHEN {new} THEN 'added'
-                             WHEN {differs} THEN 'changed' ELSE 'unchanged' END
+            SELECT CAST(CASE WHEN {gone} THEN {removed if keeps_left else "'removed'"}
+                             WHEN {new} THEN 'added'
+                             WHEN {differs} THEN {changed if holds_changes else "'changed'"}
+                             ELSE 'unchanged' END
                         AS TEXT) AS _ut_kind,
                    CASE WHEN {gone} THEN {key_text_sql(keys, "s")}
                         ELSE {key_text_sql(keys, "c")} END AS _ut_key,
                    {", ".join(picks)},
-                   CASE WHEN {gone} THEN s._ut_hash ELSE c._ut_hash END AS _ut_hash
+                   CASE WHEN {gone} THEN s._ut_hash ELSE c._ut_hash END AS _ut_hash,
+                   s._ut_left_at AS _ut_left_at
             FROM (SELECT m.*, {hashed} AS _ut_hash, 1 AS _ut_in
                   FROM {ident(MODEL)} AS m{scope("m")}) AS c
             FULL OUTER JOIN (SELECT * FROM {snap_rel} AS s{scope("s")}) AS s
               ON {on("c", "s")}
-            {"" if full else f"WHERE {gone} OR {new} OR {differs}"}""",
+            {"" if full else f"WHERE {gone} OR {new} OR {differs}{back}"}""",
         columns,
     )
 
@@ -155,7 +178,7 @@ def build_change_set(
     not_null = " AND ".join(f"{ident(k)} IS NOT NULL" for k in keys)
     any_null = " OR ".join(f"{ident(k)} IS NULL" for k in keys)
     met_rows = in_scope - counts.get("added", 0)
-    if consistent and met_rows == met_snapshot - counts.get("removed", 0):
+    if consistent and met_rows == met_snapshot - counts.get("removed", 0) - counts.get("left", 0):
         # no key that met the snapshot is duplicated: only added keys can be
         grouped, model_cols = f"{chg} WHERE _ut_kind = 'added' AND {not_null}", None
     else:
@@ -190,6 +213,12 @@ def build_change_set(
     stats.changed = counts.get("changed", 0)
     stats.removed = counts.get("removed", 0)
     stats.unchanged = in_scope - stats.invalid - stats.added - stats.changed
+    stats.left, stats.held = counts.get("left", 0), counts.get("held", 0)
+    if stats.left:
+        since = run.rows(f"SELECT MIN(_ut_left_at) FROM {chg} WHERE _ut_kind = 'left'")
+        stats.left_since = as_utc(since[0][0] if since else None)
+    if marked and not engine.dry_run:
+        mark_rows(run, chg, left_t if keeps_left else None, held_t if holds_changes else None, keys)
 
     groups = batch_groups(plan, counts, batch_size)
     stats.total_batches = groups.total_batches
@@ -225,6 +254,82 @@ def build_change_set(
     )
     run.commit()
     return stats
+
+
+MARKS = """The snapshot's marks, kept beside it in two small tables (a row only while marked):
+
+``ut_left_<sync>`` (key, ``_ut_left_at``): the row left the model of a sync that deletes
+nothing; the run that saw it leave counted it as ``removed``, later runs count it as state
+(``left``), and the mark goes when the row comes back. ``ut_held_<sync>`` (key,
+``_ut_seen``): the model row's hash when an ``insert`` sync (which never sends a change)
+counted it as ``changed``; later runs count the same values as state (``held``). An
+accepted row loses its marks (``fold``). A mark decides only what is counted, never what
+is sent: a mode that deletes or sends changes ignores it."""
+
+
+def on_keys(keys: list[str], a: str, b: str) -> str:
+    return " AND ".join(f"{a}.{ident(k)} = {b}.{ident(k)}" for k in keys)
+
+
+def ensure_marks(engine: WarehouseDiffEngine, run: Runner, keys: list[str]) -> bool:
+    """Create the mark tables (:data:`MARKS`) a snapshot lacks; False when a dry run finds
+    them missing (it reads every row as unmarked and writes nothing)."""
+    have = [engine._has_table(run, t) for t in (engine._left, engine._held)]
+    if all(have):
+        return True
+    if engine.dry_run:
+        return False
+    snap = engine._t(engine._snap)
+    cols = ", ".join(f"s.{ident(k)}" for k in keys)
+    if not have[0]:
+        run.execute(
+            f"CREATE TABLE {engine._t(engine._left)} AS SELECT {cols}, "
+            f"s._ut_synced_at AS _ut_left_at FROM {snap} AS s WHERE 1 = 0"
+        )
+    if not have[1]:
+        run.execute(
+            f"CREATE TABLE {engine._t(engine._held)} AS SELECT {cols}, "
+            f"s._ut_hash AS _ut_seen FROM {snap} AS s WHERE 1 = 0"
+        )
+    return True
+
+
+def mark_rows(
+    run: Runner, chg: str, left_t: str | None, held_t: str | None, keys: list[str]
+) -> None:
+    """Write this diff's marks: rows back in the model lose their ``left`` mark, rows that
+    left now get one; changed rows of an ``insert`` sync get their hash as ``held``."""
+    key = key_text_sql(keys, "")
+    cols = ", ".join(ident(k) for k in keys)
+    if left_t is not None:
+        run.execute(
+            f"""DELETE FROM {left_t} WHERE {key} IN
+                (SELECT _ut_key FROM {chg} WHERE _ut_kind NOT IN ('removed', 'left'))"""
+        )
+        run.execute(
+            f"""INSERT INTO {left_t} ({cols}, _ut_left_at)
+                SELECT {cols}, CURRENT_TIMESTAMP FROM {chg} WHERE _ut_kind = 'removed'"""
+        )
+    if held_t is not None:
+        run.execute(
+            f"""DELETE FROM {held_t} WHERE {key} IN
+                (SELECT _ut_key FROM {chg} WHERE _ut_kind = 'changed')"""
+        )
+        run.execute(
+            f"""INSERT INTO {held_t} ({cols}, _ut_seen)
+                SELECT {cols}, _ut_hash FROM {chg} WHERE _ut_kind = 'changed'"""
+        )
+
+
+def as_utc(value: object) -> datetime | None:
+    """A timestamp as the warehouse's driver returns it, as an aware UTC datetime."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)  # chDB answers epoch seconds
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def recarry(
