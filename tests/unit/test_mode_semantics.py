@@ -5,6 +5,7 @@ that does not delete are counted as removed once, then shown as state."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import project_support as support
@@ -212,3 +213,30 @@ def test_a_retry_marks_no_other_row_as_left(tmp_path: Path, script: Script, engi
         assert after.counts["left"] == 0
     finally:
         project.close()
+
+
+def test_undertow_runs_shows_the_rows_that_left_as_state_and_the_skipped_count(
+    tmp_path: Path, script: Script
+) -> None:
+    from typer.testing import CliRunner
+
+    from undertow.cli import app
+
+    project = project_with(tmp_path, "update", "local")
+    try:
+        script.state[(None, "1")] = {"email": "x"}
+        support.run_one(project, "users")  # rows 2-5: skipped
+        support.warehouse(tmp_path, "delete from users where id = 1")
+        support.run_one(project, "users")  # row 1 leaves: removed
+        support.run_one(project, "users")  # then state
+    finally:
+        project.close()
+    cli = CliRunner()
+    shown = cli.invoke(app, ["runs", "users", "--project", str(tmp_path)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "skipped" in shown.output
+    assert "state: 1 row(s) have left the model since 20" in shown.output
+    as_json = cli.invoke(app, ["runs", "users", "--json", "--project", str(tmp_path)])
+    runs = json.loads(as_json.output)
+    assert [r["skipped"] for r in runs] == [0, 0, 4]  # newest first
+    assert runs[0]["left"] == 1 and runs[0]["state"]
