@@ -106,14 +106,14 @@ class _TimedConnection:
 def _instrument() -> None:
     from undertow.destinations.base import Batch
     from undertow.destinations.webhook import WebhookDestination
-    from undertow.pipeline import run
+    from undertow.pipeline import extract, run
     from undertow.pipeline.diff import LocalDiffEngine
     from undertow.pipeline.map import CompiledMapping
     from undertow.pipeline.record import Recorder
 
     _timed(run, "compile_for", "compile")
     _timed(run.SyncRun, "_extract_and_diff", "extract_diff")
-    _timed_iter(run._CountingReader, "batches", "extract_read")
+    _timed_iter(extract.CountingReader, "batches", "extract_read")
     _timed(LocalDiffEngine, "build", "diff_build")
     _timed(run.SyncRun, "_deliver_and_record", "deliver_record")
     _timed_iter(run.SyncRun, "_works", "worker_total")
