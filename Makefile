@@ -46,10 +46,10 @@ test-orchestrators: $(ORCH)/bin/dbt ## Airflow, Dagster and dbt (exposures parse
 dbt-fixtures: $(ORCH)/bin/dbt ## rebuild the dbt projects' target/ artifacts under tests/fixtures with real dbt-duckdb
 	$(ORCH)/bin/python tests/fixtures/dbt/build.py
 
-test-warehouses: ## Snowflake (fakesnow) and ClickHouse (chDB) sources in their own venv (.venv-warehouses)
+test-warehouses: ## Snowflake (fakesnow: source and table destination) and ClickHouse (chDB) in their own venv (.venv-warehouses)
 	test -x .venv-warehouses/bin/pytest || $(PY) -m venv .venv-warehouses
 	.venv-warehouses/bin/pip install -q -e '.[dev,snowflake,clickhouse,warehouse-emulators]'
-	.venv-warehouses/bin/pytest tests/unit/test_source_clickhouse.py tests/integration/test_source_snowflake.py tests/integration/test_diff_engines.py tests/integration/test_access_emulators.py tests/integration/test_sync_logs.py -m warehouses -p no:cacheprovider -n $(PYTEST_WORKERS) --dist load
+	.venv-warehouses/bin/pytest tests/unit/test_source_clickhouse.py tests/integration/test_source_snowflake.py tests/integration/test_snowflake_destination.py tests/integration/test_diff_engines.py tests/integration/test_access_emulators.py tests/integration/test_sync_logs.py -m warehouses -p no:cacheprovider -n $(PYTEST_WORKERS) --dist load
 
 test-fast: $(STAMP) ## unit tests only
 	$(BIN)/pytest tests/unit -q -m "not warehouses"

@@ -219,8 +219,31 @@ class TableDestination(Destination[ConfigT]):
     def qualified(self) -> str:
         """The table's name as users write it (``schema.table``)."""
 
-    def where(self) -> str:
-        return f"{self.name} destination {self.instance_name!r} (table {self.qualified})"
+    def where(self, sync: str | None = None) -> str:
+        """Who failed, for messages: the sync (when a batch is known), the destination, the table."""
+        head = f"sync {sync!r}: " if sync else ""
+        return f"{head}{self.name} destination {self.instance_name!r} (table {self.qualified})"
+
+    def fatal(
+        self, message: str, *, hint: str | None = None, sync: str | None = None
+    ) -> FatalDeliveryError:
+        """A fatal error about this table, naming the sync when it is known."""
+        return FatalDeliveryError(
+            f"{self.where(sync)}: {message}", hint=hint, sync=sync, destination=self.instance_name
+        )
+
+    def import_driver(self, module: str, package: str, extra: str, sync: str | None = None) -> Any:
+        """Import the driver ``module``, or fail naming this destination and the extra to install."""
+        import importlib
+
+        try:
+            return importlib.import_module(module)
+        except ImportError:
+            raise self.fatal(
+                f"the {package!r} driver is not installed",
+                hint=f'pip install "undertow[{extra}]"',
+                sync=sync,
+            ) from None
 
     capabilities: ClassVar[Capabilities] = Capabilities(
         operations=TABLE_OPERATIONS,
@@ -237,52 +260,65 @@ class TableDestination(Destination[ConfigT]):
     def unique_index_statement(self, match: Sequence[str]) -> str:
         return f"CREATE UNIQUE INDEX ON {self.qualified} ({', '.join(match)});"
 
-    def unique_index_error(self, match: Sequence[str]) -> FatalDeliveryError:
-        return FatalDeliveryError(
-            f"{self.where()}: upsert needs a unique index (or primary key) on exactly the "
+    def unique_index_error(
+        self, match: Sequence[str], sync: str | None = None
+    ) -> FatalDeliveryError:
+        return self.fatal(
+            "upsert needs a unique index (or primary key) on exactly the "
             f"match column(s) ({', '.join(match)}), and the table has none",
             hint=f"run: {self.unique_index_statement(match)}  (or use mode insert)",
+            sync=sync,
         )
 
-    def missing_table(self) -> FatalDeliveryError:
-        return FatalDeliveryError(
-            f"{self.where()}: the table does not exist",
-            hint="create it, or set `create_table: true` to create it from the first batch",
+    def missing_table(self, sync: str | None = None) -> FatalDeliveryError:
+        return self.fatal(
+            "the table does not exist",
+            hint=self.missing_table_hint(),
+            sync=sync,
         )
+
+    def missing_table_hint(self) -> str:
+        return "create it, or set `create_table: true` to create it from the first batch"
 
     def check_table(
-        self, table: TableInfo | None, operation: Operation | None, match: Sequence[str]
+        self,
+        table: TableInfo | None,
+        operation: Operation | None,
+        match: Sequence[str],
+        sync: str | None = None,
     ) -> None:
         """Raise what stops a sync on this table: missing table, columns, unique index."""
         if table is None:
             if self.table_config.create_table:
                 return
-            raise self.missing_table()
+            raise self.missing_table(sync)
         absent = [m for m in match if not _has(table.columns, m)]
         if absent:
-            raise FatalDeliveryError(
-                f"{self.where()}: match column(s) {', '.join(absent)} are not columns of the table",
+            raise self.fatal(
+                f"match column(s) {', '.join(absent)} are not columns of the table",
                 hint=f"columns are: {', '.join(table.columns)}; fix the sync's `match:`",
+                sync=sync,
             )
         upsert = operation in (None, Operation.UPSERT)
         if match and upsert and self.needs_unique_index:
             wanted = frozenset(m.lower() for m in match)
             if not any(frozenset(c.lower() for c in s) == wanted for s in table.unique_sets):
-                raise self.unique_index_error(match)
+                raise self.unique_index_error(match, sync)
 
     def match_of(self, batch: Batch) -> list[str]:
         operation = batch.operation
         if operation not in TABLE_OPERATIONS:
-            raise FatalDeliveryError(
-                f"{self.where()}: operation {operation.value!r} is not supported "
-                "(upsert, insert, update, delete are)"
+            raise self.fatal(
+                f"operation {operation.value!r} is not supported (upsert, insert, update, "
+                "delete are)",
+                sync=batch.sync,
             )
         match = list(batch.identifiers)
         if not match and operation is not Operation.INSERT:
-            raise FatalDeliveryError(
-                f"{self.where()}: sync {batch.sync!r} in mode {operation.value} needs `match:` "
-                "naming the key column(s) of the table",
+            raise self.fatal(
+                f"mode {operation.value} needs `match:` naming the key column(s) of the table",
                 hint="add e.g. `match: {id: id}` to the sync",
+                sync=batch.sync,
             )
         return match
 
@@ -311,8 +347,9 @@ class SyncTable(TableDestination[ConfigT]):
     # -- what a dialect implements ---------------------------------------------------------
 
     @abstractmethod
-    def connect(self) -> Any:
-        """A DB-API connection (autocommit off); raise Fatal/RetryableError with a hint."""
+    def connect(self, sync: str | None = None) -> Any:
+        """A DB-API connection (autocommit off); raise Fatal/RetryableError with a hint,
+        naming ``sync`` (the sync of the first batch; None for ``check``)."""
 
     @abstractmethod
     def load_table(self, conn: Any) -> TableInfo | None:
@@ -321,9 +358,10 @@ class SyncTable(TableDestination[ConfigT]):
     @abstractmethod
     def create_table(self, conn: Any, kinds: dict[str, Kind], match: list[str]) -> None: ...
 
-    @abstractmethod
     def statement(self, operation: Operation, fields: tuple[str, ...], match: list[str]) -> str:
-        """One parameterised statement for rows carrying ``fields``."""
+        """One parameterised statement for rows carrying ``fields`` (what the default
+        :meth:`apply` runs; a dialect that overrides :meth:`apply` may build its own)."""
+        raise NotImplementedError(f"{type(self).__name__} has no statement()")
 
     @abstractmethod
     def driver_errors(self) -> tuple[type[BaseException], ...]:
@@ -342,6 +380,10 @@ class SyncTable(TableDestination[ConfigT]):
 
     def row_message(self, exc: BaseException) -> str:
         return f"{self.vendor} refused the row: {' '.join(str(exc).split())}"
+
+    def failure_hint(self, exc: BaseException) -> str:
+        """What to do about a batch that failed with ``exc`` (not a row's fault)."""
+        return "the batch was rolled back; fix the table or the sync and run again"
 
     def run_group(
         self, cur: Any, operation: Operation, group: Group, sql: str, match: list[str]
@@ -371,9 +413,8 @@ class SyncTable(TableDestination[ConfigT]):
     # -- the shared write path -------------------------------------------------------------
 
     async def open(self) -> None:
-        async with self._lock:
-            if self._conn is None:
-                self._conn = await asyncio.to_thread(self.connect)
+        """Nothing yet: the first batch connects, so a refused login names its sync and a
+        transient connection failure is retried like any batch."""
 
     async def close(self) -> None:
         async with self._lock:
@@ -386,7 +427,15 @@ class SyncTable(TableDestination[ConfigT]):
         async with self._lock:
             if self._conn is None:
                 self._conn = await asyncio.to_thread(self.connect)
-            table = await asyncio.to_thread(self._fresh_table, self._conn)
+            try:
+                table = await asyncio.to_thread(self._fresh_table, self._conn)
+            except self.driver_errors() as exc:
+                from undertow.redact import redact
+
+                raise self.fatal(
+                    f"cannot read the table's columns: {redact(' '.join(str(exc).split()))}",
+                    hint=self.failure_hint(exc),
+                ) from None
             self.check_table(table, operation, match)
 
     def _fresh_table(self, conn: Any) -> TableInfo | None:
@@ -398,7 +447,7 @@ class SyncTable(TableDestination[ConfigT]):
     async def write_batch(self, batch: Batch) -> BatchResult:
         async with self._lock:
             if self._conn is None:
-                self._conn = await asyncio.to_thread(self.connect)
+                self._conn = await asyncio.to_thread(self.connect, batch.sync)
             try:
                 return await asyncio.to_thread(self._write, self._conn, batch)
             except self.driver_errors() as exc:
@@ -410,9 +459,11 @@ class SyncTable(TableDestination[ConfigT]):
                 conn, self._conn = self._conn, None
                 await asyncio.to_thread(_quiet_close, conn)
                 raise RetryableError(
-                    f"{self.where()}: the connection failed during batch {batch.number}: "
-                    f"{redact(' '.join(str(exc).split()))}",
+                    f"{self.where(batch.sync)}: the connection failed during batch "
+                    f"{batch.number}: {redact(' '.join(str(exc).split()))}",
                     hint="the batch was rolled back and is retried",
+                    sync=batch.sync,
+                    destination=self.instance_name,
                 ) from None
 
     def _write(self, conn: Any, batch: Batch) -> BatchResult:
@@ -427,7 +478,7 @@ class SyncTable(TableDestination[ConfigT]):
                 self._table = self._fresh_table(conn)
             if self._table is None:
                 if not self.table_config.create_table:
-                    raise self.missing_table()
+                    raise self.missing_table(batch.sync)
                 if operation is Operation.DELETE:
                     return BatchResult(rejected=rejected)  # nothing to delete
                 self.begin(conn)
@@ -435,41 +486,54 @@ class SyncTable(TableDestination[ConfigT]):
                 conn.commit()
                 self._table = self._fresh_table(conn)
                 assert self._table is not None
-            self.check_table(self._table, operation, match)
+            self.check_table(self._table, operation, match, batch.sync)
             groups = group_rows(
                 operation, rows, match, self._table.columns, rejected, self.qualified
             )
-            if not groups:
-                return BatchResult(rejected=rejected)
-            statements = [(g, self.statement(operation, g.fields, match)) for g in groups]
-            try:
-                self.begin(conn)
-                cur = self.cursor(conn)
-                for group, sql in statements:
-                    for index in self.run_group(cur, operation, group, sql, match):
-                        rejected[index] = not_found(batch, index, match, self.qualified)
-                conn.commit()
-                return BatchResult(rejected=rejected)
-            except self.driver_errors() as exc:
-                if not self.is_row_error(exc):
-                    raise
-                conn.rollback()
-            # one row spoiled the batch: replay row by row to reject only the bad ones
-            for group, _ in statements:
-                for index in group.indexes:
-                    rejected.pop(index, None)
-            self._replay(conn, batch, statements, match, rejected)
+            if groups:
+                self.apply(conn, batch, groups, match, rejected)
             return BatchResult(rejected=rejected)
         except self.driver_errors() as exc:
             if self.is_connection_error(exc):
                 raise
             _quiet_rollback(conn)
             self._table = None  # the table may have changed under us: look again
-            raise FatalDeliveryError(
-                f"{self.where()}: batch {batch.number} ({operation.value}) failed: "
+            raise self.fatal(
+                f"batch {batch.number} ({operation.value}) failed: "
                 f"{redact(' '.join(str(exc).split()))}",
-                hint="the batch was rolled back; fix the table or the sync and run again",
+                hint=self.failure_hint(exc),
+                sync=batch.sync,
             ) from None
+
+    def apply(
+        self,
+        conn: Any,
+        batch: Batch,
+        groups: list[Group],
+        match: list[str],
+        rejected: dict[int, str],
+    ) -> None:
+        """Write the groups in one transaction, adding to ``rejected`` the rows refused;
+        when a row spoils the transaction, replay the batch row by row."""
+        operation = batch.operation
+        statements = [(g, self.statement(operation, g.fields, match)) for g in groups]
+        try:
+            self.begin(conn)
+            cur = self.cursor(conn)
+            for group, sql in statements:
+                for index in self.run_group(cur, operation, group, sql, match):
+                    rejected[index] = not_found(batch, index, match, self.qualified)
+            conn.commit()
+            return
+        except self.driver_errors() as exc:
+            if not self.is_row_error(exc):
+                raise
+            conn.rollback()
+        # one row spoiled the batch: replay row by row to reject only the bad ones
+        for group, _ in statements:
+            for index in group.indexes:
+                rejected.pop(index, None)
+        self._replay(conn, batch, statements, match, rejected)
 
     def _replay(
         self,

@@ -36,7 +36,7 @@ from undertow.destinations._table import (
     arrow_of,
 )
 from undertow.destinations.base import Capabilities, DestinationConfig, Operation
-from undertow.errors import FatalDeliveryError, RetryableError
+from undertow.errors import RetryableError
 
 UPSERT_DOC = "https://duckdb.org/docs/stable/sql/statements/insert#on-conflict-clause"
 _TYPES = {
@@ -89,20 +89,23 @@ class DuckDBDestination(SyncTable[DuckDBConfig]):
         cols = ", ".join(_q(m) for m in match)
         return f"CREATE UNIQUE INDEX undertow_match ON {self._target()} ({cols});"
 
-    def connect(self) -> Any:
+    def connect(self, sync: str | None = None) -> Any:
         import duckdb
 
         if not self.path.parent.is_dir():
-            raise FatalDeliveryError(
-                f"{self.where()}: folder {str(self.path.parent)!r} does not exist",
+            raise self.fatal(
+                f"folder {str(self.path.parent)!r} does not exist",
                 hint=f"create it (mkdir -p {self.path.parent}) or fix `path`",
+                sync=sync,
             )
         try:
             conn = duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
             raise RetryableError(
-                f"{self.where()}: cannot open {self.path}: {exc}",
+                f"{self.where(sync)}: cannot open {self.path}: {exc}",
                 hint="another process may hold the file open (DuckDB allows one writer)",
+                sync=sync,
+                destination=self.instance_name,
             ) from None
         return conn
 

@@ -25,7 +25,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from undertow.destinations._table import Kind, SyncTable, TableConfig, TableInfo
 from undertow.destinations.base import DestinationConfig, Operation
-from undertow.errors import FatalDeliveryError, RetryableError
+from undertow.errors import RetryableError
 from undertow.redact import redact, register_secret
 from undertow.sources.base import missing_driver
 
@@ -132,7 +132,7 @@ class MySQLDestination(SyncTable[MySQLConfig]):
         cols = ", ".join(_q(m) for m in match)
         return f"CREATE UNIQUE INDEX undertow_match ON {_q(self.config.table)} ({cols});"
 
-    def connect(self) -> Any:
+    def connect(self, sync: str | None = None) -> Any:
         pymysql = _pymysql()
         from pymysql.constants import CLIENT
 
@@ -148,14 +148,17 @@ class MySQLDestination(SyncTable[MySQLConfig]):
             code = exc.args[0] if exc.args else None
             text = redact(" ".join(str(exc).split()))
             if code in _AUTH_CODES:
-                raise FatalDeliveryError(
-                    f"{self.where()}: cannot log in or use the database: {text}",
+                raise self.fatal(
+                    f"cannot log in or use the database: {text}",
                     hint="check the user, password and database in the destination's config, "
                     "and the user's GRANTs",
+                    sync=sync,
                 ) from None
             raise RetryableError(
-                f"{self.where()}: cannot connect: {text}",
+                f"{self.where(sync)}: cannot connect: {text}",
                 hint="check the host and port, and that the server is running and reachable",
+                sync=sync,
+                destination=self.instance_name,
             ) from None
 
     def driver_errors(self) -> tuple[type[BaseException], ...]:

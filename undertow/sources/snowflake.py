@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyarrow as pa
-from pydantic import Field, SecretStr, model_validator
 
 from undertow.errors import ModelError, SourceError
-from undertow.redact import register_secret
 from undertow.sources import _access, _cloud
+from undertow.sources import _snowflake_login as _login
+from undertow.sources._snowflake_login import SnowflakeConnection
 from undertow.sources.base import (
     DEFAULT_BATCH_ROWS,
     AccessProblem,
@@ -37,11 +35,6 @@ from undertow.sources.base import (
 )
 
 DIALECT = "snowflake"
-_SESSION_PARAMETERS: dict[str, Any] = {
-    "TIMEZONE": "UTC",
-    "QUOTED_IDENTIFIERS_IGNORE_CASE": False,
-    "QUERY_TAG": "undertow",
-}
 _AT = re.compile(r"line (\d+) at position (\d+)")
 
 # snowflake.connector.constants.FIELD_TYPES: type_code -> name
@@ -50,65 +43,11 @@ _TIMESTAMP_LTZ, _TIMESTAMP_TZ, _TIMESTAMP_NTZ, _OBJECT, _ARRAY, _BINARY = 6, 7, 
 _TIME, _BOOLEAN, _GEOGRAPHY, _GEOMETRY, _VECTOR = 12, 13, 14, 15, 16
 
 
-class SnowflakeConfig(SourceConfig):
-    """``type: snowflake``: an account and a user, with a password, a key pair or another
-    authenticator; ``url`` (``snowflake://user:password@account/database/schema?warehouse=..``)
-    fills the keys it names."""
+class SnowflakeConfig(SnowflakeConnection, SourceConfig):
+    """``type: snowflake``: the connection keys the Snowflake destination shares
+    (:class:`~undertow.sources._snowflake_login.SnowflakeConnection`)."""
 
     type: Literal["snowflake"] = "snowflake"
-    url: SecretStr | None = None
-    account: str | None = None
-    """The account identifier, ``orgname-account_name`` (or the legacy locator)."""
-    user: str | None = None
-    password: SecretStr | None = None
-    private_key: SecretStr | None = None
-    """A PEM private key (key-pair authentication), its text; or ``private_key_file``."""
-    private_key_file: str | None = None
-    private_key_passphrase: SecretStr | None = None
-    authenticator: str | None = None
-    """``snowflake`` (default), ``externalbrowser``, ``oauth`` (with ``token``), ..."""
-    token: SecretStr | None = None
-    warehouse: str | None = None
-    role: str | None = None
-    database: str | None = None
-    schema_: str | None = Field(default=None, alias="schema")
-    host: str | None = None
-    """Only for a private-link host or a local emulator; derived from ``account`` otherwise."""
-    port: int | None = None
-    protocol: Literal["https", "http"] = "https"
-    login_timeout: int = 30
-    """Seconds to wait for the login."""
-
-    @model_validator(mode="after")
-    def _complete(self) -> SnowflakeConfig:
-        if self.url is not None:
-            self._apply_url(self.url.get_secret_value())
-        if not self.account or not self.user:
-            raise ValueError("set `account` and `user` (or a `url` naming both)")
-        if self.private_key is not None and self.private_key_file is not None:
-            raise ValueError("set `private_key` or `private_key_file`, not both")
-        return self
-
-    def _apply_url(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "snowflake":
-            raise ValueError("`url` must start with snowflake://")
-        path = [unquote(p) for p in parts.path.strip("/").split("/") if p]
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        given = {
-            "account": parts.hostname,
-            "user": unquote(parts.username) if parts.username else None,
-            "database": path[0] if path else None,
-            "schema_": path[1] if len(path) > 1 else None,
-            "warehouse": query.get("warehouse"),
-            "role": query.get("role"),
-            "authenticator": query.get("authenticator"),
-        }
-        for key, value in given.items():
-            if value is not None and getattr(self, key) is None:
-                object.__setattr__(self, key, value)
-        if parts.password and self.password is None:
-            object.__setattr__(self, "password", SecretStr(unquote(parts.password)))
 
 
 class SnowflakeSource(Source):
@@ -122,12 +61,7 @@ class SnowflakeSource(Source):
 
     def __init__(self, config: SourceConfig, *, name: str, base_dir: str = ".") -> None:
         super().__init__(config, name=name, base_dir=base_dir)
-        config = self.config
-        for secret in (config.password, config.private_key, config.private_key_passphrase):
-            register_secret(secret.get_secret_value() if secret else None)
-        register_secret(config.token.get_secret_value() if config.token else None)
-        if config.url is not None:
-            register_secret(urlsplit(config.url.get_secret_value()).password)
+        self.config.register_secrets()
 
     def quote_identifier(self, name: str) -> str:
         return _cloud.quote(name, DIALECT)
@@ -216,71 +150,12 @@ class SnowflakeSource(Source):
 
     def connect_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``snowflake.connector.connect`` (secrets included)."""
-        c = self.config
-        kwargs: dict[str, Any] = {
-            "account": c.account,
-            "user": c.user,
-            "warehouse": c.warehouse,
-            "role": c.role,
-            "database": c.database,
-            "schema": c.schema_,
-            "login_timeout": c.login_timeout,
-            "session_parameters": dict(_SESSION_PARAMETERS),
-            "arrow_number_to_decimal": True,
-            "application": "undertow",
-        }
-        if c.password is not None:
-            kwargs["password"] = c.password.get_secret_value()
-        if c.authenticator:
-            kwargs["authenticator"] = c.authenticator
-        if c.token is not None:
-            kwargs["token"] = c.token.get_secret_value()
-        key = self._private_key()
-        if key is not None:
-            kwargs["private_key"] = key
-        if c.host:
-            kwargs.update(host=c.host, protocol=c.protocol)
-        if c.port:
-            kwargs["port"] = c.port
-        return {k: v for k, v in kwargs.items() if v is not None}
+        return _login.connect_kwargs(
+            self.config, base_dir=self.base_dir, who=self._who(), error=_source_error
+        )
 
-    def _private_key(self) -> bytes | None:
-        """The PEM key as DER (PKCS#8), the form the connector takes."""
-        c = self.config
-        if c.private_key is None and c.private_key_file is None:
-            return None
-        if c.private_key is not None:
-            pem = c.private_key.get_secret_value().encode()
-        else:
-            path = Path(self.base_dir, str(c.private_key_file)).expanduser()
-            try:
-                pem = path.read_bytes()
-            except OSError as exc:
-                raise SourceError(
-                    f"source {self.instance_name!r}: cannot read private_key_file {path}: "
-                    f"{exc.strerror}",
-                    hint="fix `private_key_file` (relative paths start at the project folder)",
-                ) from None
-        serialization = _cloud.driver(
-            "cryptography.hazmat.primitives.serialization", "cryptography", "snowflake"
-        )
-        passphrase = c.private_key_passphrase
-        try:
-            key = serialization.load_pem_private_key(
-                pem, password=passphrase.get_secret_value().encode() if passphrase else None
-            )
-        except (ValueError, TypeError) as exc:
-            raise SourceError(
-                f"source {self.instance_name!r}: the private key cannot be loaded: {exc}",
-                hint="give the PEM text of a PKCS#8 key (-----BEGIN PRIVATE KEY-----, or "
-                "ENCRYPTED PRIVATE KEY with `private_key_passphrase`)",
-            ) from None
-        der: bytes = key.private_bytes(
-            encoding=serialization.Encoding.DER,
-            format=serialization.PrivateFormat.PKCS8,
-            encryption_algorithm=serialization.NoEncryption(),
-        )
-        return der
+    def _who(self) -> str:
+        return f"source {self.instance_name!r}"
 
     def _connect(self) -> Any:
         sf = _snowflake()
@@ -290,30 +165,8 @@ class SnowflakeSource(Source):
             raise self._connect_error(exc) from None
 
     def _connect_error(self, exc: BaseException) -> SourceError:
-        text = _cloud.first_line(exc)
-        lowered = text.lower()
-        who = f"source {self.instance_name!r}"
-        where = f"snowflake account {self.config.account!r}"
-        errno = getattr(exc, "errno", None)
-        if errno in (250001, 390100, 390144) or "incorrect username or password" in lowered:
-            return SourceError(
-                f"{who}: {where} refused user {self.config.user!r}: {text}",
-                hint="check `user` and the password or key (never shown); for key-pair auth, "
-                "the public key must be set on the user: ALTER USER <user> SET RSA_PUBLIC_KEY='...';",
-            )
-        if "role" in lowered and ("not exist" in lowered or "not authorized" in lowered):
-            return SourceError(
-                f"{who}: {text}",
-                hint=f"grant the role to the user: GRANT ROLE {self.config.role} TO USER "
-                f"{self.config.user}; or fix `role`",
-            )
-        if errno in (250003, 251011, 251012) or "timed out" in lowered or "resolve" in lowered:
-            return SourceError(
-                f"{who}: cannot reach {where}: {text}",
-                hint="check `account` is the account identifier (orgname-account_name, as in "
-                "https://<account>.snowflakecomputing.com) and that this machine reaches it",
-            )
-        return SourceError(f"{who}: cannot connect to {where}: {text}")
+        problem = _login.login_problem(exc, self.config, self._who())
+        return SourceError(problem.message, hint=problem.hint)
 
     def _model_error(self, exc: BaseException, text: str, *, model: str) -> ModelError:
         message = " ".join(
@@ -394,9 +247,11 @@ def schema_of(metadata: Any) -> pa.Schema:
 
 
 def _snowflake() -> Any:
-    sf = _cloud.driver("snowflake.connector", "snowflake-connector-python", "snowflake")
-    _cloud.driver("snowflake.connector.errors", "snowflake-connector-python", "snowflake")
-    return sf
+    return _login.connector()
+
+
+def _source_error(message: str, hint: str | None) -> SourceError:
+    return SourceError(message, hint=hint)
 
 
 class SnowflakeAccess(_access.WarehouseAccess):
