@@ -23,6 +23,7 @@ PART4 = (
     "mysql",
     "mariadb",
     "duckdb",
+    "snowflake",
     "s3",
     "sftp",
 )
