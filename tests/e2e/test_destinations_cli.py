@@ -71,6 +71,40 @@ def test_fake_serves_a_destination_in_the_foreground_until_ctrl_c() -> None:
             proc.communicate()
 
 
+def test_fake_options_declare_the_account_a_project_needs() -> None:
+    """A project mapping its own HubSpot properties validates against `undertow fake`."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [UNDERTOW, "fake", "hubspot", "--port", str(port), "--json",
+         "-o", 'properties={"contacts": ["plan", "seats"]}', "-o", "rate_limit_per_10s=50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        announced = json.loads(proc.stdout.readline())
+        request = urllib.request.Request(
+            f"{announced['url']}/crm/v3/properties/contacts",
+            headers={"Authorization": f"Bearer {announced['credential']}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            names = {p["name"] for p in json.loads(answer.read())["results"]}
+        assert {"plan", "seats", "email"} <= names
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
+
+    typo = undertow("fake", "hubspot", "-o", "propertys={}")
+    assert typo.returncode == 1 and "has no such option" in typo.stderr, typo.stderr
+    assert "did you mean 'properties'" in typo.stderr and "Traceback" not in typo.stderr
+    shape = undertow("fake", "hubspot", "-o", "properties")
+    assert shape.returncode == 1 and "expected NAME=VALUE" in shape.stderr, shape.stderr
+    wrong = undertow("fake", "hubspot", "-o", 'properties={"gadgets": ["x"]}')
+    assert wrong.returncode == 1 and "refused --option properties" in wrong.stderr, wrong.stderr
+    assert "gadgets" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
 def test_fake_of_a_type_without_one_says_which_have_one() -> None:
     done = undertow("fake", "memory")
     assert done.returncode == 1

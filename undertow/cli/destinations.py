@@ -67,11 +67,24 @@ def fake(
         bool,
         typer.Option("--demo-limits", help="The raised limits of its demo, not the vendor's."),
     ] = False,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help="NAME=VALUE passed to the fake (VALUE as JSON, else text; repeat), e.g. "
+            '-o \'properties={"contacts": ["plan"]}\' for HubSpot.',
+        ),
+    ] = None,
     json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Serve a destination type's local fake on 127.0.0.1 until Ctrl-C (at the vendor's
-    default limits; GET /__undertow_fake__/stats says what it did)."""
+    default limits; GET /__undertow_fake__/stats says what it did).
+
+    ``--option`` sets what the fake's account holds or how it behaves (its constructor's
+    keyword arguments: a HubSpot portal's custom ``properties``, a rate limit); an unknown
+    name is refused with the names the fake takes."""
     from undertow.destinations.catalog import fake_class
     from undertow.registry import destination_class
     from undertow.testing.server import free_port, start_server
@@ -82,8 +95,21 @@ def fake(
         cls = fake_class(type_name)
         demo = destination_class(type_name).demo
         credential = token or (demo.token if demo else "demo-token")
-        options = demo.fake_options if demo and demo_limits else {}
-        instance = cls(credential, **options)  # by default the vendor's documented limits
+        options = dict(demo.fake_options) if demo and demo_limits else {}
+        given = fake_options(type_name, cls, option or [])
+        options.update(given)
+        try:
+            instance = cls(credential, **options)  # by default the vendor's documented limits
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            if not given:
+                raise
+            from undertow.errors import ConfigError
+
+            raise ConfigError(
+                f"the fake {type_name} refused --option {', '.join(given)}: {exc}",
+                hint="see the fake's docstring for each option's shape "
+                f"(python -c 'import {cls.__module__} as m; help(m.{cls.__name__})')",
+            ) from None
         server = start_server(instance.app, port=port or free_port())
         url = server.url
         if json:
@@ -105,3 +131,38 @@ def fake(
                 console.print(f"served {len(instance.requests):,} request(s); stopped")
 
     guard(console, debug, work)
+
+
+def fake_options(type_name: str, cls: type, given: list[str]) -> dict[str, Any]:
+    """``--option NAME=VALUE`` pairs as keyword arguments of the fake ``cls``."""
+    import inspect
+
+    import orjson
+
+    from undertow.errors import ConfigError, did_you_mean
+
+    params = inspect.signature(cls).parameters
+    names = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in _INTERNAL]
+    out: dict[str, Any] = {}
+    for pair in given:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(
+                f"--option {pair!r}: expected NAME=VALUE",
+                hint=f"the fake {type_name} takes: {', '.join(names)}",
+            )
+        if name not in names:
+            raise ConfigError(
+                f"--option {name!r}: the fake {type_name} has no such option",
+                hint=did_you_mean(name, names) or f"it takes: {', '.join(names)}",
+            )
+        try:
+            out[name] = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            out[name] = text  # plain text
+    return out
+
+
+_INTERNAL = frozenset({"clock", "fault_plan", "ledger"})
+"""Keyword arguments of fakes that only tests can give (objects, not values)."""
