@@ -80,6 +80,8 @@ bench-peers: $(STAMP) ## the side-by-side with dlt and drt-core, each in its own
 bench-destinations: $(STAMP) ## each destination against its fake at the vendor's limits (records/s, share of the ceiling, slow-downs, p95); queues and databases on the real servers (records/s, ratio to file)
 	$(BIN)/python bench/destinations.py
 	$(BIN)/python bench/servers.py
+	@if [ -x .venv-warehouses/bin/python ]; then .venv-warehouses/bin/python bench/servers.py snowflake; \
+	else echo "snowflake (fakesnow): skipped, run make test-warehouses once to create .venv-warehouses"; fi
 
 bench-cluster: $(STAMP) ## cluster figures: chaos across 3 workers (kill -9 for a minute), the shared rate budget
 	$(BIN)/python bench/cluster_budget.py

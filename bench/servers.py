@@ -12,6 +12,9 @@ nothing. The machine is shared: compare ratios, not seconds. A run that does not
 a destination holding fewer records than sent, fails the benchmark; timings never do.
 
 Queues are measured twice: a message per record (the default) and a message per batch.
+Snowflake runs on fakesnow (an emulator on DuckDB, started in this process) when fakesnow is
+installed (``.venv-warehouses/bin/python bench/servers.py snowflake``): its figure is the
+pipeline's and the emulator's, not Snowflake's.
 """
 
 from __future__ import annotations
@@ -190,6 +193,45 @@ def _duckdb(folder: Path) -> Iterator[tuple[str, Callable[[], int]]]:
     yield f'{{type: duckdb, path: "{path}", table: customers_out, create_table: true}}', count
 
 
+@contextmanager
+def _snowflake() -> Iterator[tuple[str, Callable[[], int]]]:
+    """fakesnow's server in this process (the emulator the tests use; ``.venv-warehouses``):
+    emulator figures, not Snowflake's."""
+    import logging
+    import warnings
+
+    try:
+        import fakesnow
+        import snowflake.connector
+    except ImportError:
+        raise SystemExit(
+            "snowflake: fakesnow is not installed here; run `make test-warehouses` once, then "
+            ".venv-warehouses/bin/python bench/servers.py snowflake"
+        ) from None
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="Arrow output on a DB-API result")
+    schema = f"UT_BENCH_{uuid.uuid4().hex[:8].upper()}"
+    with fakesnow.server() as kwargs:
+        params = {k: kwargs[k] for k in ("account", "host", "port", "protocol")}
+        conn = snowflake.connector.connect(**params, user="bench", password="bench")
+        conn.cursor().execute("CREATE DATABASE IF NOT EXISTS BENCH")
+        conn.cursor().execute(f"CREATE SCHEMA BENCH.{schema}")
+
+        def count() -> int:
+            row = conn.cursor().execute(f"SELECT count(*) FROM BENCH.{schema}.CUSTOMERS_OUT")
+            return int(row.fetchone()[0])  # type: ignore[union-attr,index]
+
+        block = (
+            f"{{type: snowflake, account: {params['account']}, host: {params['host']}, "
+            f"port: {params['port']}, protocol: http, user: bench, password: bench, "
+            f"database: BENCH, schema: {schema}, table: customers_out, create_table: true}}"
+        )
+        try:
+            yield block, count
+        finally:
+            conn.close()
+
+
 def run(folder: Path, block: str, match: bool) -> tuple[float, dict[str, object]]:
     lines = [
         "name: bench",
@@ -241,6 +283,8 @@ def main() -> None:
             ("duckdb", _duckdb, True),
         ]
         wanted = set(args.types)
+        if "snowflake" in wanted or _has("fakesnow"):  # the emulator's own venv
+            cases.append(("snowflake (fakesnow emulator)", lambda f: _snowflake(), True))
         reference = None
         print(
             f"{args.rows:,} sample customers, one first sync (upsert) each; ratio = records/s "
@@ -263,6 +307,12 @@ def main() -> None:
             if reference is None:
                 reference = rate
             print(f"{label:<30} {seconds:>8.2f} {rate:>11,.0f} {rate / reference:>7.2f}")
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 if __name__ == "__main__":
