@@ -126,6 +126,17 @@ def test_missing_driver_names_the_destination_and_the_extra(
     assert caught.value.hint == 'pip install "undertow[snowflake]"'
 
 
+def test_failure_hints_name_the_grants_and_the_warehouse() -> None:
+    dest = make(role="LOADER")
+    refused = Exception("003001 (42501): SQL access control error: Insufficient privileges")
+    hint = dest.failure_hint(refused)
+    assert "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE ANALYTICS.CRM.USERS_OUT" in hint
+    assert "TO ROLE LOADER" in hint
+    idle = Exception("000606 (57P03): No active warehouse selected in the current session.")
+    assert "`warehouse:`" in dest.failure_hint(idle)
+    assert "rolled back" in dest.failure_hint(Exception("something else"))
+
+
 # -- against fakesnow ---------------------------------------------------------------------------
 
 FAKESNOW_ARROW = "ignore:Arrow output on a DB-API result:UserWarning"
