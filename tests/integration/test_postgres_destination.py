@@ -138,7 +138,7 @@ def test_a_bad_value_rejects_its_row_and_the_others_are_written(db: str) -> None
     assert rows(db) == [(1, "a@x.io", 2), (5, "e@x.io", 9)]
 
 
-def test_update_changes_existing_rows_and_rejects_missing_ones(db: str) -> None:
+def test_update_changes_existing_rows_and_finds_missing_ones_not_found(db: str) -> None:
     sql(db, "INSERT INTO users (id, email, seats) VALUES (1, 'a@x.io', 1), (2, 'b@x.io', 1)")
     dest = make_dest(db)
     [result] = write(
@@ -148,9 +148,10 @@ def test_update_changes_existing_rows_and_rejects_missing_ones(db: str) -> None:
             Operation.UPDATE,
         ),
     )
-    assert list(result.rejected) == [1]
-    assert "no row with key 99" in result.rejected[1]
-    assert "public.users" in result.rejected[1]
+    # not found (skipped in update mode by the pipeline), never rejected
+    assert result.rejected == {} and list(result.not_found) == [1]
+    assert "no row with key 99" in result.not_found[1]
+    assert "public.users" in result.not_found[1]
     assert rows(db) == [(1, "a2@x.io", 1), (2, "b@x.io", 7)]
 
 
@@ -164,9 +165,9 @@ def test_update_not_found_is_still_attributed_when_another_row_is_bad(db: str) -
             Operation.UPDATE,
         ),
     )
-    assert sorted(result.rejected) == [1, 2]
+    assert sorted(result.rejected) == [1] and list(result.not_found) == [2]
     assert "invalid input syntax" in result.rejected[1]
-    assert "no row with key 50" in result.rejected[2]
+    assert "no row with key 50" in result.not_found[2]
     assert rows(db) == [(1, "a@x.io", 4)]
 
 

@@ -211,7 +211,8 @@ def test_upsert_is_idempotent_then_update_and_delete(wh: Any) -> None:
 
     update = [{"id": 1, "plan": "gold"}, {"id": 99, "plan": "none"}]
     result = write(dest, update, Operation.UPDATE)
-    assert list(result.rejected) == [1] and "no row with key 99" in result.rejected[1]
+    assert result.rejected == {} and list(result.not_found) == [1]  # skipped, not rejected
+    assert "no row with key 99" in result.not_found[1]
     assert table(sql)[1] == ("u1@x.io", "gold", 1.25), "fields not sent are kept"
     assert write(dest, [{"id": 1, "plan": "gold"}], Operation.UPDATE) == BatchResult()
 

@@ -125,7 +125,8 @@ def test_upsert_twice_then_update_delete_and_a_missing_row(backend: Backend) -> 
     assert table(backend) == {i: (f"u{i}@x.com", "p1", i * 10 + 1) for i in range(5)}
     update = [{"id": 1, "plan": "gold"}, {"id": 99, "plan": "none"}]
     result = write(dest, update, Operation.UPDATE)
-    assert list(result.rejected) == [1] and "no row with key 99" in result.rejected[1]
+    assert result.rejected == {} and list(result.not_found) == [1]  # skipped, not rejected
+    assert "no row with key 99" in result.not_found[1]
     assert table(backend)[1][1] == "gold"
     same = write(dest, [{"id": 1, "plan": "gold"}], Operation.UPDATE)
     assert same == BatchResult(), "an update that changes nothing is not a missing row"
@@ -233,3 +234,50 @@ def test_duckdb_casts_mixed_values_and_json_in_the_database(tmp_path: Path) -> N
     with duckdb.connect(str(path)) as con:
         got = con.execute("SELECT id, note, tags::VARCHAR, n FROM users_out ORDER BY id").fetchall()
     assert got == [(1, "7", '{"a":[1]}', 5), (2, "x", None, 6)]
+
+
+def test_an_update_sync_to_a_table_skips_the_rows_it_lacks(tmp_path: Path) -> None:
+    """Through a project: 3 of 5 rows missing from the table are skipped (counted, not
+    toward max_rejected_ratio, not sent again until they change), never rejected."""
+    from undertow.project import Project
+    from undertow.state.store import RunStatus
+
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as con:
+        con.execute("create table users as select i as id, 'u' || i || '@x.com' as email "
+                    "from range(1, 6) t(i)")  # fmt: skip
+    with duckdb.connect(str(tmp_path / "out.duckdb")) as con:
+        con.execute("create table contacts (id bigint primary key, email varchar)")
+        con.execute("insert into contacts values (1, 'old1@x.com'), (2, 'old2@x.com')")
+    (tmp_path / "undertow.yml").write_text(
+        """
+name: skip
+sources:
+  wh: {type: duckdb, path: wh.duckdb}
+destinations:
+  out: {type: duckdb, path: out.duckdb, table: contacts}
+models:
+  users: {source: wh, sql: "select id, email from users", primary_key: id}
+syncs:
+  users_out:
+    model: users
+    destination: out
+    mode: update
+    match: {id: id}
+    mappings: {email: email}
+"""
+    )
+    project = Project.load(str(tmp_path))
+    try:
+        [first] = project.run(["users_out"])
+        assert first.status is RunStatus.SUCCEEDED, first.error
+        assert (first.counts["succeeded"], first.counts["skipped"]) == (2, 3)
+        assert first.counts["rejected"] == 0
+        [skipped] = {e.kind for e in project.errors(first.id)}
+        assert skipped == "skipped"
+        [second] = project.run(["users_out"])
+        assert second.counts["sent"] == 0  # not sent again until the row changes
+    finally:
+        project.close()
+    with duckdb.connect(str(tmp_path / "out.duckdb"), read_only=True) as con:
+        got = con.execute("select id, email from contacts order by id").fetchall()
+    assert got == [(1, "u1@x.com"), (2, "u2@x.com")]  # update created nothing

@@ -5,7 +5,8 @@ A batch of mapped records is written into one table, per operation, with a resul
 - ``upsert``: insert or update by the sync's ``match`` columns (``ON CONFLICT``,
   ``ON DUPLICATE KEY UPDATE`` or ``MERGE``, per dialect);
 - ``insert``: plain inserts; a row that breaks a constraint is rejected alone;
-- ``update``: update by the match columns; a row with no matching row is rejected;
+- ``update``: update by the match columns; a row with no matching row is *not found*
+  (skipped by the pipeline: counted, not retried until it changes);
 - ``delete``: delete by the match columns; a row already gone counts as deleted.
 
 This module holds the parts that do not depend on the database: the rows of a batch with
@@ -193,11 +194,25 @@ def group_rows(
     return list(groups.values())
 
 
+class NotFound(str):
+    """The reason of an update that matched no row: :func:`result_of` files it under
+    ``BatchResult.not_found``, which the pipeline counts as *skipped* in update mode."""
+
+
 def not_found(batch: Batch, index: int, match: Sequence[str], qualified: str) -> str:
     key = batch.keys[index] if index < len(batch.keys) else "?"
-    return (
+    return NotFound(
         f"no row with key {key} (matched on {', '.join(match)}) in table {qualified}; "
         "update does not create rows (use mode upsert for that)"
+    )
+
+
+def result_of(refused: dict[int, str]) -> BatchResult:
+    """A table write's result: the rows an update found no row for are ``not_found``
+    (skipped, see ``pipeline.record.settle_not_found``), the rest ``rejected``."""
+    missing = {i: str(r) for i, r in refused.items() if isinstance(r, NotFound)}
+    return BatchResult(
+        rejected={i: r for i, r in refused.items() if i not in missing}, not_found=missing
     )
 
 
@@ -492,7 +507,7 @@ class SyncTable(TableDestination[ConfigT]):
             )
             if groups:
                 self.apply(conn, batch, groups, match, rejected)
-            return BatchResult(rejected=rejected)
+            return result_of(rejected)
         except self.driver_errors() as exc:
             if self.is_connection_error(exc):
                 raise

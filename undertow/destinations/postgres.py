@@ -28,7 +28,14 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
-from undertow.destinations._table import Kind, infer_kind, not_found, prepare_rows, text_param
+from undertow.destinations._table import (
+    Kind,
+    infer_kind,
+    not_found,
+    prepare_rows,
+    result_of,
+    text_param,
+)
 from undertow.destinations.base import (
     Batch,
     BatchResult,
@@ -385,7 +392,7 @@ class PostgresDestination(Destination[PostgresConfig]):
                             cur.nextset()
                     else:
                         await cur.executemany(query, params)
-            return BatchResult(rejected=rejected)
+            return result_of(rejected)
         except _pg().errors.InvalidColumnReference:
             raise self._unique_index_error(match, conn) from None
         except _row_errors():
@@ -404,7 +411,7 @@ class PostgresDestination(Destination[PostgresConfig]):
                         continue
                     if operation is Operation.UPDATE and cur.rowcount == 0:
                         rejected[index] = self._not_found(batch, index, match)
-        return BatchResult(rejected=rejected)
+        return result_of(rejected)
 
     def _not_found(self, batch: Batch, index: int, match: list[str]) -> str:
         return not_found(batch, index, match, self.qualified)
