@@ -219,10 +219,20 @@ class MarketoFake(FakeAPI):
             return await self._leave(self.failure("1003", f"Too many records: at most {MAX}"))
         self.note_batch(len(leads))
         with self._lock:
-            results = [self._sync_one(lead, action, field) for lead in leads]
+            index = self._index(field)  # one pass per request, not per lead
+            results = [self._sync_one(lead, action, field, index) for lead in leads]
         return await self._leave(self.ok(results))
 
-    def _sync_one(self, lead: Any, action: str, field: str) -> dict[str, Any]:
+    def _index(self, field: str) -> dict[str, list[int]]:
+        """Lead ids by the casefolded value of ``field`` (the lookup of one request)."""
+        index: dict[str, list[int]] = {}
+        for lead_id, lead in self.leads.items():
+            index.setdefault(str(lead.get(field, "")).casefold(), []).append(lead_id)
+        return index
+
+    def _sync_one(
+        self, lead: Any, action: str, field: str, index: dict[str, list[int]]
+    ) -> dict[str, Any]:
         def skipped(code: str, message: str) -> dict[str, Any]:
             return {"status": "skipped", "reasons": [{"code": code, "message": message}]}
 
@@ -238,7 +248,7 @@ class MarketoFake(FakeAPI):
         if "email" in lead and lead["email"] and not _EMAIL.match(str(lead["email"])):
             return skipped("1003", f"Invalid email address '{lead['email']}'")
         wanted = str(lead[field]).casefold()
-        matches = [i for i, v in self.leads.items() if str(v.get(field, "")).casefold() == wanted]
+        matches = index.get(wanted, [])
         if len(matches) > 1 and action != "createDuplicate":
             return skipped("1007", "Multiple lead match lookup criteria")
         if matches and action == "createOnly":
@@ -253,6 +263,7 @@ class MarketoFake(FakeAPI):
         lead_id = self._next_id
         self._next_id += 1
         self.leads[lead_id] = {**lead, "id": lead_id, "createdAt": now_iso()}
+        index.setdefault(wanted, []).append(lead_id)
         return {"id": lead_id, "status": "created"}
 
     async def get_leads(self, request: Request) -> Response:
