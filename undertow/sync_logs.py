@@ -406,7 +406,8 @@ class LiveChangelog:
     :meth:`finish` only when what it holds is exactly the run's checkpointed batches."""
 
     CHUNK_ROWS = 20_000
-    """Spooled batches are inserted together up to this many rows (fewer round trips)."""
+    """Spooled batches are inserted together once this many rows wait (or the run ends):
+    fewer, bigger inserts; at most this many rows are left to insert when the run ends."""
 
     def __init__(self, writer: SyncLogWriter) -> None:
         self.writer = writer
@@ -447,11 +448,10 @@ class LiveChangelog:
             while not ending:
                 batches = [self._queue.get()]
                 rows = batches[0].num_rows if batches[0] is not _END else 0
-                while rows < self.CHUNK_ROWS:  # whatever else is waiting, in one insert
-                    try:
-                        batches.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
+                while rows < self.CHUNK_ROWS and batches[-1] is not _END:
+                    # wait for a chunk's worth (or the end): a few big inserts cost the
+                    # warehouse and this process far less than one per batch
+                    batches.append(self._queue.get())
                     if batches[-1] is not _END:
                         rows += batches[-1].num_rows
                 ending = batches[-1] is _END or any(b is _END for b in batches)
