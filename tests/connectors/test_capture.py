@@ -99,3 +99,46 @@ def test_no_listener_no_exchange_and_a_failing_listener_never_fails_the_send(
     with capture.listening(broken):
         send(dest)  # does not raise
     assert not capture.active()
+
+
+def test_a_one_record_request_is_captured_with_its_own_key() -> None:
+    """Stripe writes one customer per request: each exchange names its record, so the
+    debugger's "why did row 42 fail?" finds that row's request, not every request of the
+    batch."""
+    from undertow.destinations.stripe import StripeConfig, StripeDestination
+    from undertow.testing.stripe import StripeFake
+
+    key = "sk_test_51Ncapturekeys000000000000000000000"
+    stripe = StripeFake(key)
+    records = [{"email": f"c{n}@example.com", "name": f"C {n}"} for n in range(3)]
+    b = Batch(
+        sync="billing",
+        operation=Operation.UPSERT,
+        number=1,
+        idempotency_key="k",
+        keys=["10", "11", "12"],
+        payloads=[orjson.dumps(r).decode() for r in records],
+        identifiers={"email": [r["email"] for r in records]},
+        object="customers",
+    )
+    seen: list[capture.Exchange] = []
+    with stripe.serve():
+        config = StripeConfig.model_validate(
+            {"type": "stripe", "api_key": key, "base_url": stripe.url}
+        )
+
+        async def main() -> None:
+            dest = StripeDestination(config, name="billing")
+            try:
+                with capture.context(sync="billing", keys=tuple(b.keys)):
+                    await dest.write_batch(b)
+            finally:
+                await dest.close()
+
+        with capture.listening(seen.append):
+            asyncio.run(main())
+    writes = [e for e in seen if e.method == "POST"]
+    assert len(writes) == 3
+    assert sorted(e.context.keys for e in writes) == [("10",), ("11",), ("12",)]
+    searches = [e for e in seen if e.method == "GET"]
+    assert searches and all(len(e.context.keys) == 1 for e in searches)

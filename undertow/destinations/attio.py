@@ -155,6 +155,7 @@ class AttioDestination(HttpDestination[AttioConfig]):
             {Operation.UPSERT, Operation.INSERT, Operation.UPDATE, Operation.DELETE}
         ),
         max_batch_size=RECORDS_PER_BATCH,
+        one_per_request=True,
         max_concurrency=8,
         rate_limit=RateLimit(WRITES_PER_SECOND, 1.0, RATE_DOC),
         per_record_results=True,

@@ -127,6 +127,10 @@ class Capabilities:
     """Largest JSON body of one record; bigger records are rejected before sending."""
     max_request_bytes: int | None = None
     """Largest body of one request (the kit splits a batch that would be bigger)."""
+    one_per_request: bool = False
+    """True when the vendor has no batch endpoint: every write request carries one record
+    (Intercom, Stripe, Attio, Pipedrive), so the rate limit is in records, and a batch is
+    only the unit of checkpointing and concurrency."""
     requires_match: bool = False
     """True when syncs must name the destination identifier in ``match``."""
     match: MatchRule | None = None

@@ -41,6 +41,7 @@ def describe(type_name: str) -> dict[str, Any]:
         "max_in_flight": caps.max_in_flight,
         "max_request_bytes": caps.max_request_bytes,
         "per_record_results": caps.per_record_results,
+        "one_per_request": caps.one_per_request,
         "async_jobs": cls.async_jobs,
         "docs": cls.docs_url or (caps.docs[0] if caps.docs else None),
         "cite": dict(caps.cite),

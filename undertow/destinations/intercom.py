@@ -163,6 +163,7 @@ class IntercomDestination(HttpDestination[IntercomConfig]):
             {Operation.UPSERT, Operation.INSERT, Operation.UPDATE, Operation.DELETE}
         ),
         max_batch_size=RECORDS_PER_BATCH,
+        one_per_request=True,
         max_concurrency=8,
         rate_limit=RateLimit(CALLS_PER_10S, 10.0, RATE_DOC),
         per_record_results=True,

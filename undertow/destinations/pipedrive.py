@@ -141,6 +141,7 @@ class PipedriveDestination(HttpDestination[PipedriveConfig]):
             {Operation.UPSERT, Operation.INSERT, Operation.UPDATE, Operation.DELETE}
         ),
         max_batch_size=RECORDS_PER_BATCH,
+        one_per_request=True,
         max_concurrency=4,
         rate_limit=RateLimit(REQUESTS_PER_2S, 2.0, RATE_DOC),
         per_record_results=True,

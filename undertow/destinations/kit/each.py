@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from undertow.destinations import capture
 from undertow.destinations.base import BatchResult
 from undertow.destinations.kit.endpoints import Call, Item
 from undertow.errors import RejectedBatchError, UndertowError
@@ -38,10 +39,16 @@ async def for_each(concurrency: int, call: Call, result: BatchResult, work: Work
     """Run ``work`` for every item of ``call`` (``concurrency`` at once) into ``result``."""
     slots = asyncio.Semaphore(max(1, concurrency))
 
+    keys = call.batch.keys
+
     async def one(item: Item) -> None:
         async with slots:
+            # each request carries this one record: the debugger and the capture hook see
+            # its key, not the whole batch's
+            key = (keys[item.index],) if item.index < len(keys) else ()
             try:
-                sub = await work(call.subset([item]))
+                with capture.context(keys=key):
+                    sub = await work(call.subset([item]))
             except RejectedBatchError as exc:
                 sub = BatchResult.all_rejected(1, str(exc))
             result.merge(sub, [item.index])
