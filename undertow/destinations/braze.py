@@ -326,12 +326,16 @@ mappings:
         if batch.operation is Operation.DELETE:
             return {"_alias_label": self.config.alias_label}
         values = dict(record)  # email and phone are standard attributes too
-        for name, value in values.items():
-            problem = _nested_problem(name, value)
+        # only objects and arrays can hold a refused key or a nested time: a scalar (most
+        # values of most records) is checked by its type alone
+        nested = [k for k, v in values.items() if isinstance(v, dict | list)]
+        for name in nested:
+            problem = _nested_problem(name, values[name])
             if problem:
                 return Reject(problem)
         if self.config.nested_time:
-            values = {k: _time_marked(v, top=True) for k, v in values.items()}
+            for name in nested:
+                values[name] = _time_marked(values[name], top=True)
         body = self.identifier(field, key)
         if object_ == "users":
             body.update((k, v) for k, v in values.items() if k != field)
