@@ -115,3 +115,22 @@ def _fresh_rate_budgets() -> Iterator[None]:
     forget_budgets()
     yield
     forget_budgets()
+
+
+@pytest.fixture(autouse=True)
+def _secrets_registered_here_stay_here() -> Iterator[None]:
+    """The secrets a test registers (every destination and source registers its
+    credentials with :mod:`undertow.redact`, which keeps them for the process) are
+    forgotten after it: else a later test in the same xdist worker sees its words masked
+    (a docs test that sets every ``${VAR}`` to ``secret`` turned Stripe's hint "check the
+    secret key" into "check the *** key" in a test that ran after it)."""
+    from undertow import redact
+
+    with redact._lock:
+        saved = set(redact._secrets)
+    yield
+    with redact._lock:
+        if redact._secrets != saved:
+            redact._secrets.clear()
+            redact._secrets.update(saved)
+            redact._compiled = None
