@@ -145,7 +145,7 @@ def test_each_run_publishes_a_file_per_operation_then_its_manifest(
     assert second.status == "succeeded", second.error
 
     got = {m["run_id"]: m for m in manifests(place)}
-    assert sorted(got) == [first.id, second.id]
+    assert set(got) == {first.id, second.id}  # ids of runs in the same second sort randomly
     assert [f["operation"] for f in got[first.id]["files"]] == ["upsert"]
     assert got[first.id]["rows"] == 30 and got[first.id]["files"][0]["batches"] == 5
     assert got[second.id]["counts"]["succeeded"] == 8
