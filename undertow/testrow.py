@@ -28,6 +28,7 @@ destinations (databases, queues, files) are never opened in a dry run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -183,33 +184,31 @@ def test_row(ctx: SyncContext, key: dict[str, str], *, dry_run: bool) -> TestRes
         result.outcome = "dry run"
         result.message = "nothing was sent"
         if ctx.destination.sends_http:
-            refused, result.exchanges = _dry_exchanges(ctx, batch)
-            if refused is not None:  # the connector's own shaping refused it: nothing to send
-                result.outcome, result.message = "rejected", refused
+            answer, result.exchanges = _captured(ctx, batch, dry=True)
+            if answer is not None and answer[0] != "accepted":
+                # the connector's own shaping refused it: there was nothing to send
+                result.outcome, result.message = "rejected", answer[1] or answer[0]
         return result
-    seen: list[capture.Exchange] = []
-    with capture.listening(seen.append):
-        outcome, message = asyncio.run(_send(ctx, batch))
+    answer, result.exchanges = _captured(ctx, batch, dry=False)
+    assert answer is not None
     result.sent = True
-    result.outcome, result.message = outcome, message
-    result.exchanges = [exchange_dict(e) for e in seen if e.context.sync == ctx.name]
+    result.outcome, result.message = answer
     return result
 
 
-def _dry_exchanges(ctx: SyncContext, batch: Batch) -> tuple[str | None, list[dict[str, Any]]]:
-    """The first request the destination would make for ``batch``, stopped before it
-    leaves; and the reason when the connector refused the record without any request."""
+def _captured(
+    ctx: SyncContext, batch: Batch, *, dry: bool
+) -> tuple[tuple[str, str | None] | None, list[dict[str, Any]]]:
+    """Send ``batch`` (in a dry run: up to its first request, stopped before it leaves)
+    and the sync's exchanges; the outcome and message, None when a dry run stopped."""
     seen: list[capture.Exchange] = []
-    refused: str | None = None
-    with capture.listening(seen.append), dry_run():
+    answer: tuple[str, str | None] | None = None
+    with capture.listening(seen.append), dry_run() if dry else contextlib.nullcontext():
         try:
-            outcome, message = asyncio.run(_send(ctx, batch))
+            answer = asyncio.run(_send(ctx, batch))
         except* DryRunStop:  # alone, or from inside a task group of concurrent requests
             pass
-        else:
-            if outcome != "accepted":
-                refused = message or outcome
-    return refused, [exchange_dict(e) for e in seen if e.context.sync == ctx.name]
+    return answer, [exchange_dict(e) for e in seen if e.context.sync == ctx.name]
 
 
 async def _send(ctx: SyncContext, batch: Batch) -> tuple[str, str | None]:
