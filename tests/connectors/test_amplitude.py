@@ -156,3 +156,46 @@ def test_events_without_event_type_or_with_a_short_id_are_rejected_before_sendin
     assert sorted(result.rejected) == [0, 1]
     assert "`event_type`" in result.rejected[0] and "min_id_length" in result.rejected[1]
     assert len(fake.events) == 1
+
+
+def test_identifications_shaped_from_their_json_text_are_what_shape_makes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Users go through ``shape_raw`` unless the record maps an id field itself; the body
+    is byte for byte the per-record one, and the fake reads it (form encoded)."""
+    from undertow.destinations.kit import Call, RawItem
+    from undertow.destinations.kit.http import HttpDestination
+
+    records = [
+        {"plan": "pro", "note": "50% off & more = good"},
+        {},
+        {"device_id": "dev-12345", "plan": "free"},
+    ]
+    b = Batch(
+        sync="users",
+        operation=Operation.UPSERT,
+        number=0,
+        idempotency_key="k",
+        keys=["0", "1", "2"],
+        payloads=[orjson.dumps(r).decode() for r in records],
+        identifiers={"user_id": ["user-0@x.com", "user-1@x.com", "user-2@x.com"]},
+        object="users",
+    )
+    fake = AmplitudeFake(KEY)
+    dest = AmplitudeDestination(
+        AmplitudeDestination.Config.model_validate({"type": "amplitude", "api_key": KEY}),
+        name="amp",
+    )
+
+    def shaped() -> tuple[bytes | None, list[type]]:
+        items = dest.items(b, "user_id", BatchResult())
+        body, _ = dest.encode(dest.identify, Call(b, items, "users", "user_id", "Amplitude"))
+        return body, [type(i) for i in items]
+
+    raw, kinds = shaped()
+    assert kinds[:2] == [RawItem, RawItem] and kinds[2] is not RawItem
+    with fake.serve():
+        assert write(fake, b)[0] == BatchResult()
+    assert fake.user("user-0@x.com") == {"plan": "pro", "note": "50% off & more = good"}
+    monkeypatch.setattr(AmplitudeDestination, "shape_raw", HttpDestination.shape_raw)
+    assert shaped()[0] == raw

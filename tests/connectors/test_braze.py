@@ -11,6 +11,7 @@ import pytest
 from undertow.destinations import retry
 from undertow.destinations.base import Batch, BatchResult, Operation
 from undertow.destinations.braze import BrazeDestination
+from undertow.destinations.kit import Item
 from undertow.errors import FatalDeliveryError
 from undertow.testing.braze import BrazeFake
 from undertow.testing.template import FAST, DestinationTests
@@ -225,3 +226,56 @@ def test_a_429_waits_until_x_ratelimit_reset_and_nothing_is_lost(fake: BrazeFake
     assert fake.slow_downs == 1 and fake.user("external_id", "u-1") is not None
     throttled = [r for r in fake.requests if r.status == 429]
     assert len(throttled) == 1
+
+
+PLAIN_AND_NESTED = [
+    {"_key": "a", "email": "a@x.com", "plan": "pro", "seats": 3, "tags": ["x", "y"]},
+    {"_key": "b"},  # nothing mapped but the identifier
+    {"_key": "c", "name": 'Zoë "quoted" \\ back', "score": 1.5, "gone": None},
+    {"_key": "d", "recently_viewed": VIEWED},  # nested: checked and time-marked
+    {"_key": "e", "external_id": "own", "plan": "free"},  # maps the match field itself
+    {"_key": "f", "_update_existing_only": True},
+    {"_key": "g", "note": "a {brace} in text"},  # may be nested: the per-record path
+]
+
+
+def _shaped(dest: BrazeDestination, b: Batch) -> tuple[bytes, list[type]]:
+    from undertow.destinations.braze import TRACK
+    from undertow.destinations.kit import Call
+
+    items = dest.items(b, dest.match_field(b), BatchResult())
+    body, _ = dest.encode(TRACK["users"], Call(b, items, "users", "external_id", "Braze"))
+    return body or b"", [type(i) for i in items]
+
+
+@pytest.mark.parametrize("operation", [Operation.UPSERT, Operation.UPDATE])
+def test_records_shaped_from_their_json_text_send_what_the_per_record_path_sends(
+    monkeypatch: pytest.MonkeyPatch, operation: Operation
+) -> None:
+    """The raw path (``shape_raw``) takes the records with nothing to check, byte for byte
+    the body ``shape`` builds; nested values and fields the body sets go through ``shape``."""
+    from undertow.destinations.kit import RawItem
+    from undertow.destinations.kit.http import HttpDestination
+
+    records = [{**r, "external_id": n} if n != 4 else r for n, r in enumerate(PLAIN_AND_NESTED)]
+    b = batch(records, operation=operation)
+    b.payloads = [  # as the map stage sends them: the match column is not a mapped field
+        orjson.dumps({k: v for k, v in r.items() if k not in ("_key", "external_id")}).decode()
+        if n != 4
+        else orjson.dumps({k: v for k, v in r.items() if k != "_key"}).decode()
+        for n, r in enumerate(records)
+    ]
+    dest = BrazeDestination(
+        BrazeDestination.Config.model_validate({"type": "braze", "api_key": KEY}), name="b"
+    )
+    raw, kinds = _shaped(dest, b)
+    assert kinds == [RawItem, RawItem, RawItem, Item, Item, Item, Item]
+    monkeypatch.setattr(BrazeDestination, "shape_raw", HttpDestination.shape_raw)
+    assert _shaped(dest, b) == (raw, [Item] * 7)
+
+
+def test_records_shaped_from_their_json_text_arrive_in_the_fake(fake: BrazeFake) -> None:
+    b = batch([{"external_id": f"u{n}", "plan": "pro", "seats": n} for n in range(3)])
+    b.payloads = [orjson.dumps({"plan": "pro", "seats": n}).decode() for n in range(3)]
+    assert write(fake, b) == BatchResult()
+    assert fake.user("external_id", "u2") == {"external_id": "u2", "plan": "pro", "seats": 2}

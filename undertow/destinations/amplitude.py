@@ -44,6 +44,7 @@ from undertow.destinations.kit import (
     Item,
     Reject,
     SlowDown,
+    plain,
     whole_reason,
 )
 from undertow.destinations.kit.engagement import event_id, events_object, parse_time
@@ -249,8 +250,23 @@ mappings:
             return Reject(f"the event is {size:,} bytes; Amplitude takes 1 MB a request")
         return event
 
-    def _identify_body(self, call: Call) -> dict[str, str]:
-        return {"api_key": self.key, "identification": orjson.dumps(call.bodies).decode()}
+    def shape_raw(
+        self, payload: str, *, batch: Batch, key: Any, index: int
+    ) -> orjson.Fragment | None:
+        """A user's identification built around its payload's JSON text (the same JSON
+        :meth:`shape` makes), when the record maps neither id field itself."""
+        if (
+            (batch.object or "users") != "users"
+            or '"user_id"' in payload
+            or '"device_id"' in payload
+        ):
+            return None
+        field = next(iter(batch.identifiers), "user_id")
+        who = orjson.dumps({field: str(key)}).decode()[:-1]
+        return orjson.Fragment(f'{who},"user_properties":{{"$set":{payload}}}}}')
+
+    def _identify_body(self, call: Call) -> dict[str, str | bytes]:
+        return {"api_key": self.key, "identification": orjson.dumps(call.bodies)}
 
     def _events_body(self, call: Call) -> dict[str, Any]:
         return {
@@ -316,7 +332,9 @@ mappings:
 
     def preview(self, batch: Batch) -> list[Any]:
         result = BatchResult()
-        shaped = {i.index: i.body for i in self.items(batch, self.match_field(batch), result)}
+        shaped = {
+            i.index: plain(i.body) for i in self.items(batch, self.match_field(batch), result)
+        }
         return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
 
 

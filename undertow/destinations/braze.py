@@ -53,6 +53,7 @@ from undertow.destinations.kit import (
     SlowDown,
     envelope,
     errors_by_index,
+    plain,
 )
 from undertow.destinations.kit.engagement import (
     by_list,
@@ -343,6 +344,33 @@ mappings:
             return body
         return self._event(object_, values, body, field)
 
+    def shape_raw(
+        self, payload: str, *, batch: Batch, key: Any, index: int
+    ) -> orjson.Fragment | None:
+        """A users upsert/update whose record holds no nested object (no ``{`` past its
+        first character: nothing to check or time-mark) and no field the body sets itself:
+        the identifier, the record's fields as mapped, the flag, without a round trip
+        through Python values (the same JSON :meth:`shape` makes)."""
+        if (
+            (batch.object or "users") != "users"
+            or batch.operation not in (Operation.UPSERT, Operation.UPDATE)
+            or payload[:1] != "{"
+            or payload[-1:] != "}"
+            or payload.find("{", 1) != -1
+        ):
+            return None
+        field = next(iter(batch.identifiers), None)
+        if f'"{field}"' in payload or '"_update_existing_only"' in payload:
+            return None
+        ident = orjson.dumps(self.identifier(field, key)).decode()[:-1]
+        fields = payload[1:-1]
+        flag = "true" if batch.operation is Operation.UPDATE else "false"
+        return orjson.Fragment(
+            f'{ident},{fields},"_update_existing_only":{flag}}}'
+            if fields
+            else f'{ident},"_update_existing_only":{flag}}}'
+        )
+
     def _event(
         self, object_: str, values: dict[str, Any], body: dict[str, Any], field: str | None
     ) -> Any:
@@ -371,7 +399,9 @@ mappings:
 
     def preview(self, batch: Batch) -> list[Any]:
         result = BatchResult()
-        shaped = {i.index: i.body for i in self.items(batch, self.match_field(batch), result)}
+        shaped = {
+            i.index: plain(i.body) for i in self.items(batch, self.match_field(batch), result)
+        }
         return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
 
     async def _delete(self, call: Call, result: BatchResult) -> None:

@@ -56,6 +56,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from undertow.destinations.kit import form
 from undertow.testing.faults import Decision, FaultPlan, Ledger
 from undertow.testing.server import serve_in_thread
 
@@ -348,9 +349,7 @@ class FakeAPI:
         kind = request.headers.get("content-type", "")
         if raw:
             if "x-www-form-urlencoded" in kind:
-                from urllib.parse import parse_qsl
-
-                body = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+                body = dict(form.decode(raw))
             else:
                 try:
                     body = orjson.loads(raw)

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from undertow.destinations.base import Batch, BatchResult, RateLimit
 from undertow.destinations.kit.signals import first_at, values_at
 from undertow.errors import RejectedBatchError
@@ -56,6 +58,34 @@ class Item:
     """Its match value (None when the operation uses no match field)."""
     body: Any
     """Its wire form (what ``shape`` returned)."""
+
+
+class RawItem(Item):
+    """An item whose wire form was built from its payload's JSON text
+    (:meth:`~undertow.destinations.kit.http.HttpDestination.shape_raw`): its record is
+    parsed only if something reads it."""
+
+    def __init__(self, index: int, payload: str, key: Any, body: Any) -> None:
+        self.index = index
+        self.key = key
+        self.body = body
+        self._payload = payload
+        self._record: dict[str, Any] | None = None
+
+    @property  # type: ignore[override]
+    def record(self) -> dict[str, Any]:
+        if self._record is None:
+            self._record = orjson.loads(self._payload)
+        return self._record
+
+    @record.setter
+    def record(self, value: dict[str, Any]) -> None:
+        self._record = value
+
+
+def plain(body: Any) -> Any:
+    """A wire form as Python values (a :class:`orjson.Fragment` parsed back), for previews."""
+    return orjson.loads(orjson.dumps(body)) if isinstance(body, orjson.Fragment) else body
 
 
 @dataclass
