@@ -43,6 +43,7 @@ from undertow.errors import (
     crash_message,
     is_crash,
 )
+from undertow.gcpolicy import batch_collection
 from undertow.pipeline import share
 from undertow.pipeline.batching import works
 from undertow.pipeline.context import NullReporter, Reporter, SyncContext, compile_for
@@ -124,7 +125,11 @@ class SyncRun:
         lock = self.store.acquire_lock(ctx.name, ttl=self.lock_ttl, worker=self.worker)
         self.lock = lock
         try:
-            with LockHeartbeat(lock.heartbeat, self.halt, self.heartbeat_seconds):
+            # batches of records live for seconds: the collector walks them less often
+            with (
+                LockHeartbeat(lock.heartbeat, self.halt, self.heartbeat_seconds),
+                batch_collection(),
+            ):
                 return self._execute_locked(plan, batch_size, full)
         finally:
             lock.release()
