@@ -499,3 +499,40 @@ def test_the_changelog_streams_while_the_run_delivers_and_a_broken_stream_falls_
         assert len({c[0] for c in changes}) == ROWS  # once each
     finally:
         project.close()
+
+
+def test_the_changelog_commits_before_the_run_row_and_a_failure_between_adds_nothing(
+    warehouse: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live writer commits the changelog when the delivery ends (while the run folds)
+    and adds the run's row once the run is final. If that row cannot be written, the run
+    waits with its spool (a warning) and the next run writes it: its rows once, its row once."""
+    from undertow import sync_logs
+
+    def fails(self: Any, session: Any, run: Any) -> None:
+        raise RuntimeError("connection reset")
+
+    real_insert_run = sync_logs.SyncLogWriter.insert_run
+    monkeypatch.setattr(sync_logs.SyncLogWriter, "insert_run", fails)
+    warehouse.load(rows())
+    write_project(tmp_path / "p", warehouse)
+    project = Project.load(str(tmp_path / "p"))
+    try:
+        [first] = project.run(["users_out"])
+        assert first.status == RunStatus.SUCCEEDED
+        assert "sync logs of 1 run(s) not written" in (first.warning or "")
+        s, where = warehouse.schema, f"where run_id = '{first.id}'"
+        # committed at the end of the delivery: there, though the run's row failed after it
+        assert warehouse.query(f'select count(*) from "{s}"."sync_changelog" {where}') == [(ROWS,)]
+        assert warehouse.query(f'select count(*) from "{s}"."sync_runs" {where}') == [(0,)]
+
+        monkeypatch.setattr(sync_logs.SyncLogWriter, "insert_run", real_insert_run)
+        warehouse.load(rows()[:100])
+        [second] = project.run(["users_out"])
+        assert second.warning is None or "sync logs" not in second.warning
+        got, changes = logged(warehouse, first.id)
+        assert got["sent"] == first.counts["sent"] and got["status"] == "succeeded"
+        assert len(changes) == len({c[0] for c in changes}) == ROWS  # once each
+        assert logged(warehouse, second.id)[0]["removed"] == second.counts["removed"] > 0
+    finally:
+        project.close()

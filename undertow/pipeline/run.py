@@ -297,11 +297,12 @@ class SyncRun:
             self.halt.request("its lock was taken over", lock_lost=True)
             raise
         finally:
-            if spool is not None:
-                spool.close()
             if not self.halt.lock_lost:  # else the new holder folds, from the same checkpoints
-                self.reporter.stage(ctx.name, "record")
                 done = self.store.done_batches(run.id)
+            if spool is not None:  # the sync logs may commit now, while the run folds
+                spool.close(None if self.halt.lock_lost else done)
+            if not self.halt.lock_lost:
+                self.reporter.stage(ctx.name, "record")
                 engine.fold(run.id, spec, done, self.store.not_accepted_seqs(run.id))
         return self._conclude(run, engine, recorder, done, error=error, cancelled=cancelled)
 
