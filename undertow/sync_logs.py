@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
 # the spool (point 1 below) lives in its own module, re-exported here
@@ -328,6 +329,9 @@ class LiveChangelog:
         self._begun = False
         self._committed = False
         self._batches: list[int] = []
+        self._rejected = 0
+        """Records the stream holds as rejected: when the run counts no more, no key of it
+        was invalid, and :meth:`finish` need not read the run's row errors to know."""
         self._waiting: list[pa.RecordBatch] = []
         self._waiting_rows = 0
         self._run_id = ""
@@ -372,6 +376,7 @@ class LiveChangelog:
             while not isinstance(item := self._queue.get(), _End):
                 if self.writer.settings.changelog:
                     table = pa.Table.from_batches(item, schema=SPOOL_SCHEMA)
+                    self._rejected += pc.sum(pc.equal(table["status"], "rejected")).as_py() or 0
                     self.writer.insert_changes(session, self.writer.rows(sync, run_id, table))
                 self._batches.extend(b.column("batch_no")[0].as_py() for b in item)
             if item.done is not None and self._complete(run_id, item.done):
@@ -403,7 +408,7 @@ class LiveChangelog:
                 elif self._begun:
                     written = self._complete(run.id, self.writer.store.done_batches(run.id))
                 if written:
-                    if self.writer.settings.changelog:
+                    if self.writer.settings.changelog and self._invalid_keys(run):
                         invalid = self.writer.changes(run, SPOOL_SCHEMA.empty_table())
                         self.writer.insert_changes(session, invalid)
                     self.writer.insert_run(session, run)
@@ -433,6 +438,10 @@ class LiveChangelog:
                 self._begun = False
             with contextlib.suppress(Exception):
                 session.close()
+
+    def _invalid_keys(self, run: RunRecord) -> bool:
+        """Whether the run may have rejected rows for their key (counted, not streamed)."""
+        return int(run.counts.get("rejected", 0)) != self._rejected
 
     def _complete(self, run_id: str, done: set[int]) -> bool:
         if run_id != self._run_id or len(set(self._batches)) != len(self._batches):

@@ -536,3 +536,23 @@ def test_the_changelog_commits_before_the_run_row_and_a_failure_between_adds_not
         assert logged(warehouse, second.id)[0]["removed"] == second.counts["removed"] > 0
     finally:
         project.close()
+
+
+def test_rows_rejected_for_their_key_are_in_the_changelog(tmp_path: Path) -> None:
+    """A NULL or duplicate primary key is rejected before any batch: the live writer adds
+    those keys (from the state store) beside the streamed rows, once each."""
+    wh = duckdb_warehouse(tmp_path)
+    wh.load([*rows(), (3, "again@x.com", "40"), (None, "nobody@x.com", "41")])
+    write_project(tmp_path / "p", wh)
+    project = Project.load(str(tmp_path / "p"))
+    try:
+        [run] = project.run(["users_out"])
+        got, changes = logged(wh, run.id)
+        assert got["rejected"] == run.counts["rejected"] == len(BAD) + 3  # 3 twice, and NULL
+        keyed = sorted(c[0] for c in changes if c[2] is None)  # no operation: before planning
+        assert len(keyed) == 2 and keyed[0] == "3", keyed  # one row per key (3's two rows)
+        assert all(c[3] == "rejected" and c[4] for c in changes if c[2] is None)
+        assert len(changes) == got["sent"] + len(BAD) + 2
+        assert "3" not in {c[0] for c in changes if c[2] is not None}  # never sent
+    finally:
+        project.close()
