@@ -279,3 +279,49 @@ def test_records_shaped_from_their_json_text_arrive_in_the_fake(fake: BrazeFake)
     b.payloads = [orjson.dumps({"plan": "pro", "seats": n}).decode() for n in range(3)]
     assert write(fake, b) == BatchResult()
     assert fake.user("external_id", "u2") == {"external_id": "u2", "plan": "pro", "seats": 2}
+
+
+def _track(fake: BrazeFake, attributes: list[dict[str, Any]]) -> Any:
+    import urllib.request
+
+    request = urllib.request.Request(
+        fake.url + "/users/track",
+        data=orjson.dumps({"attributes": attributes}),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return answer.status, orjson.loads(answer.read())
+
+
+def test_the_fake_checks_each_attribute_by_its_type(fake: BrazeFake) -> None:
+    """The fake's checks, taken value by value by type (plain scalars skip the nested
+    walk): a refused object is named by index and the others applied; a too-big array of
+    objects is dropped with a success; a null removes the attribute."""
+    big = [{"sku": f"S{n}", "name": "x" * 200} for n in range(600)]  # > 100 KB
+    status, body = _track(
+        fake,
+        [
+            {"external_id": "ok", "plan": "pro", "seats": 2, "score": 0.5, "tags": ["a", "b"]},
+            {"external_id": "space", "address": {"zip code": "123"}},
+            {"external_id": "long", "tags": ["x" * 256]},
+            {"external_id": "deep", "viewed": [{"when": {"$time": "not a time"}}]},
+            {"external_id": "big", "plan": "pro", "viewed": big},
+        ],
+    )
+    assert status == 201
+    assert [(e["index"], e["type"]) for e in body["errors"]] == [
+        (1, "nested key 'zip code' contains a space"),
+        (2, "nested string value is longer than 255 characters"),
+        (3, "'$time' value 'not a time' is not a valid time"),
+    ]
+    assert fake.user("external_id", "ok") == {
+        "external_id": "ok",
+        "plan": "pro",
+        "seats": 2,
+        "score": 0.5,
+        "tags": ["a", "b"],
+    }
+    assert fake.user("external_id", "space") is None
+    assert fake.user("external_id", "big") == {"external_id": "big", "plan": "pro"}
+    _track(fake, [{"external_id": "ok", "plan": None}])
+    assert "plan" not in (fake.user("external_id", "ok") or {})

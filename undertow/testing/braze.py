@@ -54,6 +54,10 @@ MAX_REQUEST = 4_000_000
 MAX_ARRAY_BYTES = 100_000
 IDENTIFIERS = ("external_id", "user_alias", "braze_id", "email", "phone")
 ARRAYS = ("attributes", "events", "purchases")
+_NOT_ATTRIBUTES = frozenset(IDENTIFIERS) - {"email"}
+"""Keys of an attributes object that name the user rather than set an attribute."""
+_PLAIN = frozenset({str, int, bool, type(None)})
+"""Value types with nothing to check at an object's top level."""
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 
@@ -203,7 +207,7 @@ class BrazeFake(FakeAPI):
             if size > MAX_OBJECTS:
                 return self.respond(400, {"message": f"{size} {name}: at most {MAX_OBJECTS}"})
         self.note_batch(total)
-        fate = self.decide(orjson.dumps(body), total)
+        fate = self.decide(orjson.dumps(body) if self.fault_plan else b"", total)
         if not fate.applies:
             return fate.refusal()
         await fate.before()
@@ -259,19 +263,43 @@ class BrazeFake(FakeAPI):
         _check_nested(obj.get("properties") or {})
 
     def _attributes(self, who: str, obj: dict[str, Any]) -> None:
-        values = {k: v for k, v in obj.items() if k not in IDENTIFIERS or k == "email"}
+        values = {k: v for k, v in obj.items() if k not in _NOT_ATTRIBUTES}
         only_existing = bool(values.pop("_update_existing_only", False))
-        for value in values.values():
-            _check_nested(value)
-        if who not in self.users and only_existing:
+        dropped: list[str] = []
+        for key, value in values.items():
+            # _check_nested's rules by type, without its call for the plain scalars JSON
+            # gives (nothing to check at the top level: most values of most objects)
+            kind = type(value)
+            if kind in _PLAIN:
+                continue
+            if kind is float:
+                if not math.isfinite(value):
+                    raise _ObjectError("value is not a finite number")
+                continue
+            if kind is not list:
+                _check_nested(value)
+                continue
+            objects = False
+            for inner in value:  # _check_nested(value), its short strings checked in place
+                inner_kind = type(inner)
+                if inner_kind is str:
+                    if len(inner) > 255:
+                        raise _ObjectError("nested string value is longer than 255 characters")
+                elif inner_kind not in _PLAIN:
+                    objects = objects or inner_kind is dict
+                    _check_nested(inner, depth=1)
+            if objects and len(orjson.dumps(value)) > MAX_ARRAY_BYTES:
+                dropped.append(key)  # Braze drops the update and still answers success
+        if only_existing and who not in self.users:
             return
         stored = self.users.setdefault(who, {})
         for field in IDENTIFIERS:
-            if obj.get(field) not in (None, ""):
-                stored[field] = obj[field]
+            value = obj.get(field)
+            if value is not None and value != "":
+                stored[field] = value
+        for key in dropped:
+            del values[key]
         for key, value in values.items():
-            if _oversized_array(value):
-                continue  # Braze drops the update and still answers success
             if value is None:
                 stored.pop(key, None)
             else:
