@@ -46,6 +46,14 @@ def _alive(row: Any, now: datetime, host: str) -> bool:
     return not (row["host"] == host and not _pid_alive(int(row["pid"])))
 
 
+_REFRESH = (
+    locks.update()
+    .where(locks.c.sync == sa.bindparam("lock_sync"), locks.c.owner == sa.bindparam("lock_owner"))
+    .values(heartbeat_at=sa.bindparam("beat"))
+)
+"""Built once: every checkpoint runs it (building it each time was half a checkpoint's CPU)."""
+
+
 def fence(conn: sa.Connection, lock: Lock, *, raise_lost: bool = True) -> bool:
     """In the caller's transaction: refresh ``lock`` and check it is still ours.
 
@@ -53,9 +61,7 @@ def fence(conn: sa.Connection, lock: Lock, *, raise_lost: bool = True) -> bool:
     another process took the lock over; with ``raise_lost=False`` returns False instead.
     """
     done = conn.execute(
-        locks.update()
-        .where(locks.c.sync == lock.sync, locks.c.owner == lock.owner)
-        .values(heartbeat_at=utc_now())
+        _REFRESH, {"lock_sync": lock.sync, "lock_owner": lock.owner, "beat": utc_now()}
     )
     if done.rowcount == 1:
         return True
