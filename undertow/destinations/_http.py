@@ -230,7 +230,6 @@ class HttpClient:
                 duration=0.0,
             )
             raise DryRunStop(method, url)
-        where = f"{method} {redact_url(url)}"
         session = await self.session()
         started = time.time()
         try:
@@ -260,7 +259,8 @@ class HttpClient:
                     request_body=raw,
                     error=f"{type(exc).__name__}: {exc}",
                 )
-            error = self._transport_error(where, url, exc)
+            # redacted only on this path: every request paid for it before
+            error = self._transport_error(f"{method} {redact_url(url)}", url, exc)
             if error is None:
                 raise
             raise error from exc
