@@ -87,7 +87,9 @@ HUBSPOT_RATES = {
 
 def test_hubspot_sync_through_faults(tmp_path: Path) -> None:
     seed = 808
-    plan = FaultPlan(seed, HUBSPOT_RATES, timeout_delay=2.0)
+    # the client waits 4 s, a timeout fault answers after 5 s: a loaded machine (a normal
+    # answer taking over a second) must not lose answers the fault plan did not lose
+    plan = FaultPlan(seed, HUBSPOT_RATES, timeout_delay=5.0)
     fake = HubSpotFake(
         "t0k3n",
         rate_limit_per_10s=100_000,
@@ -99,7 +101,7 @@ def test_hubspot_sync_through_faults(tmp_path: Path) -> None:
     with serve_in_thread(fake.app) as server:
         write_project(
             tmp_path,
-            f'{{type: hubspot, token: t0k3n, base_url: "{server.url}", timeout: 1.5, '
+            f'{{type: hubspot, token: t0k3n, base_url: "{server.url}", timeout: 4.0, '
             "rate_limit_per_10s: 100000}",
             match="{email: email}",
             object_="contacts",

@@ -3,14 +3,17 @@ holder. A lock left by a process killed with SIGKILL is taken over by the next r
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from harness import (
+    UNDERTOW,
     Model,
     StateFile,
     WebhookBook,
@@ -58,15 +61,30 @@ def test_second_run_refused_then_dead_holder_recovered(tmp_path: Path) -> None:
 
         # 2. a run in progress: a second one is refused, naming the holder's pid
         model.change(update=6_000)
-        hook.delay = 0.6  # 30 batches, 4 at a time: the holder delivers for ~5 s
+        # the receiver holds every answer until the refusal is seen (a loaded machine may take
+        # seconds to start the second process), then answers slowly: 30 batches, 4 at a time
+        hook.held, hook.delay = True, 0.6
         holder = start(tmp_path)
         assert wait_for(lambda: state.latest_status() == "delivering", holder, 60)
         refused = run(tmp_path, json=False)
         assert refused.code == 1, refused
         text = refused.out + refused.err
         assert f"process {holder.pid}" in text and "Traceback" not in text, text
+        for needle in ("is already running", "holds its lock", "hint: wait"):
+            assert needle in text, (needle, text)
+        status = subprocess.run(
+            [UNDERTOW, "status", "--json", "--project", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert status.returncode == 0, status
+        assert [s["running"] for s in json.loads(status.stdout)] == [True], status.stdout
+        hook.held = False
+        time.sleep(1.0)  # a few batches answered before the kill
 
         # 3. kill -9 the holder: its lock stays behind, and the next run takes it over
+        assert holder.poll() is None, "the holder is still delivering"
         os.kill(holder.pid, signal.SIGKILL)
         holder.communicate(timeout=30)
         settle(lambda: len(hook.requests))

@@ -67,6 +67,7 @@ class SampleProject:
         self.root = root
         self.env = env
         self.warehouse = root / "warehouse.duckdb"
+        self.started: list[subprocess.Popen[str]] = []
         (root / "out").mkdir(parents=True, exist_ok=True)
 
     def write(self, yaml_text: str, name: str = "undertow.yml") -> Path:
@@ -119,8 +120,9 @@ class SampleProject:
         return result
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        """Start ``undertow ARGS --project ROOT`` in the background."""
-        return subprocess.Popen(
+        """Start ``undertow ARGS --project ROOT`` in the background (killed at teardown if
+        the test leaves it running)."""
+        proc = subprocess.Popen(
             [str(UNDERTOW), *args, "--project", str(self.root)],
             cwd=self.root,
             env={**self.env, **(env or {})},
@@ -129,6 +131,16 @@ class SampleProject:
             stderr=subprocess.PIPE,
             text=True,
         )
+        self.started.append(proc)
+        return proc
+
+    def stop_started(self) -> None:
+        """Kill and reap what :meth:`start` left running (a failed assertion skips the test's
+        own wait, and a Popen collected later fails another test with a ResourceWarning)."""
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
 
 
 def _clean_env() -> dict[str, str]:
@@ -144,14 +156,16 @@ def _clean_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> SampleProject:
+def project(tmp_path: Path) -> Iterator[SampleProject]:
     if not UNDERTOW.exists():
         pytest.fail(
             f"the undertow command is not installed at {UNDERTOW}; "
             "run `.venv/bin/pip install -e '.[dev]'`",
             pytrace=False,
         )
-    return SampleProject(tmp_path / "proj", _clean_env())
+    sample = SampleProject(tmp_path / "proj", _clean_env())
+    yield sample
+    sample.stop_started()
 
 
 @dataclass

@@ -7,7 +7,6 @@ about a second each, so a test walks a whole story and asserts a lot at every st
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -442,32 +441,14 @@ def test_unreachable_destination_fails_and_the_next_run_sends_everything(
     port = free_port()
     hook_project(project, f"http://127.0.0.1:{port}/hook")
 
-    # (status first creates the state store: two processes racing to create a fresh one is a
-    # known bug of the state store's migrations, not what this test is about)
-    r = project.run("status", "--json")
-    assert r.code == 0 and r.json()[0]["last_run"] is None, r
-
-    # the run retries with backoff for several seconds; meanwhile the sync shows as running
-    # and a second run of it is refused
-    background = project.start("run", "users_to_hook")
-    deadline = time.monotonic() + 60
-    while True:
-        status = project.run("status", "--json")
-        assert status.code == 0, status
-        if status.json()[0]["running"] or background.poll() is not None:
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(0.2)
-    if not status.json()[0]["running"]:
-        out, err = background.communicate()
-        raise AssertionError(f"the run ended before it was seen running: {out}{err}")
+    # the run retries with backoff, then fails and says the next run retries (a second run
+    # refused while one retries is tests/chaos/test_locks.py's: there the receiver holds the
+    # holder's answers, where here a loaded machine could start the second run too late)
     r = project.run("run", "users_to_hook")
-    expect_fail(r, "sync 'users_to_hook' is already running", "holds its lock", "hint: wait")
-
-    out, err = background.communicate(timeout=60)
-    assert background.returncode == 1, out + err
-    assert "cannot connect" in err and f"127.0.0.1:{port}" in err, err
-    assert "next run" in err, "says what happens next"
+    assert r.code == 1, r
+    assert "cannot connect" in r.err and f"127.0.0.1:{port}" in r.err, r
+    assert "next run" in r.err, "says what happens next"
+    assert "Traceback" not in r.text, r
 
     fake = WebhookReceiver()
     with serve_in_thread(fake.app, port=port):

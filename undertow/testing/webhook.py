@@ -96,6 +96,10 @@ class WebhookReceiver:
         """When set, every accepted request is appended to this file as one JSON line."""
         self.fast = fast
         self.delay = delay
+        self.held = False
+        """While True, every request waits before it is answered (or applied) until a test
+        sets it back to False: a run holds its lock for as long as the test needs, however
+        slowly a loaded machine starts the next process."""
         self.idempotency_header = idempotency_header.lower()
         self.requests: list[ReceivedRequest] = []
         self.records: list[Any] = []
@@ -163,6 +167,8 @@ class WebhookReceiver:
 
         with self._lock:
             scripted = self._script.popleft() if self._script else None
+        while self.held:
+            await asyncio.sleep(0.02)
         wait = (scripted.delay if scripted else 0.0) or self.delay
         if wait:
             await asyncio.sleep(wait)
