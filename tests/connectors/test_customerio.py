@@ -147,3 +147,59 @@ def test_an_item_over_32_kb_is_rejected_before_sending_and_requests_stay_under_5
     assert list(result.rejected) == [40] and "32,000" in result.rejected[40]
     assert len(fake.requests) >= 2 and all(len(r.raw) < 500_000 for r in fake.requests)
     assert len(fake.people) == 40
+
+
+def _shaped(b: Batch) -> tuple[bytes, list[type]]:
+    from undertow.destinations.customerio import BATCH_ENDPOINT
+    from undertow.destinations.kit import Call
+
+    dest = CustomerIODestination(
+        CustomerIODestination.Config.model_validate(
+            {"type": "customerio", "site_id": "site-1", "api_key": KEY}
+        ),
+        name="cio",
+    )
+    items = dest.items(b, dest.match_field(b), BatchResult())
+    body, _ = dest.encode(BATCH_ENDPOINT, Call(b, items, b.object, "id", "Customer.io"))
+    return body or b"", [type(i) for i in items]
+
+
+@pytest.mark.parametrize("operation", [Operation.UPSERT, Operation.DELETE])
+def test_people_shaped_from_their_json_text_send_what_the_per_record_path_sends(
+    monkeypatch: pytest.MonkeyPatch, operation: Operation
+) -> None:
+    """People identified or deleted from the record's JSON text (``shape_raw``): byte for
+    byte the body ``shape`` builds; a record holding the match field (left out of the
+    attributes) goes through ``shape``."""
+    from undertow.destinations.kit import Item, RawItem
+    from undertow.destinations.kit.http import HttpDestination
+
+    records: list[dict[str, Any]] = [
+        {"id": 1, "email": "a@x.com", "plan": "pro", "recently_viewed": [{"sku": "S-1"}]},
+        {"id": "p-2", "name": "Zoë", "seats": 3, "mrr": 12.5, "active": None},
+        {"id": 3},
+        {"id": 4, "plan": "free"},
+    ]
+    b = batch(records, operation=operation)
+    b.payloads = [  # as the map stage sends them: the match column is not a mapped field
+        orjson.dumps({k: v for k, v in r.items() if k != "id" or n == 3}).decode()
+        for n, r in enumerate(records)
+    ]
+    raw, kinds = _shaped(b)
+    if operation is Operation.DELETE:
+        assert kinds == [RawItem] * 4
+    else:
+        assert kinds == [RawItem, RawItem, RawItem, Item]
+    monkeypatch.setattr(CustomerIODestination, "shape_raw", HttpDestination.shape_raw)
+    assert _shaped(b) == (raw, [Item] * 4)
+
+
+def test_people_shaped_from_their_json_text_arrive_in_the_fake(fake: CustomerIOFake) -> None:
+    b = batch([{"id": f"p{n}", "plan": "pro", "seats": n} for n in range(3)])
+    b.payloads = [orjson.dumps({"plan": "pro", "seats": n}).decode() for n in range(3)]
+    assert write(fake, b) == BatchResult()
+    assert fake.person("id", "p2") == {"plan": "pro", "seats": 2}
+    gone = batch([{"id": "p1"}], operation=Operation.DELETE)
+    gone.payloads = ["{}"]
+    assert write(fake, gone) == BatchResult()
+    assert fake.person("id", "p1") is None and fake.person("id", "p0") is not None

@@ -40,6 +40,7 @@ from undertow.destinations.kit import (
     Reject,
     envelope,
     errors_by_index,
+    plain,
 )
 from undertow.destinations.kit.engagement import (
     epoch_seconds,
@@ -224,9 +225,33 @@ mappings:
             )
         return item
 
+    def shape_raw(
+        self, payload: str, *, batch: Batch, key: Any, index: int
+    ) -> orjson.Fragment | None:
+        """A person's identify or delete spliced from the record's JSON text, the same JSON
+        :meth:`shape` makes, when the record does not hold the match field (``shape`` leaves
+        it out of the attributes) and the item is clearly under 32 KB; anything else (objects,
+        events, a larger item) goes through :meth:`shape`."""
+        if (batch.object or "people") != "people":
+            return None
+        field = next(iter(batch.identifiers), "id")
+        head = '{"type":"person","identifiers":' + orjson.dumps({field: key}).decode()
+        if batch.operation is Operation.DELETE:
+            return orjson.Fragment(head + ',"action":"delete"}')
+        if (
+            batch.operation is not Operation.UPSERT
+            or payload[:1] != "{"
+            or f'"{field}"' in payload
+            or len(payload) > MAX_ITEM_BYTES // 4  # at most 4 bytes a character: surely under
+        ):
+            return None
+        return orjson.Fragment(f'{head},"action":"identify","attributes":{payload}}}')
+
     def preview(self, batch: Batch) -> list[Any]:
         result = BatchResult()
-        shaped = {i.index: i.body for i in self.items(batch, self.match_field(batch), result)}
+        shaped = {
+            i.index: plain(i.body) for i in self.items(batch, self.match_field(batch), result)
+        }
         return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
 
 
