@@ -192,19 +192,23 @@ class RecordStore(dict[str, dict[str, Any]]):
         self._next += 1
         return object_id
 
-    def create(self, fields: dict[str, Any], *, object_id: str | None = None) -> str:
+    def create(
+        self, fields: dict[str, Any], *, object_id: str | None = None, stamp: str | None = None
+    ) -> str:
+        """Store a copy of ``fields``; ``stamp``: its creation time (default: now; a bulk job
+        stamps all its records with one time)."""
         object_id = object_id or self.new_id()
-        stamp = now_iso()
+        stamp = stamp or now_iso()
         self[object_id] = dict(fields)
         self.created_at[object_id] = stamp
         self.updated_at[object_id] = stamp
         self.index_put(object_id)
         return object_id
 
-    def modify(self, object_id: str, fields: dict[str, Any]) -> None:
+    def modify(self, object_id: str, fields: dict[str, Any], *, stamp: str | None = None) -> None:
         self.index_drop(object_id)
         self[object_id].update(fields)
-        self.updated_at[object_id] = now_iso()
+        self.updated_at[object_id] = stamp or now_iso()
         self.index_put(object_id)
 
     def upsert(self, prop: str, value: Any, fields: dict[str, Any]) -> tuple[str, bool]:

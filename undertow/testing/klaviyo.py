@@ -227,19 +227,22 @@ class KlaviyoFake(FakeAPI):
                 400, {"errors": [error(400, "invalid", detail, "/data/attributes/profiles/data")]}
             )
         problems = []
+        dumps = orjson.dumps
         for index, profile in enumerate(profiles):
-            pointer = f"/data/attributes/profiles/data/{index}"
             attributes = profile.get("attributes") if isinstance(profile, dict) else None
-            if (
-                not isinstance(profile, dict)
-                or profile.get("type") != "profile"
-                or not isinstance(attributes, dict)
-            ):
+            if not isinstance(attributes, dict) or profile.get("type") != "profile":
+                pointer = f"/data/attributes/profiles/data/{index}"
                 problems.append(error(400, "invalid", "a profile resource is required", pointer))
-            elif not any(attributes.get(k) for k in IDENTIFIERS):
+            elif not (
+                attributes.get("email")
+                or attributes.get("phone_number")
+                or attributes.get("external_id")
+            ):
                 detail = "One of email, phone_number or external_id is required"
-                problems.append(error(400, "invalid", detail, f"{pointer}/attributes"))
-            elif len(orjson.dumps(profile)) > MAX_PROFILE:
+                pointer = f"/data/attributes/profiles/data/{index}/attributes"
+                problems.append(error(400, "invalid", detail, pointer))
+            elif len(dumps(profile)) > MAX_PROFILE:
+                pointer = f"/data/attributes/profiles/data/{index}"
                 problems.append(error(400, "invalid", "Profile payload exceeds 100KB", pointer))
         if problems:
             return self.respond(400, {"errors": problems})
@@ -282,28 +285,33 @@ class KlaviyoFake(FakeAPI):
 
     def _run(self, job: dict[str, Any]) -> None:
         """Apply the job's profiles: upsert on an identifier, a bad email or phone fails."""
+        stamp = now_iso()  # one job, one time: its profiles are imported together
+        email_ok, phone_ok = _EMAIL.match, _PHONE.match
+        completed = 0
         for index, profile in enumerate(job["profiles"]):
             attributes = profile["attributes"]
-            pointer = f"/data/attributes/profiles/data/{index}/attributes"
             email = attributes.get("email")
             phone = attributes.get("phone_number")
-            if email is not None and not _EMAIL.match(str(email)):
+            if email is not None and not email_ok(str(email)):
+                pointer = f"/data/attributes/profiles/data/{index}/attributes"
                 detail = f"Invalid email address {email!r}"
                 job["errors"].append((error(400, "invalid", detail, f"{pointer}/email"), profile))
                 continue
-            if phone is not None and not _PHONE.match(str(phone)):
+            if phone is not None and not phone_ok(str(phone)):
+                pointer = f"/data/attributes/profiles/data/{index}/attributes"
                 detail = f"Invalid phone number {phone!r} (E.164 expected)"
                 job["errors"].append(
                     (error(400, "invalid", detail, f"{pointer}/phone_number"), profile)
                 )
                 continue
-            pid = self._upsert(attributes)
+            pid = self._upsert(attributes, stamp)
             for list_id in job["lists"]:
                 self.lists.setdefault(list_id, set()).add(pid)
-            job["completed_count"] += 1
+            completed += 1
+        job["completed_count"] += completed
         job["status"] = "complete"
 
-    def _upsert(self, attributes: dict[str, Any]) -> str:
+    def _upsert(self, attributes: dict[str, Any], stamp: str | None = None) -> str:
         for field in IDENTIFIERS:
             value = attributes.get(field)
             if value:
@@ -315,9 +323,9 @@ class KlaviyoFake(FakeAPI):
                             **(self.profiles[found].get("properties") or {}),
                             **(attributes.get("properties") or {}),
                         }
-                    self.profiles.modify(found, merged)
+                    self.profiles.modify(found, merged, stamp=stamp)
                     return found
-        return self.profiles.create(dict(attributes))
+        return self.profiles.create(attributes, stamp=stamp)  # create stores a copy
 
     async def get_job(self, request: Request) -> Response:
         _, early = await self._admit(request, body=False)
