@@ -29,6 +29,7 @@ from undertow.pipeline.diff.contract import (
     lit,
     q,
 )
+from undertow.pipeline.diff.local_hash import HASH, insert_hash
 from undertow.pipeline.frames import to_polars
 from undertow.pipeline.plan import Plan
 from undertow.sources.base import NativeLoad
@@ -224,9 +225,17 @@ class LocalDiffEngine(DiffEngine):
         if not new:
             return 0
         bad = sorted(set(not_accepted))
-        snap_cols = [r[0] for r in con.execute(f"DESCRIBE {self.snapshot}").fetchall()]
-        value_cols = [c for c in snap_cols if c not in keys and c != "_ut_fp"]
+        snap_types = {
+            str(r[0]): str(r[1]) for r in con.execute(f"DESCRIBE {self.snapshot}").fetchall()
+        }
+        value_cols = [c for c in snap_types if c not in keys and c not in ("_ut_fp", HASH)]
         plan_cols = set(self._columns(run_id))
+        # a plan lacking a mapped column (none should) stores NULL: the row counts as changed
+        stored_hash = (
+            insert_hash(snap_types, spec.values, "p")
+            if all(c in plan_cols for c in spec.values)
+            else None
+        )
         plan_table = self._plan_table(run_id)
         total = int(self._one(f"SELECT count(DISTINCT _ut_batch) FROM {plan_table}") or 0)
         filters = []
@@ -245,10 +254,12 @@ class LocalDiffEngine(DiffEngine):
             [f"p.{q(k)}" for k in keys]
             + [f"p.{q(c)}" if c in plan_cols else f"NULL AS {q(c)}" for c in value_cols]
             + ["p._ut_fp"]
+            + ([stored_hash or f"NULL::UBIGINT AS {HASH}"] if HASH in snap_types else [])
         )
         # the same column order as `select` (a column added by _align_snapshot comes after
         # _ut_fp in the table, so the table's own order would misalign them)
-        insert_cols = ", ".join(q(c) for c in [*keys, *value_cols, "_ut_fp"])
+        hashed = [HASH] if HASH in snap_types else []
+        insert_cols = ", ".join(q(c) for c in [*keys, *value_cols, "_ut_fp", *hashed])
         try:
             con.execute("BEGIN")
             con.execute(

@@ -2,8 +2,10 @@
 the snapshot and write the run's plan table.
 
 Two steps against a snapshot: (1) *kinds* on narrow rows (the key and a hash of the mapped
-values, computed on both sides now with the same function, so no stored hash can go
-stale); (2) the *values* of the planned keys only. A first sync skips the join.
+values: the model's computed now, the snapshot's stored with the identity of the function
+that computed it and recomputed from the accepted values when that is not today's, see
+:mod:`~undertow.pipeline.diff.local_hash`); (2) the *values* of the planned keys only. A
+first sync skips the join.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pyarrow as pa
 
 from undertow.errors import PlanError, PrimaryKeyError
 from undertow.pipeline.diff.contract import META, ChangeStats, DiffSpec, batch_groups, lit, q
+from undertow.pipeline.diff.local_hash import HASH, row_hash, snapshot_hash
 from undertow.pipeline.plan import Plan
 from undertow.sources.base import NativeLoad
 
@@ -28,14 +31,6 @@ def key_text(keys: list[str], alias: str) -> str:
         return f"coalesce(CAST({alias}.{q(keys[0])} AS VARCHAR), 'NULL')"
     parts = [f"{lit(k + '=')} || coalesce(CAST({alias}.{q(k)} AS VARCHAR), 'NULL')" for k in keys]
     return " || ', ' || ".join(parts)
-
-
-def row_hash(values: Sequence[str], alias: str) -> str:
-    """DuckDB's ``hash()`` of the mapped values: computed on both sides at diff time
-    (the snapshot keeps values, so no stored hash can go stale across DuckDB versions)."""
-    if not values:
-        return "0::UBIGINT"
-    return f"hash({', '.join((f'{alias}.' if alias else '') + q(c) for c in values)})"
 
 
 def build(
@@ -102,14 +97,15 @@ def build(
         cols = ", ".join(q(c) for c in keys + values)
         target = "main.snapshot"
         con.execute(
-            f"CREATE TABLE {target} AS SELECT {cols}, 0::BIGINT AS _ut_fp, {MARKS_SQL} "
-            "FROM model_shape"
+            f"CREATE TABLE {target} AS SELECT {cols}, 0::BIGINT AS _ut_fp, {MARKS_SQL}, "
+            f"NULL::UBIGINT AS {HASH} FROM model_shape"
         )
         engine.snapshot = target
     else:
         align_snapshot(engine, values, spec.sync, full=plan.full, keys=keys)
     snap = engine.snapshot
     left_at, seen = mark_columns(engine)
+    snap_hash = snapshot_hash(engine, values)
     keeps_left = "removed" not in plan.ops  # the mode deletes nothing: a row leaves once
     holds_changes = "changed" not in plan.ops  # insert: a changed row is never sent
     stats.snapshot = int(engine._one(f"SELECT count(*) FROM {snap}"))
@@ -183,7 +179,8 @@ def build(
             differs = "CASE WHEN s._ut_seen = m._ut_h THEN 'held' ELSE 'changed' END"
         kind = f"""CASE WHEN s.{q(META + "s_" + key0)} IS NULL THEN 'added'
                         WHEN m.{q(META + "m_" + key0)} IS NULL THEN {gone}
-                        WHEN m._ut_h <> s._ut_h OR s._ut_fp <> {spec.fingerprint}
+                        WHEN m._ut_h IS DISTINCT FROM s._ut_h
+                             OR s._ut_fp <> {spec.fingerprint}
                         THEN {differs} ELSE 'unchanged' END"""
         # every model row with a key meets the snapshot: a duplicated key that met it
         # comes out once per copy (or not at all if no copy changed)
@@ -197,7 +194,7 @@ def build(
                        m._ut_h AS _ut_mh
                 FROM (SELECT {m_keys}, m._ut_h FROM model m
                       WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}) m
-                FULL OUTER JOIN (SELECT {s_keys}, {row_hash(values, "s")} AS _ut_h,
+                FULL OUTER JOIN (SELECT {s_keys}, {snap_hash} AS _ut_h,
                                         s._ut_fp, {left_at} AS _ut_left_at,
                                         {seen} AS _ut_seen
                                  FROM {snap} s) s ON {joined}
