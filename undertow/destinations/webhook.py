@@ -28,10 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-import jinja2
 import orjson
-from jinja2 import meta
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from undertow.destinations._http import HttpClient, Response
@@ -49,6 +46,8 @@ from undertow.headers import check_headers
 from undertow.redact import redact, redact_url, register_secret, trim
 
 if TYPE_CHECKING:  # the local receiver (uvicorn) is imported only for local:// URLs
+    import jinja2
+
     from undertow.testing.server import RunningServer
 
 _CREDENTIAL_WORDS = ("authorization", "token", "key", "secret", "password", "auth", "cookie")
@@ -264,6 +263,8 @@ class WebhookDestination(Destination[WebhookConfig]):
             context["records"] = batch.records()
         if "records_json" in self._template_vars:
             context["records_json"] = batch.json_array().decode()
+        import jinja2  # imported by _compile already: a template exists
+
         try:
             text = self._template.render(context)
         except jinja2.exceptions.SecurityError as exc:
@@ -285,6 +286,10 @@ class WebhookDestination(Destination[WebhookConfig]):
 
 
 def _compile(source: str, name: str) -> tuple[jinja2.Template, set[str]]:
+    import jinja2  # only a destination with a body_template imports Jinja
+    from jinja2 import meta
+    from jinja2.sandbox import SandboxedEnvironment
+
     env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
     env.policies["json.dumps_function"] = lambda obj, **_: orjson.dumps(obj).decode()
     env.policies["json.dumps_kwargs"] = {}

@@ -30,8 +30,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
 TEMPLATE_SECONDS = 1.0
 """Most time one row's template may take."""
 TEMPLATE_MAX_CHARS = 1_000_000
@@ -136,52 +134,6 @@ def _bounded_filter(name: str, function: Callable[..., Any]) -> Callable[..., An
     return bounded
 
 
-class BoundedEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox with the checks of :class:`Budget` on every operator, call and filter."""
-
-    intercepted_binops = frozenset({"*", "**", "+", "%"})
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.globals["range"] = _bounded_range
-        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        BUDGET.check()
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                size = _size(seq)
-                if (
-                    size is not None
-                    and isinstance(times, int)
-                    and size * times > TEMPLATE_MAX_CHARS
-                ):
-                    raise too_big(size * times)
-        elif operator == "+":
-            a, b = _size(left), _size(right)
-            if a is not None and b is not None and a + b > TEMPLATE_MAX_CHARS:
-                raise too_big(a + b)
-        elif operator == "**":
-            big = isinstance(right, int) and abs(right) > 64
-            if big and isinstance(left, int | float) and abs(left) > 1:
-                raise TemplateLimit(f"the power {right} is too large (at most 64)")
-        elif operator == "%" and isinstance(left, str):
-            widths = [int(w) for w in _PERCENT_WIDTH.findall(left)]
-            if widths and max(widths) > TEMPLATE_MAX_CHARS:
-                raise too_big(max(widths))
-        return super().call_binop(context, operator, left, right)
-
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        BUDGET.check()
-        if getattr(__obj, "__name__", "") in _WIDTHS:
-            _check_widths(args, kwargs)
-        out = super().call(__context, __obj, *args, **kwargs)
-        size = _size(out)
-        if size is not None and size > TEMPLATE_MAX_CHARS:
-            raise too_big(size)
-        return out
-
-
 def render_bounded(pieces: Iterator[str]) -> str:
     """Join a template's output pieces, checking the budget and the size at each."""
     out: list[str] = []
@@ -193,3 +145,13 @@ def render_bounded(pieces: Iterator[str]) -> str:
         BUDGET.check()
         out.append(piece)
     return "".join(out)
+
+
+def __getattr__(name: str) -> Any:
+    """``BoundedEnvironment`` lives in :mod:`.sandbox` (it imports Jinja, which a mapping
+    without templates never needs); this keeps ``from ...limits import BoundedEnvironment``."""
+    if name == "BoundedEnvironment":
+        from undertow.pipeline.map.sandbox import BoundedEnvironment
+
+        return BoundedEnvironment
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,17 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import polars as pl
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
-from jinja2.environment import Template
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from undertow.config.models import FieldSpec
 from undertow.errors import MappingError, unknown_name
-from undertow.pipeline.map.limits import BoundedEnvironment
 from undertow.pipeline.map.pii import ALIASES, HASHES, NORMALIZERS, VARIANTS, Pii
 
-if TYPE_CHECKING:
-    pass
+if TYPE_CHECKING:  # Jinja is imported when a mapping has a template (20 ms otherwise spent)
+    from jinja2 import nodes
+    from jinja2.environment import Template
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
 @dataclass
@@ -76,6 +74,10 @@ def finalize(value: Any) -> Any:
 
 def environment() -> ImmutableSandboxedEnvironment:
     """The sandbox, with each row's time and size bounded (see :mod:`.limits`)."""
+    from jinja2 import StrictUndefined
+
+    from undertow.pipeline.map.sandbox import BoundedEnvironment
+
     return BoundedEnvironment(
         undefined=StrictUndefined, finalize=finalize, autoescape=False, keep_trailing_newline=True
     )
@@ -95,9 +97,16 @@ class Compiler:
         self.schema = schema
         self.json = json
         """Columns of a JSON type: a plain ``column:`` of one embeds its value."""
-        self.env = environment()
+        self._env: ImmutableSandboxedEnvironment | None = None
         self.read: dict[str, None] = {}
         self.templates: list[TemplateNode] = []
+
+    @property
+    def env(self) -> ImmutableSandboxedEnvironment:
+        """The sandbox, made for the mapping's first template."""
+        if self._env is None:
+            self._env = environment()
+        return self._env
 
     def fail(self, path: str, message: str, hint: str | None = None) -> MappingError:
         return MappingError(f"sync {self.sync!r}: {path}: {message}", hint=hint)
@@ -217,6 +226,8 @@ class Compiler:
                 "`cast: json` does not apply to a template",
                 hint="render a string, or map a JSON text column with `json:`",
             )
+        from jinja2 import TemplateSyntaxError, meta, nodes
+
         try:
             ast = self.env.parse(source)
         except TemplateSyntaxError as exc:
@@ -264,6 +275,8 @@ class Compiler:
         """The columns a template reads through ``row``: ``row.name`` and ``row['name']``
         name them; any other use (``row[k]``, ``row.items()``, ``row | length``) may read
         any column, so None: every column counts (a change to one resends the row)."""
+        from jinja2 import nodes
+
         found: set[str] = set()
 
         def visit(node: nodes.Node, parent: nodes.Node | None) -> bool:
@@ -291,6 +304,8 @@ _ROW_METHODS = frozenset({"items", "keys", "values", "get"})
 
 
 def const_key(node: nodes.Getitem) -> str | None:
+    from jinja2 import nodes
+
     arg = node.arg
     return arg.value if isinstance(arg, nodes.Const) and isinstance(arg.value, str) else None
 
