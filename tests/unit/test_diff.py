@@ -149,14 +149,38 @@ def test_removed_rows_carry_the_old_values(engine: LocalDiffEngine) -> None:
     assert (rows["2"]["id"], rows["2"]["email"], rows["2"]["plan"]) == (2, "u2@x.com", "pro")
 
 
-def test_changed_rows_show_old_and_new(engine: LocalDiffEngine) -> None:
+def dry_changed_rows(
+    engine: LocalDiffEngine, state: Path, rows: list[dict[str, Any]]
+) -> pl.DataFrame:
+    """What `plan` sees: a dry-run engine's changed rows (the real engine is closed first)."""
+    engine.close()
+    dry = LocalDiffEngine(state, "users_out", dry_run=True)
+    try:
+        dry.build("p1", reader(rows), spec(), plan(), 100)
+        return dry.changed_rows("p1", 10)
+    finally:
+        dry.close()
+
+
+def test_changed_rows_show_old_and_new(engine: LocalDiffEngine, state: Path) -> None:
     first_run(engine, users(3))
-    engine.build("r2", reader(users(3, **{"1": {"plan": "pro"}})), spec(), plan(), 100)
-    frame = engine.changed_rows("r2", 10)
+    frame = dry_changed_rows(engine, state, users(3, **{"1": {"plan": "pro"}}))
     assert frame.height == 1
     row = frame.row(0, named=True)
     assert (row["_ut_key"], row["plan"], row["_ut_old_plan"]) == ("1", "pro", "free")
     assert row["email"] == row["_ut_old_email"] == "u1@x.com"
+
+
+def test_a_real_run_plans_no_old_values_of_changed_rows(engine: LocalDiffEngine) -> None:
+    """They are for `plan` only; a removed row keeps its old values (a delete sends them)."""
+    first_run(engine, users(3))
+    engine.build("r2", reader(users(2, **{"1": {"plan": "pro"}})), spec(), plan(), 100)
+    plan_rows = engine.con.execute(
+        'SELECT _ut_key, _ut_kind, "_ut_old_plan" FROM "plan_r2" ORDER BY _ut_key'
+    ).fetchall()
+    assert plan_rows == [("1", "changed", None), ("2", "removed", "free")]
+    changed = by_key(planned(engine, "r2"))["1"]
+    assert (changed["email"], changed["plan"]) == ("u1@x.com", "pro")
 
 
 def test_only_mapped_columns_are_compared(engine: LocalDiffEngine) -> None:
@@ -292,7 +316,9 @@ def test_rows_not_accepted_come_back_next_run(engine: LocalDiffEngine) -> None:
     assert again == expected
 
 
-def test_a_rejected_change_keeps_the_old_values_in_the_snapshot(engine: LocalDiffEngine) -> None:
+def test_a_rejected_change_keeps_the_old_values_in_the_snapshot(
+    engine: LocalDiffEngine, state: Path
+) -> None:
     s = spec()
     first_run(engine, users(2))
     now = users(2, **{"1": {"plan": "pro"}})
@@ -300,8 +326,7 @@ def test_a_rejected_change_keeps_the_old_values_in_the_snapshot(engine: LocalDif
     seq = by_key(planned(engine, "r2"))["1"]["_ut_seq"]
     engine.fold("r2", s, {0}, [seq])
     engine.discard("r2")
-    engine.build("r3", reader(now), s, plan(), 100)
-    frame = engine.changed_rows("r3", 10)
+    frame = dry_changed_rows(engine, state, now)
     assert frame.get_column("_ut_old_plan").to_list() == ["free"]
 
 

@@ -133,7 +133,8 @@ class DiffEngine(ABC):
 
     @abstractmethod
     def changed_rows(self, run_id: str, limit: int) -> pl.DataFrame:
-        """Changed rows with their new columns and ``_ut_old_<col>`` old ones (for plan)."""
+        """Changed rows with their new columns and ``_ut_old_<col>`` old ones (for plan: a
+        real run's plan may leave the old values of changed rows out, as it never sends them)."""
 
     @abstractmethod
     def fold(self, run_id: str, spec: DiffSpec, done: set[int], not_accepted: Sequence[int]) -> int:

@@ -243,9 +243,16 @@ def build(
             f"""SELECT k._ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
                        {sep}{null_old}
                 FROM kinds k JOIN {values_rel} v ON {by_m} WHERE k._ut_kind = 'added'""",
+            # old values of changed rows are for `plan` (old -> new) only: a real run sends
+            # new values, so it skips reading them out of the whole snapshot
             f"""SELECT k._ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
                        {sep}{old_cols}
                 FROM kinds k JOIN {values_rel} v ON {by_m} JOIN {snap} s ON {by_s}
+                WHERE k._ut_kind IN ('changed', 'unchanged')"""
+            if engine.dry_run
+            else f"""SELECT k._ut_kind, {", ".join(f"v.{q(k)}" for k in keys)}{sep}{new_cols}
+                       {sep}{null_old}
+                FROM kinds k JOIN {values_rel} v ON {by_m}
                 WHERE k._ut_kind IN ('changed', 'unchanged')""",
             f"""SELECT k._ut_kind, {", ".join(f"s.{q(k)}" for k in keys)}
                        {sep}{null_new}{sep}{old_cols}
@@ -266,12 +273,15 @@ def build(
     stats.planned = groups.planned
     stats.deletes = groups.deletes
     plan_table = engine._plan_table(run_id)
-    # old values exist only for changed, unchanged and removed rows: a plan of added rows
-    # only (a first sync) leaves those columns out, which halves what is written
+    # old values are kept for removed rows (a delete sends them) and, in a dry run, for
+    # changed and unchanged rows (`plan` shows old -> new): a plan without such rows (a
+    # first sync, a run with no deletes) leaves those columns out, which halves what is
+    # written
     olds = [f"{META}old_{c}" for c in values]
+    shown = engine.dry_run and (stats.changed or "unchanged" in kinds_wanted)
     drop_olds = (
         f"EXCLUDE ({', '.join(q(c) for c in olds)})"
-        if olds and not (stats.changed or stats.removed or "unchanged" in kinds_wanted)
+        if olds and not (stats.removed or shown)
         else ""
     )
     con.execute(
