@@ -12,24 +12,18 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
 from undertow.redact import redact
+
+if TYPE_CHECKING:  # Rich is imported on first human output (30 ms a --json run never spends)
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+    from rich.table import Table
+    from rich.text import Text
 
 # C0 controls but tab and newline, DEL, C1 controls, and the bidi overrides and isolates
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -45,6 +39,13 @@ def plain(value: object) -> str:
     return _CONTROL.sub(_visible, redact(value))
 
 
+def escape(text: str) -> str:
+    """Rich's markup escape (``rich.markup.escape``), imported on first use."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def safe(value: object) -> str:
     """``value`` as text to put inside Rich markup: :func:`plain`, then markup escaped."""
     return escape(plain(value))
@@ -52,16 +53,34 @@ def safe(value: object) -> str:
 
 def cell(value: object) -> Text:
     """A table cell from data (a Rich ``Text`` is never read as markup)."""
+    from rich.text import Text
+
     return Text(plain("" if value is None else value))
 
 
-class DataTable(Table):
-    """A table whose text cells are data: each ``str`` is shown through :func:`cell`. A
-    cell meant to be styled is given as ``Text.from_markup(...)``, with its data made
-    :func:`safe`."""
+def _data_table() -> type[Table]:
+    from rich.table import Table
 
-    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
-        super().add_row(*(cell(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+    class DataTable(Table):
+        """A table whose text cells are data: each ``str`` is shown through :func:`cell`. A
+        cell meant to be styled is given as ``Text.from_markup(...)``, with its data made
+        :func:`safe`."""
+
+        def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+            cells = (cell(r) if isinstance(r, str) else r for r in renderables)
+            super().add_row(*cells, **kwargs)
+
+    DataTable.__module__ = __name__
+    return DataTable
+
+
+def __getattr__(name: str) -> Any:
+    """``DataTable`` (a Rich ``Table`` subclass) is made on first use, with Rich."""
+    if name == "DataTable":
+        made = _data_table()
+        globals()["DataTable"] = made
+        return made
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class TerminalConsole:
@@ -69,15 +88,28 @@ class TerminalConsole:
 
     def __init__(self, *, json_mode: bool = False, quiet: bool = False) -> None:
         self.json_mode = json_mode
-        self.out = Console(highlight=False, soft_wrap=True)
-        if not self.out.is_terminal:
-            # piped: never cut tables (run ids must stay copyable)
-            self.out = Console(highlight=False, soft_wrap=True, width=250)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.quiet = quiet or json_mode
         self._progress: Progress | None = None
         self._tasks: dict[str, TaskID] = {}
         self._current: dict[str, str] = {}
+
+    @cached_property
+    def out(self) -> Console:
+        """Standard output's Rich console, made on first human output."""
+        from rich.console import Console
+
+        out = Console(highlight=False, soft_wrap=True)
+        if not out.is_terminal:
+            # piped: never cut tables (run ids must stay copyable)
+            out = Console(highlight=False, soft_wrap=True, width=250)
+        return out
+
+    @cached_property
+    def err(self) -> Console:
+        """Standard error's Rich console (errors, warnings, the progress bar)."""
+        from rich.console import Console
+
+        return Console(stderr=True, highlight=False, soft_wrap=True)
 
     # -- machine output ---------------------------------------------------------------------
 
@@ -104,6 +136,15 @@ class TerminalConsole:
         if self.quiet or not self.err.is_terminal:
             return None
         if self._progress is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self._progress = Progress(
                 SpinnerColumn(),
                 TextColumn("[bold]{task.fields[sync]}[/] {task.description}"),

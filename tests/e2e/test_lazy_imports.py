@@ -2,7 +2,8 @@
 1%-changed run of ``bench/side_by_side.py``), so a run of a DuckDB -> webhook project whose
 model is plain SQL and whose mapping has no template must not import what only other
 projects or commands need: sqlglot (the one-query check's tokenizer), Jinja (templates),
-the server (FastAPI, uvicorn), Celery, the other warehouses' drivers.
+Rich (human output: a --json run prints none), the server (FastAPI, uvicorn), Celery, the
+other warehouses' drivers.
 
 SQLAlchemy is still imported (the state store is built on it); the day it is not, add it.
 """
@@ -21,7 +22,7 @@ from tests.e2e.conftest import Receiver, SampleProject
 pytestmark = pytest.mark.e2e
 
 NOT_IMPORTED = [
-    "sqlglot", "jinja2", "fastapi", "uvicorn", "starlette", "celery", "kombu", "redis",
+    "sqlglot", "jinja2", "rich", "fastapi", "uvicorn", "starlette", "celery", "kombu", "redis",
     "psycopg", "pymysql", "httpx", "undertow.server", "undertow.sync_logs", "undertow.checks",
     "undertow.pipeline.diff.warehouse",
 ]  # fmt: skip

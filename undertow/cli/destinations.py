@@ -9,11 +9,9 @@ import threading
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from undertow.cli._common import DebugOpt, JsonOpt, app, guard
-from undertow.console import TerminalConsole
+from undertow.console import TerminalConsole, escape
 
 
 def _limits(entry: dict[str, Any]) -> str:
@@ -31,6 +29,8 @@ def destinations(json: JsonOpt = False, debug: DebugOpt = False) -> None:
     if json:
         console.json(entries)
         return
+    from rich.table import Table
+
     table = Table(title="Destination types", title_justify="left")
     for column in ("type", "operations", "objects", "match", "batch", "rate limit", "docs"):
         table.add_column(column)

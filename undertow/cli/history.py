@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.text import Text
 
+from undertow import console as _console
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load, when
-from undertow.console import DataTable, TerminalConsole, safe
+from undertow.console import TerminalConsole, safe
 from undertow.results import SyncStatus
 from undertow.state.store import RowError, RowStatus, RunRecord, RunStatus
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+
+def _markup(text: str) -> Text:
+    """Rich ``Text`` from markup whose data was made :func:`safe` (Rich imported here)."""
+    from rich.text import Text
+
+    return Text.from_markup(text)
 
 
 @app.command()
@@ -42,7 +52,7 @@ def status(
         return
     from undertow.orchestration.config import format_duration
 
-    table = DataTable(
+    table = _console.DataTable(
         "sync", "model → destination", "mode", "last run", "status", "counts", "next run", "lag",
         "SLA",
     )  # fmt: skip
@@ -52,7 +62,7 @@ def status(
         sla: str | Text = "-"
         if row["sla_s"] is not None:
             colour = "red" if row["sla_state"] == "breached" else "green"
-            sla = Text.from_markup(
+            sla = _markup(
                 f"[{colour}]{safe(row['sla_state'])}[/] ({format_duration(row['sla_s'])})"
             )
         upcoming = "paused" if row["paused"] else (row["next_run_at"] or row["schedule"])[:19]
@@ -103,13 +113,15 @@ def _workers(console: TerminalConsole, project: Path, *, json: bool, debug: bool
     if not rows:
         console.print("no worker has registered yet: start one with `undertow worker`")
         return
-    table = DataTable("worker", "state", "host:pid", "processes", "queues", "heartbeat", "running")
+    table = _console.DataTable(
+        "worker", "state", "host:pid", "processes", "queues", "heartbeat", "running"
+    )
     colours = {"running": "green", "draining": "yellow", "lost": "red", "stopped": "dim"}
     for row in rows:
         runs = ", ".join(f"{r['sync']} since {(r['since'] or '')[11:19]}" for r in row["runs"])
         table.add_row(
             row["name"],
-            Text.from_markup(f"[{colours.get(row['state'], 'white')}]{safe(row['state'])}[/]"),
+            _markup(f"[{colours.get(row['state'], 'white')}]{safe(row['state'])}[/]"),
             f"{row['host']}:{row['pid']}",
             str(row["concurrency"]),
             ", ".join(row["queues"]),
@@ -141,7 +153,7 @@ def runs(
     if json:
         console.json([r.as_dict() for r in records])
         return
-    table = DataTable(
+    table = _console.DataTable(
         "run id",
         "started",
         "status",
@@ -188,7 +200,7 @@ def runs(
 
 def _status_cell(run: RunRecord) -> str | Text:
     if run.warning is not None and run.status is RunStatus.SUCCEEDED:
-        return Text.from_markup("[yellow]succeeded with warning[/]")
+        return _markup("[yellow]succeeded with warning[/]")
     return str(run.status)
 
 
@@ -257,7 +269,7 @@ def errors(
     if not rows:
         console.print("no rejected, failed or skipped rows in this run")
         return
-    table = DataTable(
+    table = _console.DataTable(
         "key", "kind", "operation", "attempts", "first failed", "last failed", "reason"
     )
     for e in rows:
@@ -282,7 +294,7 @@ def _print_waiting(
     if not rows:
         console.print(f"{safe(sync)}: no rejected or failed rows waiting")
         return
-    table = DataTable("key", "kind", "attempts", "first failed", "last failed", "reason")
+    table = _console.DataTable("key", "kind", "attempts", "first failed", "last failed", "reason")
     for r in rows:
         table.add_row(
             r.row_key,

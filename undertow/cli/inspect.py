@@ -12,11 +12,9 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load
-from undertow.console import TerminalConsole
+from undertow.console import TerminalConsole, escape
 from undertow.destinations.capture import DRY_RUN_NOTE
 
 
@@ -185,6 +183,8 @@ def _print_entries(
             console.print(f"#{data['id']} {data['at'][:19]} run {data['run_id'] or '(test)'}")
             _exchange_lines(console, data)
         return
+    from rich.table import Table
+
     table = Table(
         "id", "time", "status", "request", "ms", "batch", "try", "records", show_header=header
     )

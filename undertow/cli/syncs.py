@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from undertow.cli._common import DebugOpt, JsonOpt, ProjectOpt, app, guard, load, print_runs
-from undertow.console import TerminalConsole, plain, safe
+from undertow.console import TerminalConsole, escape, plain, safe
 from undertow.errors import UndertowError
 from undertow.pipeline.halt import Halt, on_signals
 from undertow.state.store import RunRecord
