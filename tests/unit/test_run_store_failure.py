@@ -60,15 +60,15 @@ def test_state_store_failure_mid_delivery_leaves_the_run_to_resume(
 ) -> None:
     project = make_project(tmp_path)
     store = project.store
-    real_checkpoint, real_done = store.checkpoint, store.done_batches
+    real_checkpoints, real_done = store.checkpoints, store.done_batches
     broken = {"checkpoints": 0, "failed": False}
 
-    def checkpoint(*args: Any, **kwargs: Any) -> None:
+    def checkpoints(*args: Any, **kwargs: Any) -> None:  # every checkpoint's transaction
         broken["checkpoints"] += 1
         if broken["checkpoints"] == 3:  # the third batch was written, its checkpoint not
             broken["failed"] = True
             raise StateError("the state store failed: connection lost")
-        real_checkpoint(*args, **kwargs)
+        real_checkpoints(*args, **kwargs)
 
     def done_batches(run_id: str) -> set[int]:
         if broken["failed"]:  # still down when the run reads its checkpoints back
@@ -76,7 +76,7 @@ def test_state_store_failure_mid_delivery_leaves_the_run_to_resume(
             raise StateError("the state store failed: connection lost")
         return real_done(run_id)
 
-    monkeypatch.setattr(store, "checkpoint", checkpoint)
+    monkeypatch.setattr(store, "checkpoints", checkpoints)
     monkeypatch.setattr(store, "done_batches", done_batches)
     try:
         with pytest.raises(StateError, match="connection lost"):

@@ -23,7 +23,9 @@ it is not sent again until it changes, and it never counts as rejected (nor towa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,7 +33,7 @@ import sqlalchemy as sa
 
 from undertow.destinations.base import Batch, BatchResult, Job, Operation
 from undertow.pipeline.deliver import SENDING
-from undertow.state.store import Lock, RowError, RunRecord, StateStore
+from undertow.state.store import Checkpoint, Lock, RowError, RunRecord, StateStore
 
 if TYPE_CHECKING:
     from undertow.sync_logs import ChangelogSpool
@@ -66,6 +68,11 @@ class Work:
     keys: list[str]
     map_rejected: list[tuple[int, str, str]] = field(default_factory=list)
     """(seq, key, reason) of rows that could not be mapped: rejected, not sent."""
+
+
+Finished = tuple[Work, BatchResult | None, int, str | None]
+"""A batch to checkpoint: its work, its result (None: mapping refused every row), the
+attempts it took and a note for the run's warning."""
 
 
 class Recorder:
@@ -115,8 +122,36 @@ class Recorder:
     def checkpoint(
         self, work: Work, result: BatchResult | None, attempts: int, note: str | None = None
     ) -> None:
-        if note:
-            self.notes.append(note)
+        """Checkpoint one batch (one state-store transaction)."""
+        self.checkpoint_many([(work, result, attempts, note)])
+
+    def checkpoint_many(self, items: Sequence[Finished]) -> None:
+        """Checkpoint several batches in one state-store transaction: all or none."""
+        done: list[Checkpoint] = []
+        total: dict[str, int] = {}
+        for work, result, attempts, note in items:
+            if note:
+                self.notes.append(note)
+            one, delta = self._checkpoint_of(work, result, attempts)
+            done.append(one)
+            for key, value in delta.items():
+                total[key] = total.get(key, 0) + value
+            if self.changelog is not None:  # before the checkpoint: a crash between them is a
+                self.changelog.add(work, result)  # batch spooled twice, never one not spooled
+        for key, value in total.items():
+            self.run.counts[key] = self.run.counts.get(key, 0) + value
+        self.store.checkpoints(
+            self.run,
+            done,
+            fence=self.fence,
+            fence_with=self.fence_with,
+            add_counts=total if self.fence_with is not None else None,
+        )
+
+    def _checkpoint_of(
+        self, work: Work, result: BatchResult | None, attempts: int
+    ) -> tuple[Checkpoint, dict[str, int]]:
+        """The checkpoint of one batch and what it adds to the run's counters."""
         errors = [
             RowError(
                 run_id=self.run.id,
@@ -173,12 +208,7 @@ class Recorder:
             "failed": len(result.failed) if result else 0,
             SKIPPED: len(result.not_found) if result else 0,
         }
-        for key, value in delta.items():
-            self.run.counts[key] = self.run.counts.get(key, 0) + value
-        if self.changelog is not None:  # before the checkpoint: a crash between them is a
-            self.changelog.add(work, result)  # batch spooled twice, never one not spooled
-        self.store.checkpoint(
-            self.run,
+        one = Checkpoint(
             batch_no=work.number,
             operation=str(work.operation),
             size=work.size,
@@ -187,7 +217,62 @@ class Recorder:
             errors=errors,
             attempts=attempts,
             resolved_keys=resolved,
-            fence=self.fence,
-            fence_with=self.fence_with,
-            add_counts=delta if self.fence_with is not None else None,
         )
+        return one, delta
+
+
+class CheckpointWriter:
+    """Checkpoints written off the event loop, several in one transaction when they queue.
+
+    ``await writer.checkpoint(...)`` returns once the batch's checkpoint is in the state
+    store (or raises what the store raised). The deliver stage holds a batch's slot until
+    then, so no more batches than its concurrency are ever sent without a checkpoint: a
+    kill -9 loses no more than before. While one transaction is being written in the
+    writer's thread the event loop goes on sending, and the batches that finish meanwhile
+    share the next transaction (one fence, one counters update for all of them).
+    """
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self._waiting: list[tuple[Finished, asyncio.Future[None]]] = []
+        self._writing: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="undertow-checkpoint")
+
+    async def checkpoint(
+        self, work: Work, result: BatchResult | None, attempts: int, note: str | None = None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(((work, result, attempts, note), written))
+        if self._writing is None:
+            self._writing = loop.create_task(self._write(loop))
+        await asyncio.shield(written)  # a cancelled sender does not undo its checkpoint
+
+    async def _write(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting, []
+                try:
+                    await loop.run_in_executor(
+                        self._thread, self.recorder.checkpoint_many, [item for item, _ in group]
+                    )
+                except BaseException as exc:
+                    for _, written in group:
+                        if not written.done():
+                            written.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for _, written in group:
+                        if not written.done():
+                            written.set_result(None)
+        finally:
+            self._writing = None
+
+    async def drain(self) -> None:
+        """Wait until every checkpoint handed over so far is written (or has failed)."""
+        while self._writing is not None:
+            await asyncio.wait([self._writing])
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)

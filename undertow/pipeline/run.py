@@ -56,7 +56,7 @@ from undertow.pipeline.halt import POLL_SECONDS, Halt, LockHeartbeat
 from undertow.pipeline.map import CompiledMapping
 from undertow.pipeline.map.limits import TemplateCancelled
 from undertow.pipeline.plan import Plan
-from undertow.pipeline.record import Recorder, Work
+from undertow.pipeline.record import CheckpointWriter, Recorder, Work
 from undertow.pipeline.share import Sharing
 from undertow.pipeline.verdict import judge_rejections
 from undertow.state.store import Lock, RunRecord, RunStatus, StateStore
@@ -387,6 +387,7 @@ class SyncRun:
         ctx = self.ctx
         works: dict[int, Work] = {}
         mapping.cancel = self.halt  # Ctrl-C / SIGTERM stop a template rendering in the thread
+        writer = CheckpointWriter(recorder)  # off the event loop; a batch keeps its slot
         source = self._works(run, engine, mapping, done, sequences)
 
         def pull() -> tuple[Work, Batch | None] | None:
@@ -402,17 +403,18 @@ class SyncRun:
                     return
                 work, batch = item
                 if batch is None:
-                    recorder.checkpoint(work, None, 0)
+                    await writer.checkpoint(work, None, 0)
                     self.reporter.advance(ctx.name, work.size)
                     continue
                 works[work.number] = work
                 yield batch
 
-        def on_outcome(outcome: Outcome) -> None:
+        async def on_outcome(outcome: Outcome) -> None:
             work = works.pop(outcome.batch.number)
             if outcome.pending:
                 return  # its job runs on at the vendor: no checkpoint, the next run polls it
-            recorder.checkpoint(work, outcome.result, outcome.attempts, outcome.note)
+            # until its checkpoint is written, the batch holds its slot in the deliver stage
+            await writer.checkpoint(work, outcome.result, outcome.attempts, outcome.note)
             self.reporter.advance(ctx.name, work.size)
 
         async def watch() -> None:
@@ -441,4 +443,8 @@ class SyncRun:
                 )
         finally:
             watcher.cancel()
-            await ctx.destination.close()
+            try:
+                await writer.drain()
+            finally:
+                writer.close()
+                await ctx.destination.close()

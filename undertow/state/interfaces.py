@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import sqlalchemy as sa
 
-from undertow.state.records import Lock, RowError, RowStatus, RunRecord, RunStatus
+from undertow.state.records import Checkpoint, Lock, RowError, RowStatus, RunRecord, RunStatus
 
 
 @runtime_checkable
@@ -74,6 +74,15 @@ class StateWriter(StateReader, Protocol):
         errors: Sequence[RowError],
         attempts: int,
         resolved_keys: Sequence[str] = (),
+        fence: Lock | None = None,
+        fence_with: Callable[[sa.Connection], None] | None = None,
+        add_counts: Mapping[str, int] | None = None,
+    ) -> None: ...
+    def checkpoints(
+        self,
+        run: RunRecord,
+        done: Sequence[Checkpoint],
+        *,
         fence: Lock | None = None,
         fence_with: Callable[[sa.Connection], None] | None = None,
         add_counts: Mapping[str, int] | None = None,

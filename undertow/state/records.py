@@ -4,6 +4,7 @@ row errors, row statuses, locks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -225,6 +226,20 @@ class RowError:
     def __post_init__(self) -> None:
         # a vendor's answer may echo a credential: never into the state store
         self.reason = redact(self.reason)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One finished batch, as :meth:`~undertow.state.rows.RowStore.checkpoints` records it."""
+
+    batch_no: int
+    operation: str
+    size: int
+    sent: int
+    accepted: int
+    errors: Sequence[RowError] = ()
+    attempts: int = 1
+    resolved_keys: Sequence[str] = ()
 
 
 @dataclass

@@ -11,7 +11,15 @@ import sqlalchemy as sa
 
 from undertow.state.connection import StoreConnection
 from undertow.state.locks import fence as fence_lock
-from undertow.state.records import Lock, RowError, RowStatus, RunRecord, as_aware, utc_now
+from undertow.state.records import (
+    Checkpoint,
+    Lock,
+    RowError,
+    RowStatus,
+    RunRecord,
+    as_aware,
+    utc_now,
+)
 from undertow.state.schema import batches, row_errors, row_status, runs
 
 
@@ -34,7 +42,22 @@ class RowStore(StoreConnection):
         fence_with: Callable[[sa.Connection], None] | None = None,
         add_counts: Mapping[str, int] | None = None,
     ) -> None:
-        """Record one finished batch, its row errors and the run's counters atomically.
+        """Record one finished batch, its row errors and the run's counters atomically
+        (:meth:`checkpoints` with one batch)."""
+        one = Checkpoint(batch_no, operation, size, sent, accepted, errors, attempts, resolved_keys)
+        self.checkpoints(run, [one], fence=fence, fence_with=fence_with, add_counts=add_counts)
+
+    def checkpoints(
+        self,
+        run: RunRecord,
+        done: Sequence[Checkpoint],
+        *,
+        fence: Lock | None = None,
+        fence_with: Callable[[sa.Connection], None] | None = None,
+        add_counts: Mapping[str, int] | None = None,
+    ) -> None:
+        """Record finished batches, their row errors and the run's counters in one
+        transaction: all of them or none.
 
         In the same transaction, the rows' history (``undertow_row_status``): each rejected
         or failed row gets a failure (a new one, or one more attempt of an open one), and
@@ -43,47 +66,51 @@ class RowStore(StoreConnection):
         holds that lock (:class:`~undertow.errors.LockLostError` otherwise); ``fence_with``
         is any other such check (a shared delivery's part lease).
 
+        ``run.counts`` is written as it is (it must already count these batches);
         ``add_counts``: several processes checkpoint the run at once (a shared delivery), so
         instead of writing ``run.counts`` the transaction adds these to the counters the
         store holds, reading them under a row lock.
         """
         now = utc_now()
-        rejected = sum(1 for e in errors if e.kind not in ("failed", "skipped"))
-        failed = sum(1 for e in errors if e.kind == "failed")
+        rows = []
+        errors: list[RowError] = []
+        resolved: list[str] = []
+        for c in done:
+            rows.append(
+                {
+                    "run_id": run.id,
+                    "batch_no": c.batch_no,
+                    "operation": c.operation,
+                    "size": c.size,
+                    "sent": c.sent,
+                    "accepted": c.accepted,
+                    "rejected": sum(1 for e in c.errors if e.kind not in ("failed", "skipped")),
+                    "failed": sum(1 for e in c.errors if e.kind == "failed"),
+                    "attempts": c.attempts,
+                    "finished_at": now,
+                }
+            )
+            errors.extend(c.errors)
+            resolved.extend(c.resolved_keys)
         with self._tx() as conn:
             if fence is not None:
                 fence_lock(conn, fence)
             if fence_with is not None:
                 fence_with(conn)
-            conn.execute(
-                _INSERT_BATCH,
-                {
-                    "run_id": run.id,
-                    "batch_no": batch_no,
-                    "operation": operation,
-                    "size": size,
-                    "sent": sent,
-                    "accepted": accepted,
-                    "rejected": rejected,
-                    "failed": failed,
-                    "attempts": attempts,
-                    "finished_at": now,
-                },
-            )
+            conn.execute(_INSERT_BATCH, rows)
             if errors:
                 conn.execute(row_errors.insert(), [_error_row(e, now) for e in errors])
                 self._record_failures(conn, errors, now)
-            if resolved_keys:
-                for chunk in _chunks(list(resolved_keys), 500):
-                    conn.execute(
-                        row_status.update()
-                        .where(
-                            row_status.c.sync == run.sync,
-                            row_status.c.resolved_at.is_(None),
-                            row_status.c.row_key.in_(chunk),
-                        )
-                        .values(resolved_at=now)
+            for chunk in _chunks(resolved, 500):
+                conn.execute(
+                    row_status.update()
+                    .where(
+                        row_status.c.sync == run.sync,
+                        row_status.c.resolved_at.is_(None),
+                        row_status.c.row_key.in_(chunk),
                     )
+                    .values(resolved_at=now)
+                )
             counts = run.counts
             if add_counts is not None:
                 held = conn.execute(

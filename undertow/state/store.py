@@ -11,6 +11,7 @@ from undertow.state.locks import LockStore
 from undertow.state.records import (
     COUNT_KEYS,
     LOCK_TTL,
+    Checkpoint,
     Lock,
     RowError,
     RowStatus,
@@ -25,6 +26,7 @@ from undertow.state.runs import RunStore
 __all__ = [
     "COUNT_KEYS",
     "LOCK_TTL",
+    "Checkpoint",
     "JobRecord",
     "Lock",
     "RowError",
