@@ -35,6 +35,12 @@ from undertow.pipeline.plan import Plan
 from undertow.sources.base import NativeLoad
 from undertow.state.files import private_dir, private_file, sync_file
 
+ADOPTED = "_ut_adopted"
+"""The runs whose plan table became the snapshot (:meth:`LocalDiffEngine._adopt`), until
+each run ends."""
+MARKS = ("_ut_left_at", "_ut_seen")
+"""The snapshot's mark columns (``local_build.MARKS_SQL``), not in a plan."""
+
 
 class LocalDiffEngine(DiffEngine):
     """One DuckDB file per sync: ``<state_dir>/syncs/<sync>.duckdb``.
@@ -131,7 +137,13 @@ class LocalDiffEngine(DiffEngine):
     # -- reading the plan --------------------------------------------------------------------
 
     def has_plan(self, run_id: str) -> bool:
-        return self._exists(f"plan_{run_id}")
+        return self._exists(f"plan_{run_id}") or self._adopted(run_id)
+
+    def _adopted(self, run_id: str) -> bool:
+        """Whether the run's plan table became the snapshot (see :meth:`_adopt`)."""
+        return self._exists(ADOPTED) and bool(
+            self._one(f"SELECT count(*) FROM {ADOPTED} WHERE run_id = ?", [run_id])
+        )
 
     def _columns(self, run_id: str) -> list[str]:
         rows = self.con.execute(f"DESCRIBE {self._plan_table(run_id)}").fetchall()
@@ -165,6 +177,8 @@ class LocalDiffEngine(DiffEngine):
         self, run_id: str, *, skip: set[int], batches_per_chunk: int = 64
     ) -> Iterator[PlannedChunk]:
         table = self._plan_table(run_id)
+        if not self._exists(f"plan_{run_id}"):
+            return  # adopted as the snapshot: every batch was delivered and folded
         top = self._one(f"SELECT max(_ut_batch) FROM {table}")
         if top is None:
             return
@@ -178,11 +192,16 @@ class LocalDiffEngine(DiffEngine):
             start += batches_per_chunk
             if not todo:
                 continue
+            # the plan was written in (batch, seq) order and DuckDB keeps the insertion order
+            # (preserve_insertion_order) of a scan without ORDER BY, which would sort every
+            # chunk again (half the cost of reading it); a chunk out of order is sorted here
             arrow = self.con.sql(
                 f"SELECT {select} FROM {table} "
-                f"WHERE _ut_batch BETWEEN {int(todo[0])} AND {int(todo[-1])} ORDER BY _ut_seq"
+                f"WHERE _ut_batch BETWEEN {int(todo[0])} AND {int(todo[-1])}"
             ).to_arrow_table()
             frame = to_polars(arrow)
+            if not frame.get_column("_ut_seq").is_sorted():
+                frame = frame.sort("_ut_seq")
             if skip:
                 frame = frame.filter(pl.col("_ut_batch").is_in(todo))
             ops = frame.select("_ut_batch", "_ut_op").unique(
@@ -208,10 +227,11 @@ class LocalDiffEngine(DiffEngine):
         Each batch is folded once (``_ut_folded`` records it in the same transaction), so a
         fold replayed after a crash, or a resumed run's second fold, changes nothing twice.
         Rows *added* by the diff are not in the snapshot, so only the others are deleted
-        before the insert.
+        before the insert. A first sync whose every row was accepted adopts its plan table
+        as the snapshot instead of copying it (:meth:`_adopt`).
         """
-        if not done or self.dry_run or not self.has_plan(run_id):
-            return 0
+        if not done or self.dry_run or not self._exists(f"plan_{run_id}"):
+            return 0  # no plan left: none, or adopted as the snapshot (all folded then)
         con = self.con
         keys = spec.keys
         con.execute("CREATE TABLE IF NOT EXISTS _ut_folded (run_id VARCHAR, batch BIGINT)")
@@ -238,6 +258,9 @@ class LocalDiffEngine(DiffEngine):
         )
         plan_table = self._plan_table(run_id)
         total = int(self._one(f"SELECT count(DISTINCT _ut_batch) FROM {plan_table}") or 0)
+        if not before and not bad and len(new) == total and self._can_adopt(run_id, snap_types):
+            self._adopt(run_id, snap_types, new, spec.values)
+            return int(self._one(f"SELECT count(*) FROM {self.snapshot}"))
         filters = []
         registered = []
         if before or len(new) < total:
@@ -282,11 +305,64 @@ class LocalDiffEngine(DiffEngine):
                 con.unregister(name)
         return folded
 
+    def _can_adopt(self, run_id: str, snap_types: dict[str, str]) -> bool:
+        """Whether the run's plan can become the snapshot as it is: the snapshot is empty
+        (a first sync, or one after ``reset``), every planned row is an added one, and the
+        plan has every column of the snapshot, of the same type (the marks aside)."""
+        if self.snapshot != "main.snapshot" or self._snapshot_rows():
+            return False
+        table = self._plan_table(run_id)
+        plan_types = {r[0]: r[1] for r in self.con.execute(f"DESCRIBE {table}").fetchall()}
+        own = (*MARKS, HASH)  # the snapshot's own columns, added by the adoption
+        if any(plan_types.get(c) != t for c, t in snap_types.items() if c not in own):
+            return False
+        return not self._one(f"SELECT count(*) FROM {table} WHERE _ut_kind <> 'added'")
+
+    def _adopt(
+        self, run_id: str, snap_types: dict[str, str], new: list[int], values: Sequence[str]
+    ) -> None:
+        """Fold a whole first sync by making its plan table the snapshot, in one transaction.
+
+        Every row of the plan was accepted, and the empty snapshot had nothing to delete, so
+        the plan's rows are exactly the snapshot to be: the plan's own columns (``_ut_seq``,
+        ``_ut_key``, old values ...) are dropped, the table renamed, and the marks added
+        (NULL), which DuckDB does without rewriting the rows; only the stored hashes
+        (``_ut_h``, :func:`~undertow.pipeline.diff.local_hash.insert_hash`) are computed.
+        Copying the rows instead wrote a second million-row table. ``ADOPTED`` records it, so :meth:`has_plan` still answers
+        True for a run that dies before it ends: the resumed run finds every batch folded.
+        """
+        con, table = self.con, self._plan_table(run_id)
+        plan_cols = self._columns(run_id)
+        try:
+            con.execute("BEGIN")
+            con.execute(f"DROP TABLE {self.snapshot}")
+            for col in plan_cols:
+                if col not in snap_types:
+                    con.execute(f"ALTER TABLE {table} DROP COLUMN {q(col)}")
+            con.execute(f"ALTER TABLE {table} RENAME TO snapshot")
+            for col in MARKS:
+                if col in snap_types:
+                    con.execute(f"ALTER TABLE {self.snapshot} ADD COLUMN {col} {snap_types[col]}")
+            if HASH in snap_types:
+                con.execute(f"ALTER TABLE {self.snapshot} ADD COLUMN {HASH} UBIGINT")
+                stored = insert_hash(snap_types, values, self.snapshot)
+                if stored is not None:
+                    con.execute(f"UPDATE {self.snapshot} SET {HASH} = {stored}")
+            con.execute(f"CREATE TABLE IF NOT EXISTS {ADOPTED} (run_id VARCHAR)")
+            con.execute(f"INSERT INTO {ADOPTED} VALUES (?)", [run_id])
+            con.execute("INSERT INTO _ut_folded SELECT ?, unnest(?::BIGINT[])", [run_id, new])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+
     def discard(self, run_id: str) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {self._plan_table(run_id)}")
         self.con.execute(f"DROP TABLE IF EXISTS {q('invalid_' + run_id)}")
         if not self.dry_run and self._exists("_ut_folded"):
             self.con.execute("DELETE FROM _ut_folded WHERE run_id = ?", [run_id])
+        if not self.dry_run and self._exists(ADOPTED):
+            self.con.execute(f"DELETE FROM {ADOPTED} WHERE run_id = ?", [run_id])
 
     def discard_all_plans(self, keep: str | None = None) -> None:
         for (name,) in self.con.execute(
@@ -295,6 +371,8 @@ class LocalDiffEngine(DiffEngine):
         ).fetchall():
             if keep is None or not name.endswith(keep):
                 self.con.execute(f"DROP TABLE IF EXISTS {q(name)}")
+        if not self.dry_run and self._exists(ADOPTED):
+            self.con.execute(f"DELETE FROM {ADOPTED} WHERE run_id IS DISTINCT FROM ?", [keep])
 
     def reset(self) -> None:
         self.con.execute(f"DROP TABLE IF EXISTS {self.snapshot}")
