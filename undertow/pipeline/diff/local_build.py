@@ -155,16 +155,23 @@ def build(
         in_scope = int(engine._one("select count(*) from model"))
     if stats.snapshot == 0:
         find_dups(f"model WHERE {key_not_null}")
-        # a first sync: every valid row is added; no join with the empty snapshot
+        # a first sync: every valid row is added; no join with the empty snapshot. With no
+        # invalid row that is the whole model: the change set is then a view of it, so the
+        # rows are written once (into the plan), not twice
         null_olds = ", ".join(f"NULL AS {q(META + 'old_' + c)}" for c in values)
+        changes_is = "VIEW" if not stats.invalid else "TABLE"
+        valid_only = (
+            ""
+            if not stats.invalid
+            else f"""ANTI JOIN dups d ON {on("m", "d")}
+                     WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}"""
+        )
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE changes AS
+            f"""CREATE OR REPLACE TEMP {changes_is} changes AS
                 SELECT 'added' AS _ut_kind, {", ".join(f"m.{q(c)}" for c in keys + values)}
                        {", " + null_olds if null_olds else ""}
-                FROM model m ANTI JOIN dups d ON {on("m", "d")}
-                WHERE {" AND ".join(f"m.{q(k)} IS NOT NULL" for k in keys)}"""
+                FROM model m {valid_only}"""
         )
-        con.execute("DROP TABLE IF EXISTS dups")
         valid = in_scope - stats.invalid
     else:
         m_keys = ", ".join(f"m.{q(k)} AS {q(META + 'm_' + k)}" for k in keys)
@@ -261,6 +268,7 @@ def build(
         ]
         con.execute("CREATE OR REPLACE TEMP TABLE changes AS " + " UNION ALL ".join(parts))
         con.execute("DROP TABLE IF EXISTS kinds; DROP TABLE IF EXISTS dups")
+        changes_is = "TABLE"
     counts = dict(con.execute("select _ut_kind, count(*) from changes group by 1").fetchall())
     stats.added = int(counts.get("added", 0))
     stats.changed = int(counts.get("changed", 0))
@@ -312,12 +320,12 @@ def build(
                   AND k NOT IN (SELECT _ut_key FROM invalid) ORDER BY k"""
         ).fetchall()
         stats.settled = [str(k) for (k,) in settled]
+    con.execute(f"DROP {changes_is} IF EXISTS changes; DROP TABLE IF EXISTS dups")
     con.execute("DROP TABLE IF EXISTS only_keys; DROP TABLE IF EXISTS watch_keys")
     con.execute(
         "DROP TABLE IF EXISTS model; DROP TABLE IF EXISTS valid; "
         "DROP TABLE IF EXISTS model_values; DROP TABLE IF EXISTS model_shape"
     )
-    con.execute("DROP TABLE IF EXISTS changes")
     con.execute(f"CREATE OR REPLACE TABLE {q('invalid_' + run_id)} AS SELECT * FROM invalid")
     con.execute("DROP TABLE IF EXISTS invalid")
     if not engine.dry_run:
