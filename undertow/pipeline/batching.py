@@ -10,9 +10,13 @@ key it had the first time.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
+import contextvars
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from undertow.destinations.base import Batch
 from undertow.pipeline.diff import DiffEngine
@@ -23,7 +27,9 @@ from undertow.state.store import RunRecord
 if TYPE_CHECKING:
     from undertow.pipeline.context import SyncContext
 
-__all__ = ["works"]
+__all__ = ["Ahead", "works"]
+
+T = TypeVar("T")
 
 _INTERNAL = ["_ut_seq", "_ut_batch", "_ut_key", "_ut_op", "_ut_kind"]
 """The diff engine's bookkeeping columns of a chunk: never mapped."""
@@ -81,3 +87,75 @@ def works(
                 )
             start, lo = end, hi
             yield work, batch
+
+
+AHEAD = 128
+"""How many mapped batches the worker thread may hold ready before delivery takes them (two
+chunks of the diff engine's 64: the next chunk is read and mapped while one is sent)."""
+
+_END = object()
+
+
+class Ahead(Generic[T]):
+    """Runs a blocking iterator in a thread of its own, up to ``limit`` items ahead of the
+    event loop that consumes them (``async for``).
+
+    Mapping the next chunk of the change set (DuckDB and Polars, which release the GIL) then
+    goes on while the batches before it are sent, instead of the loop waiting for it at every
+    chunk. An exception of the iterator is raised by the ``async for``; :meth:`close` (always
+    call it) stops the thread after the item it is on and waits for it, so that nothing reads
+    the diff engine's connection once it returns.
+    """
+
+    def __init__(self, source: Iterator[T], *, limit: int = AHEAD) -> None:
+        self._source = source
+        self._room = threading.Semaphore(limit)
+        self._stopping = threading.Event()
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # the run's capture context, as to_thread did
+        self._thread = threading.Thread(
+            target=context.run, args=(self._produce,), name="undertow-map", daemon=True
+        )
+        self._thread.start()
+
+    def _put(self, item: object) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def _produce(self) -> None:
+        try:
+            for item in self._source:
+                while not self._room.acquire(timeout=0.1):
+                    if self._stopping.is_set():
+                        return
+                if self._stopping.is_set():
+                    return
+                self._put(item)
+        except BaseException as exc:  # raised again by the consumer
+            self._put(_Failed(exc))
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                self._put(_END)
+
+    def __aiter__(self) -> Ahead[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        item = await self._queue.get()
+        if item is _END:
+            self._queue.put_nowait(_END)  # every later call ends too
+            raise StopAsyncIteration
+        if isinstance(item, _Failed):
+            self._queue.put_nowait(_END)
+            raise item.exc
+        self._room.release()
+        return item  # type: ignore[return-value]
+
+    async def close(self) -> None:
+        self._stopping.set()
+        await asyncio.to_thread(self._thread.join)
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc

@@ -45,7 +45,7 @@ from undertow.errors import (
 )
 from undertow.gcpolicy import batch_collection
 from undertow.pipeline import share
-from undertow.pipeline.batching import works
+from undertow.pipeline.batching import Ahead, works
 from undertow.pipeline.context import NullReporter, Reporter, SyncContext, compile_for
 from undertow.pipeline.deliver import DeliveryReport, Outcome, deliver
 from undertow.pipeline.diff import DiffEngine, DiffSpec
@@ -388,26 +388,22 @@ class SyncRun:
         works: dict[int, Work] = {}
         mapping.cancel = self.halt  # Ctrl-C / SIGTERM stop a template rendering in the thread
         writer = CheckpointWriter(recorder)  # off the event loop; a batch keeps its slot
-        source = self._works(run, engine, mapping, done, sequences)
-
-        def pull() -> tuple[Work, Batch | None] | None:
-            try:
-                return next(source, None)
-            except TemplateCancelled:  # Ctrl-C while mapping: no more batches
-                return None
 
         async def batches() -> AsyncIterator[Batch]:
-            while not self.stop.is_set() and not self.halt.is_set():
-                item = await asyncio.to_thread(pull)
-                if item is None:
-                    return
-                work, batch = item
-                if batch is None:
-                    await writer.checkpoint(work, None, 0)
-                    self.reporter.advance(ctx.name, work.size)
-                    continue
-                works[work.number] = work
-                yield batch
+            if self.stop.is_set() or self.halt.is_set():
+                return
+            try:
+                async for work, batch in source:
+                    if batch is None:
+                        await writer.checkpoint(work, None, 0)
+                        self.reporter.advance(ctx.name, work.size)
+                    else:
+                        works[work.number] = work
+                        yield batch
+                    if self.stop.is_set() or self.halt.is_set():
+                        return
+            except TemplateCancelled:  # Ctrl-C while mapping: no more batches
+                return
 
         async def on_outcome(outcome: Outcome) -> None:
             work = works.pop(outcome.batch.number)
@@ -424,6 +420,8 @@ class SyncRun:
 
         watcher = asyncio.create_task(watch())
         await ctx.destination.open()
+        # mapped in a thread of its own, ahead of the sending (batching.Ahead)
+        source = Ahead(self._works(run, engine, mapping, done, sequences))
         try:
             with (
                 capture.context(run_id=run.id),
@@ -444,6 +442,7 @@ class SyncRun:
         finally:
             watcher.cancel()
             try:
+                await source.close()  # nothing reads the diff engine once this returns
                 await writer.drain()
             finally:
                 writer.close()
