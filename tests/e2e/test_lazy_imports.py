@@ -54,10 +54,8 @@ def imported_by(
     return set(json.loads(Path(listing).read_text())), proc
 
 
-def test_a_plain_duckdb_to_webhook_run_imports_only_what_it_needs(
-    project: SampleProject, receiver: Receiver
-) -> None:
-    project.users([(1, "a@x.com", "free"), (2, "b@x.com", "pro")])
+def write_hook_project(project: SampleProject, receiver: Receiver, mappings: str) -> None:
+    """One upsert sync of the users model to the receiver, with these ``mappings`` (YAML)."""
     project.write(
         f"""
         name: lazy
@@ -72,9 +70,16 @@ def test_a_plain_duckdb_to_webhook_run_imports_only_what_it_needs(
             model: users
             destination: hook
             mode: upsert
-            mappings: {{email: email, plan: plan}}
+            mappings: {mappings}
         """
     )
+
+
+def test_a_plain_duckdb_to_webhook_run_imports_only_what_it_needs(
+    project: SampleProject, receiver: Receiver
+) -> None:
+    project.users([(1, "a@x.com", "free"), (2, "b@x.com", "pro")])
+    write_hook_project(project, receiver, "{email: email, plan: plan}")
     for run in ("first", "second"):
         if run == "second":
             project.sql("UPDATE users SET plan = 'team' WHERE id = 1")
@@ -92,25 +97,7 @@ def test_a_plain_duckdb_to_webhook_run_imports_only_what_it_needs(
 
 def test_a_template_still_imports_jinja(project: SampleProject, receiver: Receiver) -> None:
     project.users([(1, "a@x.com", "free")])
-    project.write(
-        f"""
-        name: lazy
-        sources:
-          wh: {{type: duckdb, path: warehouse.duckdb}}
-        destinations:
-          hook: {{type: webhook, url: "{receiver.url}"}}
-        models:
-          users: {{source: wh, sql: "select id, email, plan from users", primary_key: id}}
-        syncs:
-          users_to_hook:
-            model: users
-            destination: hook
-            mode: upsert
-            mappings:
-              email: email
-              label: {{template: "{{{{ plan | upper }}}}"}}
-        """
-    )
+    write_hook_project(project, receiver, '{email: email, label: {template: "{{ plan | upper }}"}}')
     modules, proc = imported_by(project, "run", "users_to_hook", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "jinja2" in modules
