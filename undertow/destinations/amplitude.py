@@ -44,7 +44,6 @@ from undertow.destinations.kit import (
     Item,
     Reject,
     SlowDown,
-    plain,
     whole_reason,
 )
 from undertow.destinations.kit.engagement import event_id, events_object, parse_time
@@ -331,11 +330,7 @@ mappings:
         return result
 
     def preview(self, batch: Batch) -> list[Any]:
-        result = BatchResult()
-        shaped = {
-            i.index: plain(i.body) for i in self.items(batch, self.match_field(batch), result)
-        }
-        return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
+        return self.shaped_preview(batch)
 
 
 def _named_events(body: dict[str, Any]) -> dict[int, str]:

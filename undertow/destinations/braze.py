@@ -53,7 +53,6 @@ from undertow.destinations.kit import (
     SlowDown,
     envelope,
     errors_by_index,
-    plain,
 )
 from undertow.destinations.kit.engagement import (
     by_list,
@@ -398,11 +397,7 @@ mappings:
         return body
 
     def preview(self, batch: Batch) -> list[Any]:
-        result = BatchResult()
-        shaped = {
-            i.index: plain(i.body) for i in self.items(batch, self.match_field(batch), result)
-        }
-        return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
+        return self.shaped_preview(batch)
 
     async def _delete(self, call: Call, result: BatchResult) -> None:
         """POST /users/delete, 50 identifiers a request; unknown users are no error."""

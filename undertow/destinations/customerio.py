@@ -40,7 +40,6 @@ from undertow.destinations.kit import (
     Reject,
     envelope,
     errors_by_index,
-    plain,
 )
 from undertow.destinations.kit.engagement import (
     epoch_seconds,
@@ -248,11 +247,7 @@ mappings:
         return orjson.Fragment(f'{head},"action":"identify","attributes":{payload}}}')
 
     def preview(self, batch: Batch) -> list[Any]:
-        result = BatchResult()
-        shaped = {
-            i.index: plain(i.body) for i in self.items(batch, self.match_field(batch), result)
-        }
-        return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
+        return self.shaped_preview(batch)
 
 
 __all__ = ["CustomerIOConfig", "CustomerIODestination"]

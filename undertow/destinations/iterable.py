@@ -336,9 +336,7 @@ mappings:
         return user
 
     def preview(self, batch: Batch) -> list[Any]:
-        result = BatchResult()
-        shaped = {i.index: i.body for i in self.items(batch, self.match_field(batch), result)}
-        return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
+        return self.shaped_preview(batch)
 
     # -- write -----------------------------------------------------------------------------
 

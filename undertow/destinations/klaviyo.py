@@ -55,7 +55,6 @@ from undertow.destinations.kit import (
     message_of,
     not_confirmed,
     parse_json,
-    plain,
     values_at,
 )
 from undertow.destinations.kit.engagement import (
@@ -367,11 +366,7 @@ mappings:
         }
 
     def preview(self, batch: Batch) -> list[Any]:
-        result = BatchResult()
-        shaped = {
-            i.index: plain(i.body) for i in self.items(batch, self.match_field(batch), result)
-        }
-        return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
+        return self.shaped_preview(batch)
 
     # -- submit and poll -------------------------------------------------------------------
 

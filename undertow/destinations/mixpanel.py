@@ -293,9 +293,7 @@ mappings:
         raise RejectedBatchError(whole_reason(call, response, body, message="error"))
 
     def preview(self, batch: Batch) -> list[Any]:
-        result = BatchResult()
-        shaped = {i.index: i.body for i in self.items(batch, self.match_field(batch), result)}
-        return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
+        return self.shaped_preview(batch)
 
 
 def insert_id(value: str) -> str:

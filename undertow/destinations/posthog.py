@@ -295,9 +295,7 @@ mappings:
         return event
 
     def preview(self, batch: Batch) -> list[Any]:
-        result = BatchResult()
-        shaped = {i.index: i.body for i in self.items(batch, self.match_field(batch), result)}
-        return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
+        return self.shaped_preview(batch)
 
 
 def event_uuid(given: Any, derived: str) -> str:

@@ -221,11 +221,7 @@ mappings:
         return message
 
     def preview(self, batch: Batch) -> list[Any]:
-        from undertow.destinations.base import BatchResult
-
-        result = BatchResult()
-        shaped = {i.index: i.body for i in self.items(batch, self.match_field(batch), result)}
-        return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
+        return self.shaped_preview(batch)
 
 
 def _content_id(batch: Batch, index: int) -> str:

@@ -72,6 +72,7 @@ from undertow.destinations.kit.endpoints import (
     Reject,
     accept_all,
     not_confirmed,
+    plain,
 )
 from undertow.destinations.kit.signals import DEFAULT_SIGNALS, RateHeaders, SlowDown, Verdict
 from undertow.destinations.rate import (
@@ -187,6 +188,16 @@ class HttpDestination(Destination[ConfigT]):
         to check, no field to move) then costs no parse and no re-encoding. The default
         returns None: every record is parsed and shaped."""
         return None
+
+    def shaped_preview(self, batch: Batch) -> list[Any]:
+        """Each record as :meth:`items` shapes it, or ``{"rejected": reason}`` (a
+        ``preview`` for a destination whose wire form is not the mapped record). Sends
+        nothing."""
+        result = BatchResult()
+        shaped = {
+            i.index: plain(i.body) for i in self.items(batch, self.match_field(batch), result)
+        }
+        return [shaped.get(i, {"rejected": result.rejected.get(i)}) for i in range(len(batch))]
 
     def endpoint_for(self, batch: Batch) -> Endpoint:
         found = self.endpoints.get((batch.operation, batch.object)) or self.endpoints.get(
